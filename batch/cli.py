@@ -1,0 +1,225 @@
+"""`sigmasight-batch` command line (SPEC §2). The clock and the environment are read here, once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from batch import calendar, db, repository
+from batch.demo import seed_demo
+from batch.errors import ConfigError, CoverageError, DatabaseUnavailable, Interrupted, LockHeld
+from batch.log import configure_logging
+from batch.providers import MarketDataProvider, get_provider
+from batch.runner import Runner, RunRequest
+from batch.settings import Settings
+from models import BatchRun
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+COMMANDS = ("run", "init-db", "seed-demo", "check", "history")
+log = structlog.get_logger()
+
+
+def _iso_date(text: str) -> date:
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a portfolio UUID") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigmasight-batch",
+        description="Nightly portfolio-risk batch: sync market data, then value and snapshot every "
+                    "portfolio. `run` is the default command.")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the daily job (default)")
+    run.add_argument("--date", type=_iso_date, help="as-of date (default: today in America/New_York)")
+    run.add_argument("--start", type=_iso_date, help="backfill: first date (with --end)")
+    run.add_argument("--end", type=_iso_date, help="backfill: last date (with --start)")
+    run.add_argument("--force", action="store_true",
+                     help="run on a non-session date (as of the previous session) and recompute "
+                          "dates that already have results")
+    run.add_argument("--portfolio", type=_uuid, action="append", default=[], metavar="UUID",
+                     help="restrict to this portfolio (repeatable)")
+    run.add_argument("--skip-sync", action="store_true", help="use prices and profiles already stored")
+    run.add_argument("--skip-profiles", action="store_true", help="do not sync company profiles")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    run.add_argument("--trigger", choices=("manual", "cron"), default="manual", help=argparse.SUPPRESS)
+    sub.add_parser("init-db", help="create or upgrade the schema (Alembic migrations)")
+    sub.add_parser("seed-demo", help="load the four demo portfolios (idempotent)")
+    check = sub.add_parser("check", help="preflight checks")
+    check.add_argument("--json", action="store_true")
+    history = sub.add_parser("history", help="recent runs and their outcome")
+    history.add_argument("--limit", type=int, default=10)
+    history.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (SPEC §2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return int(exc.code or 0)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    configure_logging(settings.log_format, settings.log_level)
+    engine: Engine | None = None
+    try:
+        engine = db.make_engine(settings.database_url)
+        if args.command == "run":
+            return _run(args, settings, engine)
+        if args.command == "init-db":
+            db.check_reachable(engine)
+            db.migrate(engine)
+            with Session(engine) as s, s.begin():
+                repository.ensure_factor_definitions(s, settings.market_data_provider)
+            print(f"schema at migration {db.head_revision()} on {db.describe(engine)}")
+            return EXIT_OK
+        _open_database(settings, engine)
+        if args.command == "seed-demo":
+            with Session(engine) as s, s.begin():
+                counts = seed_demo(s)
+                repository.ensure_factor_definitions(s, settings.market_data_provider)
+            print(f"demo data: {counts['portfolios']} portfolios, {counts['positions']} positions")
+            return EXIT_OK
+        if args.command == "history":
+            return _history(engine, args.limit, args.json)
+        if args.command == "check":
+            raise NotImplementedError("`check` (preflight) is not built yet: it arrives with issue #4")
+        raise AssertionError(args.command)
+    except (ConfigError, CoverageError, DatabaseUnavailable, NotImplementedError, ValueError) as exc:
+        return _usage_error(str(exc))
+    except LockHeld as exc:
+        log.warning("run_lock_held", detail=str(exc))
+        print(f"sigmasight-batch: {exc}; nothing was done", file=sys.stderr)
+        return EXIT_LOCKED
+    except Interrupted as exc:
+        return 128 + exc.signum
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _usage_error(message: str) -> int:
+    print(f"sigmasight-batch: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _open_database(settings: Settings, engine: Engine) -> None:
+    """Reach the database; create the schema of a brand-new embedded file; else require head."""
+    db.check_reachable(engine)
+    if settings.embedded_database is not None and db.is_empty(engine):
+        db.migrate(engine)
+        log.info("database_created", path=str(settings.embedded_database), revision=db.head_revision())
+        return
+    db.require_current_schema(engine)
+
+
+def resolve_request(args: argparse.Namespace, today: date) -> RunRequest:
+    """Turn the run flags into the sessions to compute. Raises ConfigError for bad combinations."""
+    if args.date and (args.start or args.end):
+        raise ConfigError("use either --date or --start/--end, not both")
+    if bool(args.start) != bool(args.end):
+        raise ConfigError("--start and --end go together")
+    common = dict(force=args.force, portfolio_ids=list(dict.fromkeys(args.portfolio)),
+                  skip_sync=args.skip_sync, skip_profiles=args.skip_profiles, trigger=args.trigger)
+    if args.start:
+        if args.start > args.end:
+            raise ConfigError(f"--start {args.start} is after --end {args.end}")
+        sessions = calendar.trading_days(args.start, args.end)
+        return RunRequest(sessions, args.start, args.end,
+                          skip_reason=None if sessions else "not_a_trading_day", **common)
+    day = args.date or today
+    if calendar.is_trading_day(day):
+        return RunRequest([day], day, day, **common)
+    if args.force:
+        return RunRequest([calendar.session_on_or_before(day)], day, day, **common)
+    return RunRequest([], day, day, skip_reason="not_a_trading_day", **common)
+
+
+def check_coverage(provider: MarketDataProvider, dates: Sequence[date]) -> None:
+    coverage = provider.coverage()
+    if coverage is None or not dates:
+        return
+    outside = [d for d in dates if not coverage[0] <= d <= coverage[1]]
+    if outside:
+        raise CoverageError(
+            f"as-of {outside[0]} is outside the '{provider.name}' provider's data "
+            f"({coverage[0]}..{coverage[1]}); pick a date in that range with --date, or set "
+            "MARKET_DATA_PROVIDER=yfinance|fmp|polygon (with its API key) for current prices")
+
+
+def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
+    provider = get_provider(settings)
+    check_coverage(provider, request.as_of_dates)
+    _open_database(settings, engine)
+    if request.portfolio_ids:
+        with Session(engine) as s:
+            unknown = repository.unknown_portfolio_ids(s, request.portfolio_ids)
+        if unknown:
+            raise ConfigError(f"unknown portfolio id(s): {', '.join(map(str, unknown))}")
+    summary = Runner(settings, engine, provider).run(request)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return summary["exit_code"]
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    p = summary["portfolios"]
+    dates = summary["as_of_dates"]
+    span = f"{dates[0]}..{dates[-1]}" if len(dates) > 1 else (dates[0] if dates else "-")
+    print(f"run {summary['run_id']}: {summary['status']} (exit {summary['exit_code']}) as of {span}; "
+          f"portfolios {p['succeeded']} succeeded, {p['failed']} failed, {p['skipped']} skipped; "
+          f"{summary['duration_seconds']}s")
+    for failure in summary["failed_portfolios"]:
+        print(f"  failed: {failure.get('portfolio_id') or 'global'} {failure['job']}: {failure['error']}")
+
+
+def _history(engine: Engine, limit: int, as_json: bool) -> int:
+    with Session(engine) as s:
+        runs = s.scalars(select(BatchRun).order_by(BatchRun.started_at.desc()).limit(limit)).all()
+    rows = [{
+        "run_id": str(r.id), "started_at": r.started_at.isoformat(),
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None, "status": r.status,
+        "trigger": r.trigger, "as_of_start": r.as_of_start.isoformat() if r.as_of_start else None,
+        "as_of_end": r.as_of_end.isoformat() if r.as_of_end else None,
+        "units": f"{r.completed_units}/{r.total_units}", "exit_code": r.exit_code,
+        "host": f"{r.hostname}:{r.pid}",
+    } for r in runs]
+    if as_json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{'started (UTC)':<20} {'status':<12} {'exit':>4} {'as of':<23} {'units':>9}  run id")
+    for r in rows:
+        span = r["as_of_start"] if r["as_of_start"] == r["as_of_end"] else f"{r['as_of_start']}..{r['as_of_end']}"
+        print(f"{r['started_at'][:19]:<20} {r['status']:<12} {str(r['exit_code'] if r['exit_code'] is not None else '-'):>4} "
+              f"{span or '-':<23} {r['units']:>9}  {r['run_id']}")
+    return EXIT_OK

@@ -1,0 +1,158 @@
+"""Database reads and writes for the shell. Functions take a session and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import Session
+
+from calculations.positions import OPTION_TYPES, OPTIONS, PRIVATE, PositionInput
+from calculations.snapshot import PriorSnapshot
+from models import FactorDefinition, MarketPrice, Portfolio, PortfolioSnapshot, Position
+
+# Factor names are part of the contract (SPEC §6.3). Proxies: production defaults, and what the
+# offline `sample` provider has (Growth and Interest Rate keep proxies it cannot serve, so they
+# are reported `factor_unavailable`, not dropped).
+FACTORS = ("Market", "Value", "Growth", "Momentum", "Quality", "Size", "Low Volatility", "Interest Rate")
+FACTOR_KINDS = {"Market": "market", "Interest Rate": "rates"}
+DEFAULT_PROXIES = {"Market": "SPY", "Value": "VTV", "Growth": "VUG", "Momentum": "MTUM",
+                   "Quality": "QUAL", "Size": "IWM", "Low Volatility": "USMV", "Interest Rate": "TLT"}
+SAMPLE_PROXIES = {**DEFAULT_PROXIES, "Market": "^GSPC", "Value": "VLUE", "Size": "SIZE"}
+
+
+@dataclass(frozen=True)
+class PortfolioRow:
+    id: uuid.UUID
+    name: str
+    cash_balance: float
+
+
+def ensure_factor_definitions(session: Session, provider_name: str) -> int:
+    """Insert the eight factors if missing (never overwrites an operator's edits). Returns the
+    number inserted."""
+    proxies = SAMPLE_PROXIES if provider_name == "sample" else DEFAULT_PROXIES
+    existing = set(session.scalars(select(FactorDefinition.name)))
+    added = 0
+    for order, name in enumerate(FACTORS, start=1):
+        if name not in existing:
+            session.add(FactorDefinition(name=name, proxy_symbol=proxies[name],
+                                         kind=FACTOR_KINDS.get(name, "style"), is_active=True,
+                                         display_order=order))
+            added += 1
+    session.flush()
+    return added
+
+
+def active_factor_proxies(session: Session) -> list[str]:
+    rows = session.scalars(select(FactorDefinition.proxy_symbol).where(
+        FactorDefinition.is_active.is_(True), FactorDefinition.proxy_symbol.is_not(None)))
+    return sorted(set(rows))
+
+
+def active_portfolios(session: Session, only: Sequence[uuid.UUID] | None = None) -> list[PortfolioRow]:
+    """Portfolios not deleted, ordered by id (a stable processing order)."""
+    query = select(Portfolio).where(Portfolio.deleted_at.is_(None)).order_by(Portfolio.id)
+    if only:
+        query = query.where(Portfolio.id.in_(list(only)))
+    return [PortfolioRow(p.id, p.name, float(p.cash_balance or 0.0)) for p in session.scalars(query)]
+
+
+def unknown_portfolio_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The ids in `ids` that are not active portfolios."""
+    known = {p.id for p in active_portfolios(session, ids)}
+    return [i for i in ids if i not in known]
+
+
+def load_positions(session: Session, portfolio_id: uuid.UUID) -> list[PositionInput]:
+    """Every non-deleted position of the portfolio (engines decide which are held on a date)."""
+    rows = session.scalars(select(Position).where(Position.portfolio_id == portfolio_id,
+                                                  Position.deleted_at.is_(None)).order_by(Position.id))
+    return [
+        PositionInput(
+            id=r.id, symbol=r.symbol, position_type=r.position_type, quantity=float(r.quantity),
+            entry_price=float(r.entry_price), entry_date=r.entry_date, exit_date=r.exit_date,
+            investment_class=r.investment_class, underlying_symbol=r.underlying_symbol,
+            strike_price=None if r.strike_price is None else float(r.strike_price),
+            expiration_date=r.expiration_date, implied_volatility=r.implied_volatility,
+        )
+        for r in rows
+    ]
+
+
+def symbols_held(session: Session, start: date, end: date,
+                 portfolio_ids: Sequence[uuid.UUID] | None = None) -> list[str]:
+    """Market symbols of positions held at some close in [start, end] in active portfolios:
+    PRIVATE excluded NULL-safely (a NULL investment_class is included), options contribute their
+    underlying, zero quantities and deleted rows ignored (SPEC §5.2)."""
+    is_option = or_(Position.investment_class == OPTIONS, Position.position_type.in_(OPTION_TYPES))
+    query = (
+        select(Position.symbol, Position.underlying_symbol, is_option)
+        .join(Portfolio, Portfolio.id == Position.portfolio_id)
+        .where(
+            Portfolio.deleted_at.is_(None), Position.deleted_at.is_(None), Position.quantity != 0,
+            Position.entry_date <= end,
+            or_(Position.exit_date.is_(None), Position.exit_date > start),
+            or_(Position.investment_class.is_(None), Position.investment_class != PRIVATE),
+        )
+    )
+    if portfolio_ids:
+        query = query.where(Position.portfolio_id.in_(list(portfolio_ids)))
+    symbols = set()
+    for symbol, underlying, option in session.execute(query):
+        target = underlying if option else symbol
+        if target:
+            symbols.add(target.strip().upper())
+    return sorted(symbols)
+
+
+def existing_price_dates(session: Session, symbols: Sequence[str], start: date,
+                         end: date) -> dict[str, set[date]]:
+    found: dict[str, set[date]] = {s: set() for s in symbols}
+    query = select(MarketPrice.symbol, MarketPrice.date).where(
+        MarketPrice.symbol.in_(list(symbols)), MarketPrice.date >= start, MarketPrice.date <= end)
+    for symbol, day in session.execute(query):
+        found[symbol].add(day)
+    return found
+
+
+def load_closes(session: Session, symbols: Iterable[str], start: date, end: date) -> pd.DataFrame:
+    """Closes dated in [start, end] — never after `end` (no look-ahead) — as a DataFrame indexed
+    by date (ascending), one float column per requested symbol (all-NaN if it has no rows)."""
+    wanted = sorted(set(symbols))
+    query = select(MarketPrice.date, MarketPrice.symbol, MarketPrice.close).where(
+        MarketPrice.symbol.in_(wanted), MarketPrice.date >= start, MarketPrice.date <= end)
+    rows = session.execute(query).all()
+    frame = pd.DataFrame(rows, columns=["date", "symbol", "close"])
+    wide = frame.pivot(index="date", columns="symbol", values="close") if rows else pd.DataFrame()
+    wide = wide.reindex(columns=wanted).astype(float).sort_index()
+    wide.columns.name = None
+    return wide
+
+
+def prior_snapshot(session: Session, portfolio_id: uuid.UUID, before: date) -> PriorSnapshot | None:
+    row = session.execute(
+        select(PortfolioSnapshot.snapshot_date, PortfolioSnapshot.total_value,
+               PortfolioSnapshot.cumulative_pnl)
+        .where(PortfolioSnapshot.portfolio_id == portfolio_id, PortfolioSnapshot.snapshot_date < before)
+        .order_by(PortfolioSnapshot.snapshot_date.desc()).limit(1)
+    ).first()
+    return PriorSnapshot(row[0], float(row[1]), float(row[2])) if row else None
+
+
+def has_snapshot(session: Session, portfolio_id: uuid.UUID, day: date) -> bool:
+    return session.scalar(select(PortfolioSnapshot.id).where(
+        PortfolioSnapshot.portfolio_id == portfolio_id, PortfolioSnapshot.snapshot_date == day)) is not None
+
+
+def replace_rows(session: Session, table: type, key: dict[str, object], rows: Sequence[dict]) -> int:
+    """Delete every row of `table` matching `key` (column → value), then insert `rows` with the
+    key columns filled in. This is how a re-run replaces a (portfolio, date)'s results."""
+    session.execute(delete(table).where(and_(*(getattr(table, c) == v for c, v in key.items()))))
+    if rows:
+        session.execute(table.__table__.insert(), [{**r, **key} for r in rows])
+    return len(rows)

@@ -1,0 +1,344 @@
+"""The run loop (SPEC §2, §7): lock, run record, global sync steps, then one transaction per
+(portfolio, as-of date) with a savepoint per engine, a soft deadline, a watchdog and signals."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+from batch import repository
+from batch.db import run_lock
+from batch.engines import ENGINES, Engine as CalcEngine, UnitContext
+from batch.errors import Interrupted
+from batch.providers import MarketDataProvider
+from batch.settings import Settings
+from batch.sync import MarketDataResult, sync_company_profiles, sync_market_data
+from models import BatchJobResult, BatchRun
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A resolved run: the sessions to compute (ascending; empty when the run is skipped)."""
+
+    as_of_dates: list[date]
+    requested_start: date
+    requested_end: date
+    skip_reason: str | None = None
+    force: bool = False
+    portfolio_ids: list[uuid.UUID] = field(default_factory=list)  # empty: every portfolio
+    skip_sync: bool = False
+    skip_profiles: bool = False
+    trigger: str = "manual"
+
+
+@dataclass
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    deadline_skips: int = 0
+    failed_portfolios: list[dict[str, str]] = field(default_factory=list)
+
+
+def jsonable(value: Any) -> Any:
+    """Make a result JSON-safe: non-finite floats → None, dates → ISO, UUIDs → str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+class Runner:
+    """Executes one RunRequest against a database. The clocks are injectable for tests."""
+
+    def __init__(self, settings: Settings, engine: Engine, provider: MarketDataProvider,
+                 engines: Sequence[CalcEngine] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 utcnow: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.provider = provider
+        self.engines = list(ENGINES if engines is None else engines)
+        self.monotonic = monotonic
+        self.utcnow = utcnow
+
+    # -- public -----------------------------------------------------------------------------
+
+    def run(self, request: RunRequest) -> dict[str, Any]:
+        """Run under the run lock (raises LockHeld at once if another run has it) and return the
+        SPEC §2 summary, whose `exit_code` the caller exits with."""
+        run_id = uuid.uuid4()
+        structlog.contextvars.bind_contextvars(run_id=str(run_id))
+        with run_lock(self.engine):
+            return self._run_locked(run_id, request)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def _run_locked(self, run_id: uuid.UUID, request: RunRequest) -> dict[str, Any]:
+        started = self.monotonic()
+        self.run_id = run_id
+        self._create_run_record(request)
+        tally = _Tally()
+        market = {"symbols_requested": 0, "symbols_updated": 0, "rows_written": 0,
+                  "failed_symbols": [], "status": "skipped"}
+        profiles = {"status": "skipped", "total": 0, "successful": 0, "failed": 0, "duration_seconds": 0.0}
+        global_failures: list[dict[str, str]] = []
+        interrupted: Interrupted | None = None
+        previous_handlers = self._install_signal_handlers()
+        faulthandler.dump_traceback_later(
+            self.settings.batch_timeout_seconds + self.settings.watchdog_grace_seconds, exit=True)
+        try:
+            if request.skip_reason is None:
+                last = request.as_of_dates[-1]
+                with Session(self.engine) as s, s.begin():
+                    repository.ensure_factor_definitions(s, self.provider.name)
+                    portfolios = repository.active_portfolios(s, request.portfolio_ids)
+                if not request.skip_sync:
+                    market = self._market_data_step(request, last, global_failures)
+                    if not request.skip_profiles:
+                        profiles = self._profiles_step(request, last)
+                units = [(d, p) for d in request.as_of_dates for p in portfolios]
+                self._set_progress(total_units=len(units))
+                for done, (as_of, portfolio) in enumerate(units):
+                    self._run_unit_or_skip(request, as_of, portfolio, started, tally)
+                    self._set_progress(completed_units=done + 1,
+                                       current_unit=f"{portfolio.id}@{as_of.isoformat()}")
+            else:
+                log.info(request.skip_reason, requested=request.requested_end.isoformat())
+        except Interrupted as exc:
+            interrupted = exc
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(sig, signal.SIG_IGN)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        summary = self._summary(request, tally, market, profiles, global_failures, interrupted,
+                                self.monotonic() - started)
+        self._finish_run_record(summary)
+        self._restore_signal_handlers(previous_handlers)
+        structlog.contextvars.unbind_contextvars("portfolio_id", "as_of")
+        log.info("run_finished", **summary)
+        return summary
+
+    def _market_data_step(self, request: RunRequest, as_of: date,
+                          global_failures: list[dict[str, str]]) -> dict[str, Any]:
+        started = self.monotonic()
+        try:
+            with Session(self.engine) as s, s.begin():
+                result: MarketDataResult = sync_market_data(
+                    s, self.provider, request.as_of_dates, request.portfolio_ids or None, self.utcnow())
+        except Exception as exc:  # a global step fails alone; engines run on stored data
+            log.exception("market_data_failed")
+            error = f"{type(exc).__name__}: {exc}"
+            self._record_jobs(as_of, None, [("market_data", "failed", self._ms(started), error, None)])
+            global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
+            return {"symbols_requested": 0, "symbols_updated": 0, "rows_written": 0,
+                    "failed_symbols": [], "status": "failed"}
+        status = "failed" if result.all_failed else "success"
+        error = "every requested symbol failed" if result.all_failed else None
+        self._record_jobs(as_of, None, [("market_data", status, self._ms(started), error, result.result())])
+        if result.all_failed:
+            global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
+        return {**result.summary(), "status": status}
+
+    def _profiles_step(self, request: RunRequest, as_of: date) -> dict[str, Any]:
+        """Non-blocking: a failure here is recorded but never changes the exit code."""
+        started = self.monotonic()
+        try:
+            with Session(self.engine) as s, s.begin():
+                symbols = repository.symbols_held(s, request.as_of_dates[0], as_of,
+                                                  request.portfolio_ids or None)
+                symbols = sorted(set(symbols) | set(repository.active_factor_proxies(s)))
+                summary = sync_company_profiles(s, self.provider, symbols, self.utcnow())
+        except Exception as exc:
+            log.exception("company_profiles_failed")
+            summary = {"status": "failed", "total": 0, "successful": 0, "failed": 0,
+                       "duration_seconds": round((self.monotonic() - started), 3),
+                       "error": f"{type(exc).__name__}: {exc}"}
+        status = "failed" if summary["status"] == "failed" else "success"
+        self._record_jobs(as_of, None, [("company_profiles", status, self._ms(started),
+                                         summary.get("error"), summary)])
+        return {k: summary[k] for k in ("status", "total", "successful", "failed", "duration_seconds")}
+
+    def _run_unit_or_skip(self, request: RunRequest, as_of: date, portfolio: repository.PortfolioRow,
+                          started: float, tally: _Tally) -> None:
+        structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
+        if self.monotonic() - started > self.settings.batch_timeout_seconds:
+            tally.skipped += 1
+            tally.deadline_skips += 1
+            self._record_jobs(as_of, portfolio.id, [
+                (e.name, "skipped", 0, "deadline", {"reason": "deadline"}) for e in self.engines])
+            log.warning("unit_skipped", reason="deadline")
+            return
+        if not request.force:
+            with Session(self.engine) as s:
+                complete = repository.has_snapshot(s, portfolio.id, as_of)
+            if complete:
+                tally.skipped += 1
+                self._record_jobs(as_of, portfolio.id, [
+                    (e.name, "skipped", 0, None, {"reason": "already_complete"}) for e in self.engines])
+                log.info("unit_skipped", reason="already_complete")
+                return
+        records, failure = self._run_unit(as_of, portfolio)
+        self._record_jobs(as_of, portfolio.id, records)
+        if failure is None:
+            tally.succeeded += 1
+        else:
+            tally.failed += 1
+            tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
+                                            "job": failure[0], "error": failure[1]})
+
+    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow
+                  ) -> tuple[list[tuple], tuple[str, str] | None]:
+        """One transaction for (portfolio, as_of): every engine in a savepoint; if any engine
+        fails, the whole unit rolls back. Returns the job records and the first failure."""
+        records: list[tuple] = []
+        broken: dict[str, str] = {}  # engine name → the failed engine at the root
+        failure: tuple[str, str] | None = None
+        unit_started = self.monotonic()
+        with Session(self.engine) as s:
+            s.begin()
+            try:
+                ctx = UnitContext(s, self.settings, portfolio, as_of,
+                                  repository.load_positions(s, portfolio.id))
+                for engine in self.engines:
+                    root = next((broken[d] for d in engine.depends_on if d in broken), None)
+                    if root is not None:
+                        broken[engine.name] = root
+                        records.append((engine.name, "skipped", 0, f"upstream_failed: {root}",
+                                        {"data_quality": {"flag": "upstream_failed", "upstream": root}}))
+                        continue
+                    t0 = self.monotonic()
+                    try:
+                        with s.begin_nested():
+                            outcome = engine.run(ctx)
+                    except Exception as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+                        log.exception("engine_failed", job=engine.name)
+                        broken[engine.name] = engine.name
+                        failure = failure or (engine.name, error)
+                        records.append((engine.name, "failed", self._ms(t0), error, None))
+                        continue
+                    records.append((engine.name, outcome.status, self._ms(t0), None, outcome.result))
+                if failure is None:
+                    s.commit()
+                else:
+                    s.rollback()
+            except Interrupted:
+                s.rollback()
+                raise
+            except Exception as exc:  # loading inputs or the commit itself failed
+                s.rollback()
+                log.exception("unit_failed")
+                failure = failure or ("unit", f"{type(exc).__name__}: {exc}")
+        if failure is not None:
+            records = [
+                r if r[1] != "success" else (r[0], "skipped", r[2], f"rolled_back: {failure[0]} failed", r[4])
+                for r in records
+            ]
+            if not records:
+                records = [(failure[0], "failed", self._ms(unit_started), failure[1], None)]
+            log.error("portfolio_failed", job=failure[0], error=failure[1])
+        else:
+            log.info("portfolio_succeeded", duration_ms=self._ms(unit_started))
+        return records, failure
+
+    # -- records ------------------------------------------------------------------------------
+
+    def _create_run_record(self, request: RunRequest) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(BatchRun(
+                id=self.run_id, started_at=self.utcnow(), status="running", trigger=request.trigger,
+                as_of_start=request.as_of_dates[0] if request.as_of_dates else request.requested_start,
+                as_of_end=request.as_of_dates[-1] if request.as_of_dates else request.requested_end,
+                portfolio_filter=[str(p) for p in request.portfolio_ids] or None,
+                total_units=0, completed_units=0, hostname=socket.gethostname(), pid=os.getpid(),
+            ))
+        log.info("run_started", trigger=request.trigger,
+                 as_of_dates=[d.isoformat() for d in request.as_of_dates], force=request.force)
+
+    def _set_progress(self, **values: Any) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(**values))
+
+    def _record_jobs(self, as_of: date | None, portfolio_id: uuid.UUID | None,
+                     records: Sequence[tuple]) -> None:
+        with Session(self.engine) as s, s.begin():
+            for job, status, duration_ms, error, result in records:
+                s.add(BatchJobResult(run_id=self.run_id, as_of_date=as_of, portfolio_id=portfolio_id,
+                                     job=job, status=status, duration_ms=int(duration_ms), error=error,
+                                     result=jsonable(result) if result is not None else None))
+
+    def _finish_run_record(self, summary: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
+                status=summary["status"], finished_at=self.utcnow(), exit_code=summary["exit_code"],
+                summary=json.loads(json.dumps(jsonable(summary)))))
+
+    def _summary(self, request: RunRequest, tally: _Tally, market: dict[str, Any],
+                 profiles: dict[str, Any], global_failures: list[dict[str, str]],
+                 interrupted: Interrupted | None, duration: float) -> dict[str, Any]:
+        if interrupted is not None:
+            status, exit_code = "interrupted", 128 + interrupted.signum
+        elif request.skip_reason is not None:
+            status, exit_code = "skipped", 0
+        elif tally.failed or tally.deadline_skips or global_failures:
+            status = "partial" if tally.succeeded else "failed"
+            exit_code = 1
+        else:
+            status, exit_code = "success", 0
+        return {
+            "run_id": str(self.run_id),
+            "status": status,
+            "reason": request.skip_reason or ("deadline" if tally.deadline_skips else None),
+            "as_of_dates": [d.isoformat() for d in request.as_of_dates],
+            "portfolios": {"succeeded": tally.succeeded, "failed": tally.failed, "skipped": tally.skipped},
+            "failed_portfolios": tally.failed_portfolios + global_failures,
+            "market_data": market,
+            "company_profiles": profiles,
+            "duration_seconds": round(duration, 3),
+            "exit_code": exit_code,
+        }
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def _raise(signum: int, _frame: Any) -> None:
+            raise Interrupted(signum)
+
+        return {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _ms(self, since: float) -> int:
+        return int(round((self.monotonic() - since) * 1000))

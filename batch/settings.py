@@ -1,0 +1,100 @@
+"""Settings from the environment (SPEC §3), read once at the entry point and passed down."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from batch.errors import ConfigError
+
+EMBEDDED_DB_FILENAME = "sigmasight.db"
+PROVIDERS = ("sample", "yfinance", "fmp", "polygon")
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    embedded_database: Path | None  # the SQLite file when DATABASE_URL is unset
+    market_data_provider: str = "sample"
+    fmp_api_key: str | None = None
+    polygon_api_key: str | None = None
+    risk_free_rate: float = 0.04  # annual, continuously compounded
+    batch_timeout_seconds: float = 3600.0
+    watchdog_grace_seconds: float = 300.0
+    max_retry_attempts: int = 3
+    log_format: str = "json"
+    log_level: str = "INFO"
+    sentry_dsn: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+        """Build settings from `env` (default: os.environ). Raises ConfigError naming the variable."""
+        env = os.environ if env is None else env
+        raw_url = (env.get("DATABASE_URL") or "").strip()
+        if raw_url:
+            database_url, embedded = normalise_database_url(raw_url), None
+        else:
+            embedded = (cwd or Path.cwd()) / EMBEDDED_DB_FILENAME
+            database_url = f"sqlite:///{embedded}"
+        provider = (env.get("MARKET_DATA_PROVIDER") or "sample").strip().lower()
+        if provider not in PROVIDERS:
+            raise ConfigError(f"MARKET_DATA_PROVIDER={provider!r} is not one of {', '.join(PROVIDERS)}")
+        log_format = (env.get("LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json")).lower()
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        log_level = (env.get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        return cls(
+            database_url=database_url,
+            embedded_database=embedded,
+            market_data_provider=provider,
+            fmp_api_key=env.get("FMP_API_KEY") or None,
+            polygon_api_key=env.get("POLYGON_API_KEY") or None,
+            risk_free_rate=_number(env, "RISK_FREE_RATE", 0.04, low=-0.05, high=1.0),
+            batch_timeout_seconds=_number(env, "BATCH_TIMEOUT_SECONDS", 3600.0, low=0.0, high=7 * 86400),
+            max_retry_attempts=int(_number(env, "MAX_RETRY_ATTEMPTS", 3, low=1, high=20, integer=True)),
+            log_format=log_format,
+            log_level=log_level,
+            sentry_dsn=env.get("SENTRY_DSN") or None,
+        )
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs and messages."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+def normalise_database_url(url: str) -> str:
+    """Map `postgres://` and `postgresql://` to the psycopg 3 driver; leave others alone."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    try:
+        make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError for unparsable URLs
+        raise ConfigError(f"DATABASE_URL is not a valid database URL ({type(exc).__name__})") from None
+    return url
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float,
+            integer: bool = False) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is outside [{low}, {high}]")
+    return value

@@ -1,0 +1,181 @@
+"""Market-data and company-profile sync (SPEC §5.2, §5.3), run once per run before the engines."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from batch import calendar, repository
+from batch.db import upsert
+from batch.providers import MarketDataProvider
+from models import CompanyProfile, MarketPrice
+
+log = structlog.get_logger()
+
+# The regression, volatility and EWMA windows need ~260 sessions; fetch 300 before the as-of.
+HISTORY_SESSIONS = 300
+PROFILE_MAX_AGE_DAYS = 7
+# Per-symbol failures that say the provider has no such data, not that it is unreachable.
+PERMANENT_REASONS = frozenset({"unknown_symbol", "no_data"})
+
+
+@dataclass
+class MarketDataResult:
+    symbols_requested: int = 0
+    symbols_updated: int = 0
+    rows_written: int = 0
+    failed_symbols: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    rejected_rows: list[dict[str, Any]] = field(default_factory=list)
+    window: tuple[str, str] | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """True when the provider failed every requested symbol and not merely because it does
+        not know them (an unreachable provider, SPEC §5.3)."""
+        return (self.symbols_requested > 0 and len(self.failures) == self.symbols_requested
+                and any(reason not in PERMANENT_REASONS for reason in self.failures.values()))
+
+    def summary(self) -> dict[str, Any]:
+        return {"symbols_requested": self.symbols_requested, "symbols_updated": self.symbols_updated,
+                "rows_written": self.rows_written, "failed_symbols": self.failed_symbols}
+
+    def result(self) -> dict[str, Any]:
+        return {**self.summary(), "failures": self.failures, "rejected_rows": self.rejected_rows[:50],
+                "rejected_count": len(self.rejected_rows), "window": self.window}
+
+
+def history_start(first_as_of: date, coverage: tuple[date, date] | None) -> date:
+    """First session of the price window for a run whose earliest as-of date is `first_as_of`."""
+    lo, _ = calendar.covered_range()
+    sessions = calendar.trading_days(max(lo, first_as_of - timedelta(days=2 * HISTORY_SESSIONS)), first_as_of)
+    start = sessions[-HISTORY_SESSIONS] if len(sessions) >= HISTORY_SESSIONS else sessions[0]
+    if coverage is not None:
+        start = max(start, coverage[0])
+    return start
+
+
+def validate_prices(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Drop rows that must not be stored: non-finite, zero or negative closes, dates that are not
+    NYSE sessions; duplicate (symbol, date) rows keep the last. Returns (clean, rejected), where
+    each rejected entry names symbol, date, value and reason."""
+    rejected: list[dict[str, Any]] = []
+    keep = []
+    for row in rows.itertuples(index=False):
+        close = row.close
+        reason = None
+        try:
+            value = float(close)
+        except (TypeError, ValueError):
+            value, reason = math.nan, "non_numeric_close"
+        if reason is None and not math.isfinite(value):
+            reason = "non_finite_close"
+        elif reason is None and value <= 0:
+            reason = "non_positive_close"
+        elif reason is None and not calendar.is_trading_day(row.date):
+            reason = "not_a_session"
+        if reason:
+            rejected.append({"symbol": row.symbol, "date": row.date.isoformat(), "close": repr(close),
+                             "reason": reason})
+        keep.append(reason is None)
+    clean = rows[keep].drop_duplicates(subset=["symbol", "date"], keep="last")
+    return clean, rejected
+
+
+def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates: Sequence[date],
+                     portfolio_ids: Sequence[uuid.UUID] | None, now: datetime) -> MarketDataResult:
+    """Fetch only the sessions missing from `market_prices` over the history window of the run's
+    dates, for held symbols plus factor proxies, validate, and upsert on (symbol, date)."""
+    result = MarketDataResult()
+    first, last = min(as_of_dates), max(as_of_dates)
+    coverage = provider.coverage()
+    start = history_start(first, coverage)
+    end = min(last, coverage[1]) if coverage else last
+    result.window = (start.isoformat(), end.isoformat())
+    symbols = sorted(set(repository.symbols_held(session, first, last, portfolio_ids))
+                     | set(repository.active_factor_proxies(session)))
+    needed = calendar.trading_days(start, end) if start <= end else []
+    have = repository.existing_price_dates(session, symbols, start, end)
+    ranges: dict[tuple[date, date], list[str]] = defaultdict(list)
+    for symbol in symbols:
+        missing = [d for d in needed if d not in have[symbol]]
+        if missing:
+            ranges[(missing[0], missing[-1])].append(symbol)
+    result.symbols_requested = sum(len(v) for v in ranges.values())
+    updated: set[str] = set()
+    for (lo, hi), group in sorted(ranges.items()):
+        batch = provider.get_daily_prices(group, lo, hi)
+        result.failures.update(batch.failed)
+        clean, rejected = validate_prices(batch.rows)
+        result.rejected_rows.extend(rejected)
+        if clean.empty:
+            continue
+        records = [
+            {"symbol": r.symbol, "date": r.date, "open": _opt(r.open), "high": _opt(r.high),
+             "low": _opt(r.low), "close": float(r.close), "volume": None if pd.isna(r.volume) else int(r.volume),
+             "source": provider.name, "updated_at": now}
+            for r in clean.itertuples(index=False)
+        ]
+        result.rows_written += upsert(session, MarketPrice, records, key=("symbol", "date"))
+        updated.update(clean["symbol"].unique())
+    result.symbols_updated = len(updated)
+    result.failed_symbols = sorted(result.failures)
+    log.info("market_data_synced", **result.summary(), window=result.window,
+             rejected=len(result.rejected_rows))
+    return result
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def sync_company_profiles(session: Session, provider: MarketDataProvider, symbols: Sequence[str],
+                          now: datetime) -> dict[str, Any]:
+    """Refresh profiles missing or older than PROFILE_MAX_AGE_DAYS for equity-like symbols (index
+    proxies such as `^GSPC` have none). Returns {status, total, successful, failed,
+    duration_seconds, failed_symbols}. Never raises for a provider failure."""
+    started = time.monotonic()
+    wanted = [s for s in symbols if not s.startswith("^")]
+    fresh = {
+        s for s, updated in session.execute(
+            select(CompanyProfile.symbol, CompanyProfile.updated_at).where(CompanyProfile.symbol.in_(wanted)))
+        if updated is not None and (now - _aware(updated, now)).days < PROFILE_MAX_AGE_DAYS
+    }
+    todo = [s for s in wanted if s not in fresh]
+    batch = provider.get_company_profiles(todo) if todo else None
+    records = []
+    for p in batch.profiles if batch else []:
+        records.append({
+            "symbol": p["symbol"], "company_name": p.get("company_name"), "sector": p.get("sector"),
+            "industry": p.get("industry"), "exchange": p.get("exchange"), "country": p.get("country"),
+            "market_cap": p.get("market_cap"), "is_etf": bool(p.get("is_etf", False)),
+            "source": provider.name, "updated_at": now,
+        })
+    upsert(session, CompanyProfile, records, key=("symbol",))
+    failed = sorted(batch.failed) if batch else []
+    summary = {
+        "status": "success" if not failed else ("failed" if not records else "partial"),
+        "total": len(todo), "successful": len(records), "failed": len(failed),
+        "duration_seconds": round(time.monotonic() - started, 3), "failed_symbols": failed,
+        "already_fresh": len(fresh),
+    }
+    log.info("company_profiles_synced", **{k: v for k, v in summary.items() if k != "failed_symbols"})
+    return summary
+
+
+def _aware(value: datetime, like: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns: read them as UTC."""
+    if value.tzinfo is None and like.tzinfo is not None:
+        return value.replace(tzinfo=like.tzinfo)
+    return value

@@ -1,0 +1,367 @@
+"""ORM tables (SPEC §4). Generic types only, so PostgreSQL and SQLite share one schema.
+
+Money and quantities are `Numeric` returned as Python floats; computed statistics are `Float`
+(double precision). Every result table has a surrogate integer id and a named unique
+constraint on its natural key; re-runs replace rows by that key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Surrogate key: BIGINT on PostgreSQL, INTEGER (rowid alias, autoincrementing) on SQLite.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+Money = Numeric(20, 6, asdecimal=False)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _rowid() -> Mapped[int]:
+    return mapped_column(RowId, primary_key=True, autoincrement=True)
+
+
+# --- reference data -------------------------------------------------------------------------
+
+
+class Portfolio(Base):
+    __tablename__ = "portfolios"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cash_balance: Mapped[float] = mapped_column(Money, default=0.0)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Position(Base):
+    __tablename__ = "positions"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
+    )
+    symbol: Mapped[str] = mapped_column(String(64))
+    position_type: Mapped[str] = mapped_column(String(8))  # LONG SHORT LC LP SC SP
+    quantity: Mapped[float] = mapped_column(Money)  # negative for SHORT/SC/SP
+    entry_price: Mapped[float] = mapped_column(Money)
+    entry_date: Mapped[date] = mapped_column(Date)
+    exit_date: Mapped[date | None] = mapped_column(Date)
+    investment_class: Mapped[str | None] = mapped_column(String(16))  # PUBLIC OPTIONS PRIVATE
+    investment_subtype: Mapped[str | None] = mapped_column(String(64))
+    underlying_symbol: Mapped[str | None] = mapped_column(String(32))
+    strike_price: Mapped[float | None] = mapped_column(Money)
+    expiration_date: Mapped[date | None] = mapped_column(Date)
+    implied_volatility: Mapped[float | None] = mapped_column(Float)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MarketPrice(Base):
+    __tablename__ = "market_prices"
+    __table_args__ = (UniqueConstraint("symbol", "date", name="uq_market_prices_symbol_date"),)
+    id: Mapped[int] = _rowid()
+    symbol: Mapped[str] = mapped_column(String(64))
+    date: Mapped[date] = mapped_column(Date)
+    open: Mapped[float | None] = mapped_column(Money)
+    high: Mapped[float | None] = mapped_column(Money)
+    low: Mapped[float | None] = mapped_column(Money)
+    close: Mapped[float] = mapped_column(Money)  # adjusted close
+    volume: Mapped[int | None] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CompanyProfile(Base):
+    __tablename__ = "company_profiles"
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    company_name: Mapped[str | None] = mapped_column(String(200))
+    sector: Mapped[str | None] = mapped_column(String(100))
+    industry: Mapped[str | None] = mapped_column(String(200))
+    exchange: Mapped[str | None] = mapped_column(String(50))
+    country: Mapped[str | None] = mapped_column(String(50))
+    market_cap: Mapped[float | None] = mapped_column(Float)
+    is_etf: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FactorDefinition(Base):
+    __tablename__ = "factor_definitions"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    proxy_symbol: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # market, style, rates
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    display_order: Mapped[int] = mapped_column(Integer)
+
+
+class StressScenario(Base):
+    __tablename__ = "stress_scenarios"
+    scenario_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    shocks: Mapped[dict] = mapped_column(JSON)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+class SymbolFactorBeta(Base):
+    __tablename__ = "symbol_factor_betas"
+    __table_args__ = (
+        UniqueConstraint("symbol", "factor", "as_of_date", name="uq_symbol_factor_betas_key"),
+    )
+    id: Mapped[int] = _rowid()
+    symbol: Mapped[str] = mapped_column(String(64))
+    factor: Mapped[str] = mapped_column(String(32))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    beta: Mapped[float | None] = mapped_column(Float)
+    std_error: Mapped[float | None] = mapped_column(Float)
+    t_stat: Mapped[float | None] = mapped_column(Float)
+    r_squared: Mapped[float | None] = mapped_column(Float)
+    observations: Mapped[int] = mapped_column(Integer)
+    window_days: Mapped[int] = mapped_column(Integer)
+    capped: Mapped[bool] = mapped_column(Boolean, default=False)
+    quality_flag: Mapped[str] = mapped_column(String(32))
+
+
+class PositionFactorExposure(Base):
+    __tablename__ = "position_factor_exposures"
+    __table_args__ = (
+        UniqueConstraint("position_id", "factor", "as_of_date", name="uq_position_factor_exposures_key"),
+    )
+    id: Mapped[int] = _rowid()
+    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"))
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
+    )
+    factor: Mapped[str] = mapped_column(String(32))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    beta: Mapped[float] = mapped_column(Float)
+    exposure_dollar: Mapped[float] = mapped_column(Float)
+
+
+class PortfolioFactorExposure(Base):
+    __tablename__ = "portfolio_factor_exposures"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "factor", "as_of_date", name="uq_portfolio_factor_exposures_key"),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    factor: Mapped[str] = mapped_column(String(32))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    beta: Mapped[float | None] = mapped_column(Float)
+    exposure_dollar: Mapped[float] = mapped_column(Float)
+
+
+class PositionGreeks(Base):
+    __tablename__ = "position_greeks"
+    __table_args__ = (UniqueConstraint("position_id", "as_of_date", name="uq_position_greeks_key"),)
+    id: Mapped[int] = _rowid()
+    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"))
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
+    )
+    as_of_date: Mapped[date] = mapped_column(Date)
+    model_price: Mapped[float | None] = mapped_column(Float)
+    underlying_price: Mapped[float | None] = mapped_column(Float)
+    volatility: Mapped[float | None] = mapped_column(Float)
+    delta: Mapped[float | None] = mapped_column(Float)
+    gamma: Mapped[float | None] = mapped_column(Float)
+    theta: Mapped[float | None] = mapped_column(Float)
+    vega: Mapped[float | None] = mapped_column(Float)
+    rho: Mapped[float | None] = mapped_column(Float)
+    dollar_delta: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(32))
+
+
+class MarketRiskResult(Base):
+    __tablename__ = "market_risk_results"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "scenario", "as_of_date", name="uq_market_risk_results_key"),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    scenario: Mapped[str] = mapped_column(String(64))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    shock: Mapped[float] = mapped_column(Float)
+    pnl: Mapped[float] = mapped_column(Float)
+    pnl_pct: Mapped[float | None] = mapped_column(Float)
+
+
+class StressTestResult(Base):
+    __tablename__ = "stress_test_results"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "scenario_id", "as_of_date", name="uq_stress_test_results_key"),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    scenario_id: Mapped[str] = mapped_column(ForeignKey("stress_scenarios.scenario_id"))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    direct_pnl: Mapped[float] = mapped_column(Float)
+    correlated_pnl: Mapped[float] = mapped_column(Float)
+    correlation_effect: Mapped[float] = mapped_column(Float)
+    pnl_pct: Mapped[float | None] = mapped_column(Float)
+    exceeds_equity: Mapped[bool] = mapped_column(Boolean, default=False)
+    factor_impacts: Mapped[dict] = mapped_column(JSON)
+
+
+class CorrelationRun(Base):
+    __tablename__ = "correlation_runs"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "as_of_date", "window_days", name="uq_correlation_runs_key"),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    window_days: Mapped[int] = mapped_column(Integer)
+    avg_abs_correlation: Mapped[float | None] = mapped_column(Float)
+    weighted_correlation: Mapped[float | None] = mapped_column(Float)
+    effective_positions: Mapped[float | None] = mapped_column(Float)
+    positions_included: Mapped[int] = mapped_column(Integer)
+    positions_excluded: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+
+
+class PairwiseCorrelation(Base):
+    __tablename__ = "pairwise_correlations"
+    __table_args__ = (
+        UniqueConstraint(
+            "portfolio_id", "as_of_date", "symbol_1", "symbol_2", name="uq_pairwise_correlations_key"
+        ),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    symbol_1: Mapped[str] = mapped_column(String(64))
+    symbol_2: Mapped[str] = mapped_column(String(64))
+    correlation: Mapped[float | None] = mapped_column(Float)
+    observations: Mapped[int] = mapped_column(Integer)
+
+
+class CorrelationCluster(Base):
+    __tablename__ = "correlation_clusters"
+    __table_args__ = (
+        UniqueConstraint(
+            "portfolio_id", "as_of_date", "cluster_number", name="uq_correlation_clusters_key"
+        ),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    cluster_number: Mapped[int] = mapped_column(Integer)
+    symbols: Mapped[list] = mapped_column(JSON)
+    avg_correlation: Mapped[float] = mapped_column(Float)
+    weight: Mapped[float] = mapped_column(Float)
+
+
+class FactorCorrelation(Base):
+    __tablename__ = "factor_correlations"
+    __table_args__ = (
+        UniqueConstraint("as_of_date", "factor_1", "factor_2", name="uq_factor_correlations_key"),
+    )
+    id: Mapped[int] = _rowid()
+    as_of_date: Mapped[date] = mapped_column(Date)
+    factor_1: Mapped[str] = mapped_column(String(32))
+    factor_2: Mapped[str] = mapped_column(String(32))
+    correlation: Mapped[float] = mapped_column(Float)
+    observations: Mapped[int] = mapped_column(Integer)
+    decay: Mapped[float] = mapped_column(Float)
+
+
+class PortfolioSnapshot(Base):
+    __tablename__ = "portfolio_snapshots"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "snapshot_date", name="uq_portfolio_snapshots_key"),
+    )
+    id: Mapped[int] = _rowid()
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
+    snapshot_date: Mapped[date] = mapped_column(Date)
+    total_value: Mapped[float] = mapped_column(Float)
+    cash_value: Mapped[float] = mapped_column(Float)
+    long_value: Mapped[float] = mapped_column(Float)
+    short_value: Mapped[float] = mapped_column(Float)
+    gross_exposure: Mapped[float] = mapped_column(Float)
+    net_exposure: Mapped[float] = mapped_column(Float)
+    private_value: Mapped[float] = mapped_column(Float)
+    daily_pnl: Mapped[float] = mapped_column(Float)
+    daily_return: Mapped[float | None] = mapped_column(Float)
+    cumulative_pnl: Mapped[float] = mapped_column(Float)
+    num_positions: Mapped[int] = mapped_column(Integer)
+    num_long: Mapped[int] = mapped_column(Integer)
+    num_short: Mapped[int] = mapped_column(Integer)
+    num_private: Mapped[int] = mapped_column(Integer)
+    portfolio_delta: Mapped[float | None] = mapped_column(Float)
+    portfolio_gamma: Mapped[float | None] = mapped_column(Float)
+    portfolio_theta: Mapped[float | None] = mapped_column(Float)
+    portfolio_vega: Mapped[float | None] = mapped_column(Float)
+    market_beta: Mapped[float | None] = mapped_column(Float)
+    data_quality: Mapped[dict] = mapped_column(JSON)
+
+
+# --- run records ------------------------------------------------------------------------------
+
+
+class BatchRun(Base):
+    __tablename__ = "batch_runs"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # running success partial failed skipped interrupted
+    trigger: Mapped[str] = mapped_column(String(16))  # cron, manual
+    as_of_start: Mapped[date | None] = mapped_column(Date)
+    as_of_end: Mapped[date | None] = mapped_column(Date)
+    portfolio_filter: Mapped[list | None] = mapped_column(JSON)
+    total_units: Mapped[int] = mapped_column(Integer, default=0)
+    completed_units: Mapped[int] = mapped_column(Integer, default=0)
+    current_unit: Mapped[str | None] = mapped_column(String(100))
+    summary: Mapped[dict | None] = mapped_column(JSON)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+class BatchJobResult(Base):
+    __tablename__ = "batch_job_results"
+    __table_args__ = (
+        UniqueConstraint("run_id", "as_of_date", "portfolio_id", "job", name="uq_batch_job_results_key"),
+    )
+    id: Mapped[int] = _rowid()
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batch_runs.id", ondelete="CASCADE"), index=True)
+    as_of_date: Mapped[date | None] = mapped_column(Date)
+    portfolio_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    job: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # success skipped failed
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON)
+
+
