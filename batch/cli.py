@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             raise NotImplementedError("`check` (preflight) is not built yet: it arrives with issue #4")
         raise AssertionError(args.command)
-    except (ConfigError, CoverageError, DatabaseUnavailable, NotImplementedError, ValueError) as exc:
+    except (ConfigError, CoverageError, DatabaseUnavailable, NotImplementedError) as exc:
         return _usage_error(str(exc))
     except LockHeld as exc:
         log.warning("run_lock_held", detail=str(exc))
@@ -175,7 +175,10 @@ def check_coverage(provider: MarketDataProvider, dates: Sequence[date]) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
-    request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
+    try:
+        request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
+    except ValueError as exc:  # calendar input errors (e.g. a date beyond its coverage)
+        raise ConfigError(str(exc)) from None
     provider = get_provider(settings)
     check_coverage(provider, request.as_of_dates)
     _open_database(settings, engine)

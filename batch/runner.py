@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -109,8 +110,9 @@ class Runner:
         global_failures: list[dict[str, str]] = []
         interrupted: Interrupted | None = None
         previous_handlers = self._install_signal_handlers()
-        faulthandler.dump_traceback_later(
-            self.settings.batch_timeout_seconds + self.settings.watchdog_grace_seconds, exit=True)
+        faulthandler.dump_traceback_later(  # hard watchdog: dump stacks and exit if hung
+            self.settings.batch_timeout_seconds + self.settings.watchdog_grace_seconds, exit=True,
+            file=sys.__stderr__)
         try:
             if request.skip_reason is None:
                 last = request.as_of_dates[-1]

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-_OCC = re.compile(r"^(?P<root>[A-Z][A-Z0-9.]{0,5})(?P<pad> *)(?P<yy>\d{2})(?P<mm>\d{2})(?P<dd>\d{2})"
-                  r"(?P<right>[CP])(?P<strike>\d{8})$")
+_OCC = re.compile(r"(?P<root>[A-Z][A-Z0-9.]{0,5})(?P<pad> *)(?P<yy>[0-9]{2})(?P<mm>[0-9]{2})"
+                  r"(?P<dd>[0-9]{2})(?P<right>[CP])(?P<strike>[0-9]{8})")
 
 
 class MalformedOccSymbol(ValueError):
@@ -35,7 +35,7 @@ class OccSymbol:
 
 def parse_occ(symbol: str) -> OccSymbol:
     """Parse a compact or padded OCC symbol. Raises MalformedOccSymbol (never guesses)."""
-    match = _OCC.match(symbol)
+    match = _OCC.fullmatch(symbol)
     if match is None:
         raise MalformedOccSymbol(symbol, "expected ROOT + YYMMDD + C/P + 8-digit strike")
     if match["pad"] and len(match["root"]) + len(match["pad"]) != 6:

@@ -74,25 +74,27 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     symbol if any, else its entry price. OPTIONS: a traded price under the option symbol if any;
     once expired (expiration ≤ on), intrinsic value at the underlying's close on expiry; else the
     entry price flagged `model_price_unavailable` (model pricing arrives with the Greeks engine).
-    A price dated before `stale_before` is flagged `stale_prices`.
+    An expired option with no underlying price at expiry is unpriced. A market price dated
+    before `stale_before` is flagged `stale_prices`.
     """
     pos = position
     flags: list[str] = []
     cls = pos.asset_class
     quote = latest_close(closes, pos.symbol, on)
+    expired = cls == OPTIONS and pos.expiration_date is not None and pos.expiration_date <= on
     if cls == PRIVATE:
         price, when, source = (quote[1], quote[0], MARK) if quote else (pos.entry_price, None, ENTRY)
+    elif expired:
+        underlying = latest_close(closes, pos.underlying_symbol, pos.expiration_date)
+        if underlying is None or pos.strike_price is None:
+            return PricedPosition(pos, None, None, None, None, ("missing_price", "expired"))
+        right = "C" if pos.position_type in ("LC", "SC") else "P"
+        price = intrinsic_value(right, underlying[1], pos.strike_price)
+        when, source = underlying[0], INTRINSIC
+        flags.append("expired")
     elif cls == OPTIONS and quote is None:
-        expired = pos.expiration_date is not None and pos.expiration_date <= on
-        underlying = latest_close(closes, pos.underlying_symbol, pos.expiration_date) if expired else None
-        if expired and underlying is not None and pos.strike_price is not None:
-            right = "C" if pos.position_type in ("LC", "SC") else "P"
-            price = intrinsic_value(right, underlying[1], pos.strike_price)
-            when, source = underlying[0], INTRINSIC
-            flags.append("expired")
-        else:
-            price, when, source = pos.entry_price, None, ENTRY
-            flags.append("model_price_unavailable")
+        price, when, source = pos.entry_price, None, ENTRY
+        flags.append("model_price_unavailable")
     elif quote is None:
         return PricedPosition(pos, None, None, None, None, ("missing_price",))
     else:
@@ -131,9 +133,9 @@ def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as
     valued = [p for p in priced if p.market_value is not None]
     private = [p for p in valued if p.position.asset_class == PRIVATE]
     market = [p for p in valued if p.position.asset_class != PRIVATE]
-    long_value = sum(p.market_value for p in market if p.market_value > 0)
-    short_value = sum(p.market_value for p in market if p.market_value < 0)
-    private_value = sum(p.market_value for p in private)
+    long_value = sum((p.market_value for p in market if p.market_value > 0), 0.0)
+    short_value = sum((p.market_value for p in market if p.market_value < 0), 0.0)
+    private_value = sum((p.market_value for p in private), 0.0)
     net = long_value + short_value
     return Valuation(
         as_of=as_of,
@@ -172,7 +174,10 @@ def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: d
     total = 0.0
     unpriced: list[str] = []
     for pos in positions:
-        if not pos.is_held_on(today) or pos.asset_class == PRIVATE or pos.sign_error():
+        if not pos.is_held_on(today) or pos.asset_class == PRIVATE:
+            continue
+        if pos.sign_error():
+            unpriced.append(pos.symbol)
             continue
         now = price_position(pos, closes, today)
         if now.price is None:

@@ -108,23 +108,11 @@ def test_malformed_symbol_is_a_value_error() -> None:
         parse_occ("SPY251319C00460000")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _OCC uses `$`, which also matches before a trailing newline, so "
-    "parse_occ('SPY250919C00460000\\n') returns a contract instead of raising "
-    "(use re.fullmatch or `\\Z`).",
-)
 def test_trailing_newline_is_malformed() -> None:
     with pytest.raises(MalformedOccSymbol):
         parse_occ("SPY250919C00460000\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _OCC uses `\\d`, which matches any Unicode decimal digit, so Arabic-Indic "
-    "digits ('SPY\\u0662\\u06650919C00460000') parse as 2025-09-19 and format() does not "
-    "round-trip (use [0-9] or re.ASCII).",
-)
 def test_non_ascii_digits_are_malformed() -> None:
     with pytest.raises(MalformedOccSymbol):
         parse_occ("SPY\u0662\u06650919C00460000")

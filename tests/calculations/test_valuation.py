@@ -206,6 +206,17 @@ def test_option_expiring_today_uses_todays_underlying_close() -> None:
     assert priced.price_date == D28
 
 
+def test_expired_option_with_old_traded_quote_uses_intrinsic() -> None:
+    # Last trade 2022-11-01 at 5.00; expired 2022-12-16 with KO at 63.50 -> intrinsic 3.50.
+    closes = frame({date(2022, 11, 1): {"KO": 61.00, KO_CALL: 5.00},
+                    D16: {"KO": 63.50, KO_CALL: NaN}})
+    option = pos(KO_CALL, "LC", 1.0, 1.00, underlying="KO", strike=60.0, expiration=D16)
+    priced = price_position(option, closes, AS_OF)
+    assert priced.price_source == "intrinsic"
+    assert priced.market_value == approx(1 * (63.50 - 60.0) * 100)
+    assert "expired" in priced.flags
+
+
 # ---------------------------------------------------------------------------------------------
 # stale, missing and invalid prices
 # ---------------------------------------------------------------------------------------------
@@ -380,12 +391,6 @@ def test_daily_pnl_lists_positions_without_a_previous_price() -> None:
     assert result.unpriced == ("NEW", "GONE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: daily_pnl's docstring says positions with a quantity sign error are listed in "
-    "`unpriced`, but the code drops them silently (`... or pos.sign_error(): continue`), so the "
-    "snapshot never raises `pnl_incomplete` for them.",
-)
 def test_daily_pnl_lists_sign_error_positions_as_unpriced() -> None:
     closes = frame({D27: {"AAPL": 130.0}, D28: {"AAPL": 126.0}})
     positions = [pos("AAPL", "LONG", 1.0, 1.0), pos("BAD", "LONG", -3.0, 1.0)]
@@ -473,7 +478,7 @@ def test_daily_pnl_is_value_change_for_a_held_stock(prices, qty: int, side: str)
     assert pnl == pytest.approx(v28.total_value - v27.total_value, rel=1e-9, abs=1e-6)
 
 
-def test_public_classification_constants_are_used() -> None:
+def test_worked_example_premises() -> None:
     # Guard: the worked example's NULL-class put is an option, so it got the ×100 multiplier.
     assert JNJ_LP.asset_class == OPTIONS
     assert AAPL_LONG.asset_class == PUBLIC

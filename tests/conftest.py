@@ -1,0 +1,111 @@
+"""Shared fixtures. Every database test runs on SQLite and on PostgreSQL from the same code.
+
+PostgreSQL: TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/sigmasight_test);
+the database is created if missing. When the server cannot be reached the PostgreSQL tests are
+skipped with a visible reason — except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from batch import db
+from models import Base
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sigmasight_test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite file, copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.migrate(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_ready() -> str:
+    """Create (if needed) and migrate the PostgreSQL test database; return its URL."""
+    url = make_url(POSTGRES_URL)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 5})
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                  {"n": url.database}).scalar()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{url.database}"'))
+    except OperationalError as exc:
+        message = f"PostgreSQL not reachable at {url.host}:{url.port}: {str(exc.orig).splitlines()[0]}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: PostgreSQL tests must run)", pytrace=False)
+        pytest.skip(message)
+    finally:
+        admin.dispose()
+    engine = db.make_engine(POSTGRES_URL)
+    with engine.begin() as conn:  # start from a clean schema every session
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    db.migrate(engine)
+    engine.dispose()
+    return POSTGRES_URL
+
+
+def _truncate_all(url: str) -> None:
+    engine = db.make_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty, migrated database of each dialect."""
+    if request.param == "sqlite":
+        path = tmp_path / "test.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_ready")
+        _truncate_all(url)
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str):
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print how many tests ran against each database, so a skipped PostgreSQL is visible."""
+    counts: dict[str, dict[str, int]] = {"postgresql": {}, "sqlite": {}}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") not in ("call", "setup"):
+                continue
+            if report.when == "setup" and outcome == "passed":
+                continue
+            for dialect in counts:
+                if f"[{dialect}" in report.nodeid or f"-{dialect}]" in report.nodeid \
+                        or f"-{dialect}-" in report.nodeid:
+                    counts[dialect][outcome] = counts[dialect].get(outcome, 0) + 1
+    terminalreporter.section("database coverage")
+    for dialect, c in counts.items():
+        terminalreporter.write_line(
+            f"{dialect} tests: {c.get('passed', 0)} passed, {c.get('failed', 0) + c.get('error', 0)} failed, "
+            f"{c.get('skipped', 0)} skipped")
