@@ -83,10 +83,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The release the committed bundle was built from; pinned so a rebuild is byte-identical.
+SKFOLIO_VERSION = "1.12.2"
+
+
 def download_wheel(dest: Path) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps",
-        "--only-binary=:all:", "skfolio", "-d", str(dest),
+        "--only-binary=:all:", f"skfolio=={SKFOLIO_VERSION}", "-d", str(dest),
     ]
     print("Downloading skfolio wheel:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wheel", type=Path,
         help="path to an skfolio wheel; if omitted it is fetched with "
-             "'python -m pip download --no-deps skfolio'",
+             "'python -m pip download --no-deps skfolio==1.12.2'",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
