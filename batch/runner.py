@@ -205,8 +205,7 @@ class Runner:
                     (e.name, "skipped", 0, None, {"reason": "already_complete"}) for e in self.engines])
                 log.info("unit_skipped", reason="already_complete")
                 return
-        records, failure = self._run_unit(as_of, portfolio)
-        self._record_jobs(as_of, portfolio.id, records)
+        failure = self._run_unit(as_of, portfolio)
         if failure is None:
             tally.succeeded += 1
         else:
@@ -214,14 +213,14 @@ class Runner:
             tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
                                             "job": failure[0], "error": failure[1]})
 
-    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow
-                  ) -> tuple[list[tuple], tuple[str, str] | None]:
+    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow) -> tuple[str, str] | None:
         """One transaction for (portfolio, as_of): every engine in a savepoint; if any engine
-        fails, the whole unit rolls back. Returns the job records and the first failure."""
+        fails, the whole unit rolls back. Records the jobs; returns the first failure, if any."""
         records: list[tuple] = []
         broken: dict[str, str] = {}  # engine name → the failed engine at the root
         failure: tuple[str, str] | None = None
         unit_started = self.monotonic()
+        committed = False
         with Session(self.engine) as s:
             s.begin()
             try:
@@ -246,8 +245,10 @@ class Runner:
                         records.append((engine.name, "failed", self._ms(t0), error, None))
                         continue
                     records.append((engine.name, outcome.status, self._ms(t0), None, outcome.result))
-                if failure is None:
+                if failure is None:  # results and their job records commit together
+                    self._add_job_records(s, as_of, portfolio.id, records)
                     s.commit()
+                    committed = True
                 else:
                     s.rollback()
             except Interrupted:
@@ -257,17 +258,21 @@ class Runner:
                 s.rollback()
                 log.exception("unit_failed")
                 failure = failure or ("unit", f"{type(exc).__name__}: {exc}")
+        if not committed:
+            records = self._rolled_back(records, failure, unit_started)
+            self._record_jobs(as_of, portfolio.id, records)
         if failure is not None:
-            records = [
-                r if r[1] != "success" else (r[0], "skipped", r[2], f"rolled_back: {failure[0]} failed", r[4])
-                for r in records
-            ]
-            if not records:
-                records = [(failure[0], "failed", self._ms(unit_started), failure[1], None)]
             log.error("portfolio_failed", job=failure[0], error=failure[1])
         else:
             log.info("portfolio_succeeded", duration_ms=self._ms(unit_started))
-        return records, failure
+        return failure
+
+    def _rolled_back(self, records: list[tuple], failure: tuple[str, str],
+                     unit_started: float) -> list[tuple]:
+        """Job records of a unit that rolled back: engines that had succeeded become skipped."""
+        records = [r if r[1] != "success" else
+                   (r[0], "skipped", r[2], f"rolled_back: {failure[0]} failed", r[4]) for r in records]
+        return records or [(failure[0], "failed", self._ms(unit_started), failure[1], None)]
 
     # -- records ------------------------------------------------------------------------------
 
@@ -290,10 +295,15 @@ class Runner:
     def _record_jobs(self, as_of: date | None, portfolio_id: uuid.UUID | None,
                      records: Sequence[tuple]) -> None:
         with Session(self.engine) as s, s.begin():
-            for job, status, duration_ms, error, result in records:
-                s.add(BatchJobResult(run_id=self.run_id, as_of_date=as_of, portfolio_id=portfolio_id,
-                                     job=job, status=status, duration_ms=int(duration_ms), error=error,
-                                     result=jsonable(result) if result is not None else None))
+            self._add_job_records(s, as_of, portfolio_id, records)
+
+    def _add_job_records(self, session: Session, as_of: date | None, portfolio_id: uuid.UUID | None,
+                         records: Sequence[tuple]) -> None:
+        for job, status, duration_ms, error, result in records:
+            session.add(BatchJobResult(
+                run_id=self.run_id, as_of_date=as_of, portfolio_id=portfolio_id, job=job,
+                status=status, duration_ms=int(duration_ms), error=error,
+                result=jsonable(result) if result is not None else None))
 
     def _finish_run_record(self, summary: dict[str, Any]) -> None:
         with Session(self.engine) as s, s.begin():

@@ -1,0 +1,104 @@
+"""The job as a real process: cron entry, embedded default, signals, deadline, bad database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from batch import cli, db
+from models import BatchJobResult, BatchRun, PortfolioSnapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
+    env.update(LOG_FORMAT="json", **extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(**env), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cron_entry_on_a_holiday_records_a_skipped_cron_run(database_url, engine, tmp_path):
+    done = _run([str(ROOT / "scripts" / "daily_batch.py"), "--date", "2022-12-26", "--json"], tmp_path,
+                DATABASE_URL=database_url)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "skipped" and summary["reason"] == "not_a_trading_day"
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+    assert run.trigger == "cron" and run.status == "skipped"
+
+
+def test_embedded_default_database_is_created_on_first_use(tmp_path):
+    seeded = _run(["-m", "batch", "seed-demo"], tmp_path)
+    assert seeded.returncode == 0, seeded.stderr
+    assert (tmp_path / "sigmasight.db").exists()
+    assert "database_created" in seeded.stdout
+    again = _run(["-m", "batch", "seed-demo"], tmp_path)
+    assert again.returncode == 0 and "database_created" not in again.stdout
+
+
+def test_unreachable_database_exits_2_naming_host_not_password(tmp_path):
+    done = _run(["-m", "batch", "--date", "2022-12-28"], tmp_path,
+                DATABASE_URL="postgresql://postgres:s3cretpw@127.0.0.1:1/nowhere")
+    assert done.returncode == 2
+    assert "127.0.0.1:1" in done.stderr
+    assert "s3cretpw" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_rolls_back_records_interrupted_and_releases_the_lock(database_url, engine, tmp_path):
+    assert _run(["-m", "batch", "seed-demo"], tmp_path, DATABASE_URL=database_url).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28"],
+                            cwd=tmp_path, env=_env(DATABASE_URL=database_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    seen = 0
+    for line in proc.stdout:  # wait until a few portfolios have committed
+        seen += '"portfolio_succeeded"' in line
+        if seen >= 3 or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        snapshots = s.scalars(select(PortfolioSnapshot)).all()
+        succeeded = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "snapshot",
+                                                           BatchJobResult.status == "success")).all()
+    assert run.status == "interrupted" and run.exit_code == 143 and run.finished_at is not None
+    # exactly the units recorded successful were committed; the one in progress rolled back
+    assert {(x.portfolio_id, x.snapshot_date) for x in snapshots} == \
+        {(j.portfolio_id, j.as_of_date) for j in succeeded}
+    assert 3 <= len(snapshots) < 4 * 250
+    with db.run_lock(engine):  # released
+        pass
+
+
+def test_deadline_stops_starting_portfolios(database_url, engine, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("BATCH_TIMEOUT_SECONDS", "0")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["seed-demo"]) == 0
+    code = cli.main(["--date", "2022-12-28", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1
+    assert summary["status"] == "failed" and summary["reason"] == "deadline"
+    assert summary["portfolios"] == {"succeeded": 0, "failed": 0, "skipped": 4}
+    with Session(engine) as s:
+        errors = set(s.scalars(select(BatchJobResult.error).where(BatchJobResult.portfolio_id.is_not(None))))
+        assert s.scalars(select(PortfolioSnapshot)).first() is None
+    assert errors == {"deadline"}
