@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _usage_error(str(exc))
     configure_logging(settings.log_format, settings.log_level)
+    structlog.contextvars.clear_contextvars()
     engine: Engine | None = None
     try:
         engine = db.make_engine(settings.database_url)
@@ -175,6 +176,8 @@ def check_coverage(provider: MarketDataProvider, dates: Sequence[date]) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    run_id = uuid.uuid4()  # bound now so every event of the run carries it
+    structlog.contextvars.bind_contextvars(run_id=str(run_id))
     try:
         request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
     except ValueError as exc:  # calendar input errors (e.g. a date beyond its coverage)
@@ -187,7 +190,7 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             unknown = repository.unknown_portfolio_ids(s, request.portfolio_ids)
         if unknown:
             raise ConfigError(f"unknown portfolio id(s): {', '.join(map(str, unknown))}")
-    summary = Runner(settings, engine, provider).run(request)
+    summary = Runner(settings, engine, provider).run(request, run_id)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -89,10 +89,10 @@ class Runner:
 
     # -- public -----------------------------------------------------------------------------
 
-    def run(self, request: RunRequest) -> dict[str, Any]:
+    def run(self, request: RunRequest, run_id: uuid.UUID | None = None) -> dict[str, Any]:
         """Run under the run lock (raises LockHeld at once if another run has it) and return the
         SPEC §2 summary, whose `exit_code` the caller exits with."""
-        run_id = uuid.uuid4()
+        run_id = run_id or uuid.uuid4()
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
         with run_lock(self.engine):
             return self._run_locked(run_id, request)
