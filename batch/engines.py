@@ -62,7 +62,7 @@ class UnitContext:
         """Closes for every symbol the positions reference (own symbol, underlying), over the
         last PRICE_WINDOW_SESSIONS sessions ending at `as_of`."""
         symbols = {p.symbol for p in self.positions} | {
-            p.underlying_symbol for p in self.positions if p.underlying_symbol}
+            p.underlying for p in self.positions if p.asset_class == "OPTIONS" and p.underlying}
         start = _window_start(self.as_of)
         return repository.load_closes(self.session, symbols, start, self.as_of)
 

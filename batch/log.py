@@ -9,7 +9,7 @@ import structlog
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
-    """JSON lines (production) or a console renderer, to stderr-free stdout as SPEC §10 asks.
+    """JSON lines (production) or a console renderer, on stdout (SPEC §10).
 
     Context bound with `structlog.contextvars.bind_contextvars` (run_id, portfolio_id, as_of)
     is merged into every event.
@@ -25,6 +25,6 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(),  # sys.stdout looked up per logger
         cache_logger_on_first_use=False,
     )

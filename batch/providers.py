@@ -83,6 +83,7 @@ class SampleProvider:
 
     def get_daily_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceBatch:
         closes = _bundled_closes()
+        symbols = list(dict.fromkeys(symbols))
         window = closes[(closes.index >= start) & (closes.index <= end)]
         known = [s for s in symbols if s in closes.columns]
         failed = {s: "unknown_symbol" for s in symbols if s not in closes.columns}

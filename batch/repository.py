@@ -11,7 +11,7 @@ import pandas as pd
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
-from calculations.positions import OPTION_TYPES, OPTIONS, PRIVATE, PositionInput
+from calculations.positions import OPTION_TYPES, OPTIONS, PRIVATE, PositionInput, option_root
 from calculations.snapshot import PriorSnapshot
 from models import FactorDefinition, MarketPrice, Portfolio, PortfolioSnapshot, Position
 
@@ -104,7 +104,7 @@ def symbols_held(session: Session, start: date, end: date,
         query = query.where(Position.portfolio_id.in_(list(portfolio_ids)))
     symbols = set()
     for symbol, underlying, option in session.execute(query):
-        target = underlying if option else symbol
+        target = (underlying or option_root(symbol)) if option else symbol
         if target:
             symbols.add(target.strip().upper())
     return sorted(symbols)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from batch.errors import ConfigError
 
@@ -77,10 +78,11 @@ def normalise_database_url(url: str) -> str:
     """Map `postgres://` and `postgresql://` to the psycopg 3 driver; leave others alone."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            url = "postgresql+psycopg://" + url[len(prefix):]
     try:
-        make_url(url)
-    except Exception as exc:  # sqlalchemy raises ArgumentError for unparsable URLs
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - a non-numeric port raises here
+    except (ArgumentError, ValueError) as exc:
         raise ConfigError(f"DATABASE_URL is not a valid database URL ({type(exc).__name__})") from None
     return url
 

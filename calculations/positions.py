@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 
-from calculations.options import is_occ_symbol
+from calculations.options import MalformedOccSymbol, is_occ_symbol, parse_occ
 
 PUBLIC, OPTIONS, PRIVATE = "PUBLIC", "OPTIONS", "PRIVATE"
 OPTION_TYPES = frozenset({"LC", "LP", "SC", "SP"})
@@ -30,6 +30,14 @@ def classify_symbol(symbol: str) -> str:
     if is_occ_symbol(upper):
         return OPTIONS
     return PUBLIC
+
+
+def option_root(symbol: str) -> str | None:
+    """The root (underlying) of an OCC option symbol, or None if it is not one."""
+    try:
+        return parse_occ(symbol.strip().upper()).root
+    except MalformedOccSymbol:
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,13 +73,21 @@ class PositionInput:
         return OPTION_MULTIPLIER if self.asset_class == OPTIONS else 1.0
 
     @property
+    def underlying(self) -> str | None:
+        """The option's underlying: `underlying_symbol`, else the root of its OCC symbol, else
+        None (then it cannot be priced from the market)."""
+        if self.underlying_symbol:
+            return self.underlying_symbol
+        return option_root(self.symbol)
+
+    @property
     def market_symbol(self) -> str | None:
         """The symbol whose prices drive this position: the underlying for options, None for
         PRIVATE."""
         if self.asset_class == PRIVATE:
             return None
         if self.asset_class == OPTIONS:
-            return self.underlying_symbol
+            return self.underlying
         return self.symbol
 
     def is_held_on(self, day: date) -> bool:

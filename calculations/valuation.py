@@ -85,7 +85,7 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     if cls == PRIVATE:
         price, when, source = (quote[1], quote[0], MARK) if quote else (pos.entry_price, None, ENTRY)
     elif expired:
-        underlying = latest_close(closes, pos.underlying_symbol, pos.expiration_date)
+        underlying = latest_close(closes, pos.underlying, pos.expiration_date)
         if underlying is None or pos.strike_price is None:
             return PricedPosition(pos, None, None, None, None, ("missing_price", "expired"))
         right = "C" if pos.position_type in ("LC", "SC") else "P"
