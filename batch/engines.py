@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 
 from batch import calendar, repository
 from batch.settings import Settings
+from batch.sync import HISTORY_SESSIONS
 from calculations.positions import PositionInput
 from calculations.snapshot import build_snapshot
 from calculations.valuation import Valuation, daily_pnl, value_portfolio
 from models import PortfolioSnapshot
 
-PRICE_WINDOW_SESSIONS = 300
 STALE_AFTER_SESSIONS = 5
 
 
@@ -60,17 +60,11 @@ class UnitContext:
     @cached_property
     def closes(self) -> pd.DataFrame:
         """Closes for every symbol the positions reference (own symbol, underlying), over the
-        last PRICE_WINDOW_SESSIONS sessions ending at `as_of`."""
+        last HISTORY_SESSIONS sessions ending at `as_of`."""
         symbols = {p.symbol for p in self.positions} | {
             p.underlying for p in self.positions if p.asset_class == "OPTIONS" and p.underlying}
-        start = _window_start(self.as_of)
+        start = calendar.sessions_back(self.as_of, HISTORY_SESSIONS)[0]
         return repository.load_closes(self.session, symbols, start, self.as_of)
-
-
-def _window_start(as_of: date) -> date:
-    first, _ = calendar.covered_range()
-    back = calendar.trading_days(max(first, date(as_of.year - 2, 1, 1)), as_of)
-    return back[-PRICE_WINDOW_SESSIONS] if len(back) >= PRICE_WINDOW_SESSIONS else back[0]
 
 
 @dataclass(frozen=True)

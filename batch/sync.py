@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
@@ -57,13 +57,10 @@ class MarketDataResult:
 
 
 def history_start(first_as_of: date, coverage: tuple[date, date] | None) -> date:
-    """First session of the price window for a run whose earliest as-of date is `first_as_of`."""
-    lo, _ = calendar.covered_range()
-    sessions = calendar.trading_days(max(lo, first_as_of - timedelta(days=2 * HISTORY_SESSIONS)), first_as_of)
-    start = sessions[-HISTORY_SESSIONS] if len(sessions) >= HISTORY_SESSIONS else sessions[0]
-    if coverage is not None:
-        start = max(start, coverage[0])
-    return start
+    """First session of the price window for a run whose earliest as-of session is `first_as_of`
+    (HISTORY_SESSIONS sessions ending there), no earlier than the provider's coverage."""
+    start = calendar.sessions_back(first_as_of, HISTORY_SESSIONS)[0]
+    return max(start, coverage[0]) if coverage is not None else start
 
 
 def validate_prices(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
