@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             db.migrate(engine)
             with Session(engine) as s, s.begin():
                 repository.ensure_factor_definitions(s, settings.market_data_provider)
+                repository.ensure_stress_scenarios(s)
             print(f"schema at migration {db.head_revision()} on {db.describe(engine)}")
             return EXIT_OK
         _open_database(settings, engine)
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with Session(engine) as s, s.begin():
                 counts = seed_demo(s)
                 repository.ensure_factor_definitions(s, settings.market_data_provider)
+                repository.ensure_stress_scenarios(s)
             print(f"demo data: {counts['portfolios']} portfolios, {counts['positions']} positions")
             return EXIT_OK
         if args.command == "history":

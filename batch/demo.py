@@ -26,7 +26,7 @@ STOCK_ENTRY = date(2022, 1, 3)
 
 # (key, name, cash in dollars)
 PORTFOLIOS = [
-    (INDIVIDUAL, "Demo Individual Investor", 12_500.0),
+    (INDIVIDUAL, "Demo Individual Investor", 60_000.0),
     (HNW, "Demo High Net Worth", 50_000.0),
     (HEDGE_FUND, "Demo Hedge Fund Style", 250_000.0),
     (PRIVATE_ONLY, "Demo Private Markets Only", 5_000.0),
@@ -34,9 +34,9 @@ PORTFOLIOS = [
 
 # (symbol, shares); entry at the bundled close on STOCK_ENTRY (or the date given).
 LONGS = {
-    INDIVIDUAL: [("AAPL", 60), ("MSFT", 30), ("JNJ", 25), ("JPM", 40), ("KO", 80), ("PEP", 30),
-                 ("PG", 35), ("WMT", 40), ("HD", 15), ("UNH", 10), ("XOM", 60), ("CVX", 30),
-                 ("MTUM", 30), ("QUAL", 40), ("USMV", 60), ("VLUE", 50)],
+    INDIVIDUAL: [("AAPL", 300), ("MSFT", 150), ("JNJ", 125), ("JPM", 200), ("KO", 400), ("PEP", 150),
+                 ("PG", 175), ("WMT", 200), ("HD", 75), ("UNH", 50), ("XOM", 300), ("CVX", 150),
+                 ("MTUM", 150), ("QUAL", 200), ("USMV", 300), ("VLUE", 250)],
     HNW: [("AAPL", 400), ("MSFT", 200), ("AMD", 300), ("LLY", 120), ("MRK", 500), ("PFE", 800),
           ("UNH", 80), ("JNJ", 250), ("BAC", 1200), ("JPM", 300), ("GE", 250), ("HD", 100),
           ("BBY", 300), ("KO", 600), ("WMT", 250), ("XOM", 500), ("SIZE", 200), ("QUAL", 300)],

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from importlib import resources
 
 import pandas as pd
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
-from calculations.positions import OPTION_TYPES, OPTIONS, PRIVATE, PositionInput, option_root
+from batch import calendar
+from calculations.positions import (
+    OPTION_TYPES,
+    OPTIONS,
+    PRIVATE,
+    PositionInput,
+    option_root,
+)
 from calculations.snapshot import PriorSnapshot
-from models import FactorDefinition, MarketPrice, Portfolio, PortfolioSnapshot, Position
+from models import (
+    FactorDefinition,
+    MarketPrice,
+    Portfolio,
+    PortfolioSnapshot,
+    Position,
+    StressScenario,
+)
 
 # Factor names are part of the contract (SPEC §6.3). Proxies: production defaults, and what the
 # offline `sample` provider has (Growth and Interest Rate keep proxies it cannot serve, so they
@@ -46,6 +62,31 @@ def ensure_factor_definitions(session: Session, provider_name: str) -> int:
             added += 1
     session.flush()
     return added
+
+
+def factor_proxies(session: Session) -> dict[str, str | None]:
+    """Active factors in display order → proxy symbol (None when it has none)."""
+    rows = session.execute(select(FactorDefinition.name, FactorDefinition.proxy_symbol).where(
+        FactorDefinition.is_active.is_(True)).order_by(FactorDefinition.display_order))
+    return dict(rows.all())
+
+
+def ensure_stress_scenarios(session: Session) -> int:
+    """Insert the scenarios of `batch/data/stress_scenarios.json` that `stress_scenarios` lacks
+    (idempotent; an operator's edits or deactivations are kept). Returns the number inserted."""
+    raw = json.loads((resources.files("batch") / "data" / "stress_scenarios.json").read_text())
+    existing = set(session.scalars(select(StressScenario.scenario_id)))
+    missing = [StressScenario(**r, is_active=True) for r in raw if r["scenario_id"] not in existing]
+    session.add_all(missing)
+    session.flush()
+    return len(missing)
+
+
+def active_stress_scenarios(session: Session) -> list[tuple[str, dict[str, float]]]:
+    """(scenario_id, shocks) for every active scenario, ordered by id."""
+    rows = session.execute(select(StressScenario.scenario_id, StressScenario.shocks).where(
+        StressScenario.is_active.is_(True)).order_by(StressScenario.scenario_id))
+    return [(sid, {str(k): float(v) for k, v in shocks.items()}) for sid, shocks in rows]
 
 
 def active_factor_proxies(session: Session) -> list[str]:
@@ -120,6 +161,13 @@ def existing_price_dates(session: Session, symbols: Sequence[str], start: date,
     return found
 
 
+def session_closes(session: Session, symbols: Iterable[str], as_of: date, sessions: int) -> pd.DataFrame:
+    """Closes over the `sessions` NYSE sessions ending at `as_of`, indexed by every one of those
+    sessions (NaN where a symbol has no row), one column per symbol. Nothing after `as_of`."""
+    days = calendar.sessions_back(as_of, sessions)
+    return load_closes(session, symbols, days[0], as_of).reindex(days)
+
+
 def load_closes(session: Session, symbols: Iterable[str], start: date, end: date) -> pd.DataFrame:
     """Closes dated in [start, end] — never after `end` (no look-ahead) — as a DataFrame indexed
     by date (ascending), one float column per requested symbol (all-NaN if it has no rows)."""
@@ -142,6 +190,12 @@ def prior_snapshot(session: Session, portfolio_id: uuid.UUID, before: date) -> P
         .order_by(PortfolioSnapshot.snapshot_date.desc()).limit(1)
     ).first()
     return PriorSnapshot(row[0], float(row[1]), float(row[2])) if row else None
+
+
+def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:
+    """Ids of portfolios that already have a snapshot (i.e. complete results) for `day`."""
+    return set(session.scalars(select(PortfolioSnapshot.portfolio_id).where(
+        PortfolioSnapshot.snapshot_date == day)))
 
 
 def has_snapshot(session: Session, portfolio_id: uuid.UUID, day: date) -> bool:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from batch import repository
 from batch.db import run_lock
-from batch.engines import ENGINES, Engine as CalcEngine, UnitContext
+from batch.engines import ENGINES, GLOBAL_ENGINES, DateContext, Engine as CalcEngine, GlobalEngine, UnitContext
 from batch.errors import Interrupted
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
@@ -84,6 +84,8 @@ class Runner:
         self.engine = engine
         self.provider = provider
         self.engines = list(ENGINES if engines is None else engines)
+        self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
+        self.stop_signal: int | None = None
         self.monotonic = monotonic
         self.utcnow = utcnow
 
@@ -118,17 +120,23 @@ class Runner:
                 last = request.as_of_dates[-1]
                 with Session(self.engine) as s, s.begin():
                     repository.ensure_factor_definitions(s, self.provider.name)
+                    repository.ensure_stress_scenarios(s)
                     portfolios = repository.active_portfolios(s, request.portfolio_ids)
                 if not request.skip_sync:
                     market = self._market_data_step(request, last, global_failures)
                     if not request.skip_profiles:
                         profiles = self._profiles_step(request, last)
-                units = [(d, p) for d in request.as_of_dates for p in portfolios]
-                self._set_progress(total_units=len(units))
-                for done, (as_of, portfolio) in enumerate(units):
-                    self._run_unit_or_skip(request, as_of, portfolio, started, tally)
-                    self._set_progress(completed_units=done + 1,
-                                       current_unit=f"{portfolio.id}@{as_of.isoformat()}")
+                self._set_progress(total_units=len(request.as_of_dates) * len(portfolios))
+                done = 0
+                for as_of in request.as_of_dates:
+                    shared = self._date_step(request, as_of, portfolios, started, global_failures)
+                    for portfolio in portfolios:
+                        self._check_stop()
+                        self._run_unit_or_skip(request, as_of, portfolio, started, tally, shared)
+                        done += 1
+                        self._set_progress(completed_units=done,
+                                           current_unit=f"{portfolio.id}@{as_of.isoformat()}")
+                self._check_stop()
             else:
                 log.info(request.skip_reason, requested=request.requested_end.isoformat())
         except Interrupted as exc:
@@ -186,8 +194,42 @@ class Runner:
                                          summary.get("error"), summary)])
         return {k: summary[k] for k in ("status", "total", "successful", "failed", "duration_seconds")}
 
+    def _date_step(self, request: RunRequest, as_of: date, portfolios: Sequence[repository.PortfolioRow],
+                   started: float, global_failures: list[dict[str, str]]) -> DateContext | None:
+        """Run the per-date global engines (symbol betas, factor covariance), each committing on
+        its own, unless no portfolio needs computing for `as_of` or the deadline has passed.
+        Returns the shared context the portfolio engines read, or None when skipped."""
+        if self.monotonic() - started > self.settings.batch_timeout_seconds:
+            return None
+        with Session(self.engine) as s:
+            complete = repository.portfolios_with_snapshot(s, as_of)
+        if not request.force and all(p.id in complete for p in portfolios):
+            return None
+        structlog.contextvars.bind_contextvars(as_of=as_of.isoformat())
+        structlog.contextvars.unbind_contextvars("portfolio_id")
+        shared = DateContext(self.settings, as_of, [p.id for p in portfolios] if request.portfolio_ids else None)
+        for engine in self.global_engines:
+            self._check_stop()
+            t0 = self.monotonic()
+            try:
+                with Session(self.engine) as s, s.begin():
+                    shared.session = s
+                    outcome = engine.run(shared)
+            except Exception as exc:  # a global step fails alone; its dependants skip
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("global_engine_failed", job=engine.name)
+                shared.failed[engine.name] = error
+                global_failures.append({"portfolio_id": None, "as_of": as_of.isoformat(),
+                                        "job": engine.name, "error": error})
+                self._record_jobs(as_of, None, [(engine.name, "failed", self._ms(t0), error, None)])
+                continue
+            finally:
+                shared.session = None
+            self._record_jobs(as_of, None, [(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
+        return shared
+
     def _run_unit_or_skip(self, request: RunRequest, as_of: date, portfolio: repository.PortfolioRow,
-                          started: float, tally: _Tally) -> None:
+                          started: float, tally: _Tally, shared: DateContext | None) -> None:
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
             tally.skipped += 1
@@ -205,7 +247,8 @@ class Runner:
                     (e.name, "skipped", 0, None, {"reason": "already_complete"}) for e in self.engines])
                 log.info("unit_skipped", reason="already_complete")
                 return
-        failure = self._run_unit(as_of, portfolio)
+        assert shared is not None, "the date step runs whenever a unit of the date needs computing"
+        failure = self._run_unit(as_of, portfolio, shared)
         if failure is None:
             tally.succeeded += 1
         else:
@@ -213,11 +256,13 @@ class Runner:
             tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
                                             "job": failure[0], "error": failure[1]})
 
-    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow) -> tuple[str, str] | None:
+    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow,
+                  shared: DateContext) -> tuple[str, str] | None:
         """One transaction for (portfolio, as_of): every engine in a savepoint; if any engine
-        fails, the whole unit rolls back. Records the jobs; returns the first failure, if any."""
+        fails, the whole unit rolls back. Records the jobs; returns the first failure, if any.
+        Engines depending on a failed global engine are skipped with `upstream_failed`."""
         records: list[tuple] = []
-        broken: dict[str, str] = {}  # engine name → the failed engine at the root
+        broken: dict[str, str] = {name: name for name in shared.failed}  # engine → root failure
         failure: tuple[str, str] | None = None
         unit_started = self.monotonic()
         committed = False
@@ -225,8 +270,9 @@ class Runner:
             s.begin()
             try:
                 ctx = UnitContext(s, self.settings, portfolio, as_of,
-                                  repository.load_positions(s, portfolio.id))
+                                  repository.load_positions(s, portfolio.id), shared)
                 for engine in self.engines:
+                    self._check_stop()
                     root = next((broken[d] for d in engine.depends_on if d in broken), None)
                     if root is not None:
                         broken[engine.name] = root
@@ -247,6 +293,7 @@ class Runner:
                     records.append((engine.name, outcome.status, self._ms(t0), None, outcome.result))
                 if failure is None:  # results and their job records commit together
                     self._add_job_records(s, as_of, portfolio.id, records)
+                    self._check_stop()
                     s.commit()
                     committed = True
                 else:
@@ -343,6 +390,9 @@ class Runner:
             return {}
 
         def _raise(signum: int, _frame: Any) -> None:
+            # Recorded first: an exception raised inside a weakref callback or __del__ is
+            # swallowed by Python, so the loop also checks the flag at every boundary.
+            self.stop_signal = signum
             raise Interrupted(signum)
 
         return {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -351,6 +401,11 @@ class Runner:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+    def _check_stop(self) -> None:
+        """Raise Interrupted if a stop signal arrived (even if its exception was swallowed)."""
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal)
 
     def _ms(self, since: float) -> int:
         return int(round((self.monotonic() - since) * 1000))

@@ -14,11 +14,13 @@ from datetime import date
 
 import pandas as pd
 
+from calculations.greeks import option_greeks
 from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PRIVATE, PositionInput
+from calculations.prices import latest_close
 
 # Price sources
-MARKET, MARK, ENTRY, INTRINSIC = "market", "mark", "entry", "intrinsic"
+MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", "model"
 
 
 @dataclass(frozen=True)
@@ -55,19 +57,8 @@ class Valuation:
     skipped: tuple[str, ...] = field(default=())  # "SYMBOL: reason" for unpriced positions
 
 
-def latest_close(closes: pd.DataFrame, symbol: str | None, on: date) -> tuple[date, float] | None:
-    """The last finite close of `symbol` dated on or before `on`, or None if there is none."""
-    if symbol is None or symbol not in closes.columns:
-        return None
-    series = closes[symbol]
-    series = series[series.index <= on].dropna()
-    if series.empty:
-        return None
-    return series.index[-1], float(series.iloc[-1])
-
-
 def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
-                   stale_before: date | None = None) -> PricedPosition:
+                   stale_before: date | None = None, *, risk_free_rate: float) -> PricedPosition:
     """Price one position at the close of `on`.
 
     PUBLIC: latest close on or before `on`. PRIVATE: the latest mark in `closes` under its own
@@ -93,8 +84,12 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
         when, source = underlying[0], INTRINSIC
         flags.append("expired")
     elif cls == OPTIONS and quote is None:
-        price, when, source = pos.entry_price, None, ENTRY
-        flags.append("model_price_unavailable")
+        model = option_greeks(pos, closes, on, risk_free_rate)
+        if model.status == "ok" and model.model_price is not None:
+            price, when, source = model.model_price, None, MODEL
+        else:
+            price, when, source = pos.entry_price, None, ENTRY
+            flags.append("model_price_unavailable")
     elif quote is None:
         return PricedPosition(pos, None, None, None, None, ("missing_price",))
     else:
@@ -109,7 +104,8 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
 
 
 def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as_of: date,
-                    cash: float, stale_before: date | None = None) -> Valuation:
+                    cash: float, stale_before: date | None = None, *,
+                    risk_free_rate: float) -> Valuation:
     """Value every position held at the close of `as_of` and aggregate (dollars).
 
     Positions not held on `as_of` are ignored. A position whose quantity sign contradicts its
@@ -126,7 +122,7 @@ def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as
             skipped.append(f"{pos.symbol}: {problem}")
             priced.append(PricedPosition(pos, None, None, None, None, ("invalid_quantity",)))
             continue
-        p = price_position(pos, closes, as_of, stale_before)
+        p = price_position(pos, closes, as_of, stale_before, risk_free_rate=risk_free_rate)
         if p.market_value is None:
             skipped.append(f"{pos.symbol}: {p.flags[0]}")
         priced.append(p)
@@ -164,7 +160,7 @@ class DailyPnl:
 
 
 def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: date,
-              previous_session: date) -> DailyPnl:
+              previous_session: date, *, risk_free_rate: float) -> DailyPnl:
     """Σ over positions held at both closes of quantity × multiplier × (price today − price at
     the previous session), plus quantity × multiplier × (price today − entry price) for positions
     entered after the previous session. PRIVATE positions contribute 0 (held at mark). Positions
@@ -179,12 +175,12 @@ def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: d
         if pos.sign_error():
             unpriced.append(pos.symbol)
             continue
-        now = price_position(pos, closes, today)
+        now = price_position(pos, closes, today, risk_free_rate=risk_free_rate)
         if now.price is None:
             unpriced.append(pos.symbol)
             continue
         if pos.is_held_on(previous_session):
-            before = price_position(pos, closes, previous_session)
+            before = price_position(pos, closes, previous_session, risk_free_rate=risk_free_rate)
             if before.price is None:
                 unpriced.append(pos.symbol)
                 continue

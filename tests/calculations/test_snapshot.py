@@ -22,6 +22,7 @@ _ids = itertools.count(1)
 D0, D1, D2, D3 = date(2022, 12, 21), date(2022, 12, 22), date(2022, 12, 23), date(2022, 12, 27)
 PREVIOUS = {D1: D0, D2: D1, D3: D2}
 
+RATE = 0.04  # risk-free rate passed to option model pricing
 CLOSES = pd.DataFrame(
     {
         "AAPL": [133.00, 132.00, 131.50, 130.00],
@@ -46,8 +47,8 @@ def pos(symbol: str, position_type: str, quantity: float, entry_price: float,
 
 def snapshot(positions, day: date, cash: float, prior: PriorSnapshot | None,
              closes: pd.DataFrame = CLOSES) -> dict:
-    valuation = value_portfolio(positions, closes, day, cash=cash)
-    pnl = daily_pnl(positions, closes, day, PREVIOUS[day])
+    valuation = value_portfolio(positions, closes, day, cash=cash, risk_free_rate=RATE)
+    pnl = daily_pnl(positions, closes, day, PREVIOUS[day], risk_free_rate=RATE)
     return build_snapshot(valuation, pnl, PREVIOUS[day], prior)
 
 
@@ -207,8 +208,8 @@ def test_missing_price_sets_quality_flag_and_counts() -> None:
 def test_stale_price_sets_quality_flag() -> None:
     closes = CLOSES.copy()
     closes.loc[[D2, D3], "XOM"] = float("nan")  # XOM last closed on D1
-    valuation = value_portfolio(BOOK, closes, D3, cash=CASH, stale_before=D2)
-    pnl = daily_pnl(BOOK, closes, D3, D2)
+    valuation = value_portfolio(BOOK, closes, D3, cash=CASH, stale_before=D2, risk_free_rate=RATE)
+    pnl = daily_pnl(BOOK, closes, D3, D2, risk_free_rate=RATE)
     s = build_snapshot(valuation, pnl, D2, prior=None)
     assert s["data_quality"]["flag"] == "stale_prices"
     assert s["data_quality"]["stale_symbols"] == ["XOM"]

@@ -31,6 +31,7 @@ D27, D28 = date(2022, 12, 27), date(2022, 12, 28)
 AS_OF = D28
 ENTRY = date(2022, 12, 1)
 
+RATE = 0.04  # risk-free rate passed to option model pricing
 MSFT_CALL = "MSFT230120C00240000"  # traded
 JNJ_PUT = "JNJ230120P00170000"  # never traded
 KO_CALL = "KO221216C00060000"  # expired 2022-12-16, strike 60
@@ -116,7 +117,7 @@ def by_symbol(valuation) -> dict:
 
 
 def test_worked_example_position_values() -> None:
-    v = value_portfolio(PORTFOLIO, CLOSES, AS_OF, cash=CASH)
+    v = value_portfolio(PORTFOLIO, CLOSES, AS_OF, cash=CASH, risk_free_rate=RATE)
     p = by_symbol(v)
 
     assert p["AAPL"].market_value == approx(AAPL_MV)
@@ -146,7 +147,7 @@ def test_worked_example_position_values() -> None:
 
 
 def test_worked_example_aggregates() -> None:
-    v = value_portfolio(PORTFOLIO, CLOSES, AS_OF, cash=CASH)
+    v = value_portfolio(PORTFOLIO, CLOSES, AS_OF, cash=CASH, risk_free_rate=RATE)
 
     assert v.as_of == AS_OF
     assert v.long_value == approx(12_600 + 1_100 + 1_000 + 1_050)
@@ -168,7 +169,7 @@ def test_short_option_is_negative_and_counted_short() -> None:
     # Short 3 MSFT calls at the traded 5.50: 3 contracts × 5.50 × 100, negative.
     sc = pos(MSFT_CALL, "SC", -3.0, 7.00, underlying="MSFT", strike=240.0,
              expiration=date(2023, 1, 20))
-    v = value_portfolio([sc], CLOSES, AS_OF, cash=0.0)
+    v = value_portfolio([sc], CLOSES, AS_OF, cash=0.0, risk_free_rate=RATE)
     assert v.positions[0].market_value == approx(-3 * 5.50 * 100)
     assert v.short_value == approx(-1_650)
     assert v.long_value == 0
@@ -191,7 +192,7 @@ def test_expired_option_valued_at_intrinsic_on_expiry(position_type: str, quanti
                                                        strike: float, expected_mv: float) -> None:
     option = pos("KO221216X", position_type, quantity, 1.00, underlying="KO", strike=strike,
                  expiration=D16)
-    priced = price_position(option, CLOSES, AS_OF)
+    priced = price_position(option, CLOSES, AS_OF, risk_free_rate=RATE)
     assert priced.market_value == approx(expected_mv)
     assert priced.price_source == "intrinsic"
     assert priced.price_date == D16
@@ -201,7 +202,7 @@ def test_expired_option_valued_at_intrinsic_on_expiry(position_type: str, quanti
 def test_option_expiring_today_uses_todays_underlying_close() -> None:
     option = pos("KO221228C00060000", "LC", 1.0, 1.00, underlying="KO", strike=60.0,
                  expiration=D28)
-    priced = price_position(option, CLOSES, D28)
+    priced = price_position(option, CLOSES, D28, risk_free_rate=RATE)
     assert priced.market_value == approx(1 * (64.00 - 60.0) * 100)
     assert priced.price_date == D28
 
@@ -211,7 +212,7 @@ def test_expired_option_with_old_traded_quote_uses_intrinsic() -> None:
     closes = frame({date(2022, 11, 1): {"KO": 61.00, KO_CALL: 5.00},
                     D16: {"KO": 63.50, KO_CALL: NaN}})
     option = pos(KO_CALL, "LC", 1.0, 1.00, underlying="KO", strike=60.0, expiration=D16)
-    priced = price_position(option, closes, AS_OF)
+    priced = price_position(option, closes, AS_OF, risk_free_rate=RATE)
     assert priced.price_source == "intrinsic"
     assert priced.market_value == approx(1 * (63.50 - 60.0) * 100)
     assert "expired" in priced.flags
@@ -230,7 +231,7 @@ def test_stale_price_is_flagged_but_still_valued() -> None:
     positions = [pos("OLD", "LONG", 10.0, 1.0), pos("EDGE", "LONG", 10.0, 1.0),
                  pos("FRESH", "LONG", 10.0, 1.0), CONDO]
     # stale_before = D20: a close dated D19 is stale; one dated exactly D20 is not.
-    v = value_portfolio(positions, closes, D28, cash=0.0, stale_before=D20)
+    v = value_portfolio(positions, closes, D28, cash=0.0, stale_before=D20, risk_free_rate=RATE)
     p = by_symbol(v)
     assert (p["OLD"].price, p["OLD"].price_date) == (20.00, D19)
     assert p["OLD"].market_value == approx(10 * 20.00)
@@ -251,7 +252,7 @@ def test_missing_price_is_skipped_and_adds_nothing() -> None:
     positions = [pos("AAPL", "LONG", 100.0, 140.0),
                  pos("NOPX", "LONG", 10.0, 5.0),  # all-NaN column
                  pos("GHOST", "SHORT", -10.0, 5.0)]  # no column at all
-    v = value_portfolio(positions, closes, D28, cash=1_000.0)
+    v = value_portfolio(positions, closes, D28, cash=1_000.0, risk_free_rate=RATE)
     p = by_symbol(v)
     for symbol in ("NOPX", "GHOST"):
         assert p[symbol].market_value is None
@@ -267,7 +268,7 @@ def test_missing_price_is_skipped_and_adds_nothing() -> None:
 
 def test_long_with_negative_quantity_is_skipped() -> None:
     bad = pos("AAPL", "LONG", -100.0, 140.0)
-    v = value_portfolio([bad, pos("XOM", "SHORT", -50.0, 100.0)], CLOSES, AS_OF, cash=0.0)
+    v = value_portfolio([bad, pos("XOM", "SHORT", -50.0, 100.0)], CLOSES, AS_OF, cash=0.0, risk_free_rate=RATE)
     p = by_symbol(v)
     assert p["AAPL"].market_value is None
     assert p["AAPL"].flags == ("invalid_quantity",)
@@ -280,7 +281,7 @@ def test_long_with_negative_quantity_is_skipped() -> None:
 
 
 def test_short_with_positive_quantity_is_skipped() -> None:
-    v = value_portfolio([pos("XOM", "SHORT", 50.0, 100.0)], CLOSES, AS_OF, cash=0.0)
+    v = value_portfolio([pos("XOM", "SHORT", 50.0, 100.0)], CLOSES, AS_OF, cash=0.0, risk_free_rate=RATE)
     assert v.positions[0].flags == ("invalid_quantity",)
     assert v.long_value == 0 and v.short_value == 0
 
@@ -289,7 +290,7 @@ def test_exited_positions_are_excluded() -> None:
     exited_today = pos("AAPL", "LONG", 100.0, 140.0, exit_date=D28)
     exits_tomorrow = pos("XOM", "SHORT", -50.0, 100.0, exit_date=date(2022, 12, 29))
     not_yet_entered = pos("MSFT", "LONG", 10.0, 230.0, entry_date=date(2022, 12, 29))
-    v = value_portfolio([exited_today, exits_tomorrow, not_yet_entered], CLOSES, D28, cash=0.0)
+    v = value_portfolio([exited_today, exits_tomorrow, not_yet_entered], CLOSES, D28, cash=0.0, risk_free_rate=RATE)
     assert [p.position.symbol for p in v.positions] == ["XOM"]
     assert v.long_value == 0
     assert v.short_value == approx(-50 * 110.00)
@@ -298,7 +299,7 @@ def test_exited_positions_are_excluded() -> None:
 
 @pytest.mark.parametrize("positions", [[], [pos("AAPL", "LONG", 100.0, 1.0, exit_date=D20)]])
 def test_empty_portfolio_is_cash(positions: list[PositionInput]) -> None:
-    v = value_portfolio(positions, CLOSES, AS_OF, cash=25_000.0)
+    v = value_portfolio(positions, CLOSES, AS_OF, cash=25_000.0, risk_free_rate=RATE)
     assert v.positions == ()
     assert (v.long_value, v.short_value, v.gross_exposure, v.net_exposure, v.private_value) \
         == (0, 0, 0, 0, 0)
@@ -309,7 +310,7 @@ def test_empty_portfolio_is_cash(positions: list[PositionInput]) -> None:
 
 def test_empty_price_table() -> None:
     empty = frame({})
-    v = value_portfolio([BX, pos("AAPL", "LONG", 1.0, 1.0)], empty, AS_OF, cash=5.0)
+    v = value_portfolio([BX, pos("AAPL", "LONG", 1.0, 1.0)], empty, AS_OF, cash=5.0, risk_free_rate=RATE)
     assert v.private_value == approx(285_000.0)
     assert v.skipped == ("AAPL: missing_price",)
     assert v.total_value == approx(285_000.0 + 5.0)
@@ -346,8 +347,8 @@ def test_latest_close(symbol: str | None, on: date, expected) -> None:
 
 def test_valuation_has_no_look_ahead() -> None:
     positions = [pos("A", "LONG", 10.0, 1.0), pos("B", "SHORT", -5.0, 1.0)]
-    v = value_portfolio(positions, LOOKAHEAD, D22, cash=0.0)
-    truncated = value_portfolio(positions, LOOKAHEAD.loc[[D20, D21, D22]], D22, cash=0.0)
+    v = value_portfolio(positions, LOOKAHEAD, D22, cash=0.0, risk_free_rate=RATE)
+    truncated = value_portfolio(positions, LOOKAHEAD.loc[[D20, D21, D22]], D22, cash=0.0, risk_free_rate=RATE)
     assert v.long_value == approx(10 * 12.0)
     assert v.short_value == approx(-5 * 21.0)
     assert (v.long_value, v.short_value) == (truncated.long_value, truncated.short_value)
@@ -358,7 +359,7 @@ def test_expired_option_ignores_underlying_after_expiry() -> None:
     closes = frame({D21: {"KO": 61.00}, D22: {"KO": 70.00}, D23: {"KO": 75.00}})
     option = pos("KO221221C00060000", "LC", 1.0, 0.5, underlying="KO", strike=60.0,
                  expiration=D21)
-    assert price_position(option, closes, D23).market_value == approx(1 * (61.00 - 60.0) * 100)
+    assert price_position(option, closes, D23, risk_free_rate=RATE).market_value == approx(1 * (61.00 - 60.0) * 100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_daily_pnl_hand_computed() -> None:
     opened_today = pos("MSFT", "LONG", 10.0, 235.00, entry_date=D28)
     exited_today = pos("JNJ", "LONG", 10.0, 170.00, exit_date=D28)
     positions = [AAPL_LONG, XOM_SHORT, MSFT_LC, opened_today, exited_today, BX, CONDO]
-    result = daily_pnl(positions, CLOSES, D28, D27)
+    result = daily_pnl(positions, CLOSES, D28, D27, risk_free_rate=RATE)
     expected = (
         100 * (126.00 - 130.00)  # AAPL long: -400
         + -50 * (110.00 - 109.50)  # XOM short: -25
@@ -386,7 +387,7 @@ def test_daily_pnl_lists_positions_without_a_previous_price() -> None:
     positions = [pos("AAPL", "LONG", 1.0, 1.0),
                  pos("NEW", "LONG", 5.0, 1.0),  # no close on the previous session
                  pos("GONE", "LONG", 5.0, 1.0)]  # no close at all
-    result = daily_pnl(positions, closes, D28, D27)
+    result = daily_pnl(positions, closes, D28, D27, risk_free_rate=RATE)
     assert result.pnl == approx(1 * (126.0 - 130.0))
     assert result.unpriced == ("NEW", "GONE")
 
@@ -394,7 +395,7 @@ def test_daily_pnl_lists_positions_without_a_previous_price() -> None:
 def test_daily_pnl_lists_sign_error_positions_as_unpriced() -> None:
     closes = frame({D27: {"AAPL": 130.0}, D28: {"AAPL": 126.0}})
     positions = [pos("AAPL", "LONG", 1.0, 1.0), pos("BAD", "LONG", -3.0, 1.0)]
-    result = daily_pnl(positions, closes, D28, D27)
+    result = daily_pnl(positions, closes, D28, D27, risk_free_rate=RATE)
     assert result.pnl == approx(1 * (126.0 - 130.0))  # the bad position adds nothing
     assert result.unpriced == ("BAD",)
 
@@ -436,7 +437,7 @@ def _scaled(p: PositionInput, k: int) -> PositionInput:
 @given(book=portfolios())
 def test_aggregate_identities(book) -> None:
     positions, closes, cash = book
-    v = value_portfolio(positions, closes, D28, cash=cash)
+    v = value_portfolio(positions, closes, D28, cash=cash, risk_free_rate=RATE)
     assert v.long_value >= 0 >= v.short_value
     assert v.gross_exposure == pytest.approx(v.long_value - v.short_value)
     assert v.gross_exposure >= 0
@@ -449,8 +450,8 @@ def test_aggregate_identities(book) -> None:
 @given(book=portfolios(), k=st.integers(min_value=1, max_value=50))
 def test_scaling_quantities_scales_exposures(book, k: int) -> None:
     positions, closes, cash = book
-    base = value_portfolio(positions, closes, D28, cash=cash)
-    scaled = value_portfolio([_scaled(p, k) for p in positions], closes, D28, cash=cash)
+    base = value_portfolio(positions, closes, D28, cash=cash, risk_free_rate=RATE)
+    scaled = value_portfolio([_scaled(p, k) for p in positions], closes, D28, cash=cash, risk_free_rate=RATE)
     for field in ("long_value", "short_value", "gross_exposure", "net_exposure",
                   "private_value"):
         assert getattr(scaled, field) == pytest.approx(k * getattr(base, field), rel=1e-9,
@@ -471,10 +472,10 @@ def test_daily_pnl_is_value_change_for_a_held_stock(prices, qty: int, side: str)
     quantity = qty if side == "LONG" else -qty
     closes = frame({D27: {"X": before}, D28: {"X": after}})
     p = pos("X", side, quantity, 1.0)
-    pnl = daily_pnl([p], closes, D28, D27).pnl
+    pnl = daily_pnl([p], closes, D28, D27, risk_free_rate=RATE).pnl
     assert pnl == pytest.approx(quantity * (after - before), rel=1e-9, abs=1e-6)
-    v27 = value_portfolio([p], closes, D27, cash=0.0)
-    v28 = value_portfolio([p], closes, D28, cash=0.0)
+    v27 = value_portfolio([p], closes, D27, cash=0.0, risk_free_rate=RATE)
+    v28 = value_portfolio([p], closes, D28, cash=0.0, risk_free_rate=RATE)
     assert pnl == pytest.approx(v28.total_value - v27.total_value, rel=1e-9, abs=1e-6)
 
 
@@ -482,3 +483,25 @@ def test_worked_example_premises() -> None:
     # Guard: the worked example's NULL-class put is an option, so it got the ×100 multiplier.
     assert JNJ_LP.asset_class == OPTIONS
     assert AAPL_LONG.asset_class == PUBLIC
+
+
+def _bsm_put_independent(s: float, k: float, t: float, r: float, vol: float) -> float:
+    """Black–Scholes put written out with math.erf (no code under test)."""
+    n = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    d1 = (math.log(s / k) + (r + vol * vol / 2) * t) / (vol * math.sqrt(t))
+    d2 = d1 - vol * math.sqrt(t)
+    return k * math.exp(-r * t) * n(-d2) - s * n(-d1)
+
+
+def test_untraded_option_with_an_underlying_price_is_valued_at_the_model_price():
+    put = PositionInput(
+        id=uuid.UUID(int=999), symbol=JNJ_PUT, position_type="LP", quantity=3.0, entry_price=2.50,
+        entry_date=ENTRY, investment_class=OPTIONS, underlying_symbol="JNJ", strike_price=170.0,
+        expiration_date=date(2023, 1, 20), implied_volatility=0.25)
+    closes = frame({D27: {"JNJ": 176.0}, D28: {"JNJ": 177.0}})
+    priced = price_position(put, closes, D28, risk_free_rate=RATE)
+    per_share = _bsm_put_independent(177.0, 170.0, (date(2023, 1, 20) - D28).days / 365, RATE, 0.25)
+    assert priced.price_source == "model"
+    assert priced.price == pytest.approx(per_share, rel=1e-10)
+    assert priced.market_value == pytest.approx(3 * 100 * per_share, rel=1e-10)
+    assert "model_price_unavailable" not in priced.flags

@@ -1,0 +1,399 @@
+"""Factor returns, factor betas and the factor covariance (SPEC §6.3, §6.5, §6.6).
+
+Frames are indexed by NYSE session (ascending `datetime.date`), one column per symbol or per
+factor; returns are simple daily returns as fractions (0.01 = 1%). The caller reindexes prices to
+the session calendar, so a missing price is a NaN row entry, never a missing row. Nothing here
+fills a gap: a row that lacks a value is dropped from the fit that needs it, and the number of
+rows actually used is reported as `observations`.
+
+Model (SPEC §6.3), fitted once per symbol over the last `window` sessions:
+
+    r_i = α + β_M·Market + Σ_k β_k·Style_k + ε        (joint OLS, intercept)
+    r_i = α + β_R·Interest Rate + ε                     (separate univariate OLS, intercept)
+
+where Market is the market proxy's return, each Style_k is its proxy's return in excess of the
+market, and Interest Rate is the rate proxy's raw return. Estimates follow statsmodels' OLS
+(nonrobust) exactly — s² = RSS/(n − k) with k counting the intercept, cov = s²(X'X)⁻¹,
+t = β/se, R² = 1 − RSS/TSS (centered) — but symbols that share a complete-case row mask are
+solved together: one pseudo-inverse of the design per mask, applied to every symbol's returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+FACTOR_ORDER = (
+    "Market", "Value", "Growth", "Momentum", "Quality", "Size", "Low Volatility", "Interest Rate",
+)
+MARKET, RATES = "Market", "Interest Rate"
+STYLE_FACTORS = tuple(f for f in FACTOR_ORDER if f not in (MARKET, RATES))
+
+BETA_WINDOW, MIN_OBSERVATIONS, BETA_CAP = 90, 60, 5.0
+EWMA_LAMBDA, COVARIANCE_WINDOW = 0.94, 252
+
+# Reasons (SPEC §8 quality flags where they exist).
+FACTOR_UNAVAILABLE = "factor_unavailable"
+INSUFFICIENT_HISTORY = "insufficient_history"
+COLLINEAR_FACTORS = "collinear_factors"
+
+_NOTHING_UNAVAILABLE: Mapping[str, str] = MappingProxyType({})
+
+
+# --------------------------------------------------------------------------------------------
+# Returns
+# --------------------------------------------------------------------------------------------
+
+def simple_returns(closes: pd.DataFrame) -> pd.DataFrame:
+    """Daily simple returns `close_t / close_{t-1} − 1` from closes indexed by every session.
+
+    `closes`: DataFrame indexed by session (ascending, unique), one column per symbol, prices
+    in dollars, NaN where a symbol has no close. The previous *row* is the previous session, so
+    a missing close makes both adjacent returns NaN; nothing is filled. The first row (which
+    has no previous session) is dropped, so the result has `len(closes) − 1` rows (0 if
+    `closes` has at most one row). A zero close yields an infinite return: rejecting bad prices
+    is the data layer's job (SPEC §5.3), not this function's.
+
+    Raises ValueError if the index is not strictly increasing.
+    """
+    _require_strictly_increasing(closes.index, "closes")
+    values = closes.astype(float)
+    return (values / values.shift(1) - 1.0).iloc[1:]
+
+
+def factor_returns(proxy_returns: pd.DataFrame,
+                   proxies: Mapping[str, str | None]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Factor returns as SPEC §6.3 defines them, from the proxies' simple returns.
+
+    `proxy_returns`: DataFrame indexed by session, one column per proxy symbol (fractions).
+    `proxies`: factor name → proxy symbol (None when no proxy is defined). Every key must be one
+    of `FACTOR_ORDER`; a factor of `FACTOR_ORDER` missing from the mapping counts as having no
+    proxy.
+
+    Returns `(frame, unavailable)`. `frame` has the same index as `proxy_returns` and one column
+    per available factor, in `FACTOR_ORDER`:
+      - "Market": the market proxy's return;
+      - each style factor: its proxy's return minus the market proxy's return (same row; NaN
+        if either is NaN);
+      - "Interest Rate": the rate proxy's raw return.
+    A factor is unavailable — left out of `frame` and reported in `unavailable` as
+    `{factor: "factor_unavailable"}` — if its proxy is None, not a column of `proxy_returns`,
+    or its resulting column is all-NaN (e.g. the proxy has no returns, or a style proxy never
+    has a return on a day the market has one). If Market is unavailable, every style factor is
+    unavailable too; Interest Rate does not depend on Market.
+
+    Raises ValueError for a factor name outside `FACTOR_ORDER` or duplicate proxy columns.
+    """
+    unknown = sorted(set(proxies) - set(FACTOR_ORDER))
+    if unknown:
+        raise ValueError(f"proxies: unknown factor name(s) {unknown}; expected names from "
+                         f"{FACTOR_ORDER}")
+    if proxy_returns.columns.has_duplicates:
+        raise ValueError("proxy_returns: duplicate proxy columns")
+
+    def proxy_column(factor: str) -> pd.Series | None:
+        symbol = proxies.get(factor)
+        if symbol is None or symbol not in proxy_returns.columns:
+            return None
+        return proxy_returns[symbol].astype(float)
+
+    market = proxy_column(MARKET)
+    columns: dict[str, pd.Series] = {}
+    unavailable: dict[str, str] = {}
+    for factor in FACTOR_ORDER:
+        raw = proxy_column(factor)
+        if raw is None:
+            series = None
+        elif factor == MARKET or factor == RATES:
+            series = raw
+        elif market is None:
+            series = None
+        else:
+            series = raw - market
+        if series is None or series.isna().all():
+            unavailable[factor] = FACTOR_UNAVAILABLE
+        else:
+            columns[factor] = series.rename(factor)
+        if factor == MARKET and factor in unavailable:
+            market = None
+    frame = pd.DataFrame(columns, index=proxy_returns.index, columns=list(columns), dtype=float)
+    return frame, unavailable
+
+
+# --------------------------------------------------------------------------------------------
+# Betas
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BetaEstimate:
+    """One symbol's beta on one factor. `beta` is capped at ±cap (then `capped` is True);
+    `std_error` and `t_stat` are the uncapped fit's (t = uncapped β / se). `r_squared` is the
+    R² of the regression the beta came from: the joint model for Market and styles, the
+    univariate model for Interest Rate. `observations` is the number of sessions in that fit.
+    `t_stat` is ±inf (or NaN) for an exact fit (se = 0); `r_squared` is NaN when the symbol's
+    returns are constant over the fitted rows (TSS = 0)."""
+
+    symbol: str
+    factor: str
+    beta: float
+    std_error: float
+    t_stat: float
+    r_squared: float
+    observations: int
+    capped: bool
+
+
+@dataclass(frozen=True)
+class BetaFit:
+    """Result of `fit_symbol_betas`.
+
+    `estimates`: one per (fitted symbol, fitted factor), symbols in input column order, factors
+    in `FACTOR_ORDER`. `skipped`: symbol → reason for symbols with no estimates at all.
+    `unavailable`: factor → "factor_unavailable" (as passed in). `vif`: variance inflation
+    factor per joint-model factor (Market and styles), over the window's complete cases of
+    those factor columns. `window_days`: sessions in the window (≤ `window`)."""
+
+    estimates: list[BetaEstimate]
+    skipped: dict[str, str]
+    unavailable: dict[str, str]
+    vif: dict[str, float]
+    window_days: int
+
+
+@dataclass(frozen=True)
+class _Ols:
+    """Batched OLS results for one design: params/bse/tvalues are k × g (row 0 the
+    intercept), rsquared has g entries, `nobs` the rows used."""
+
+    params: np.ndarray
+    bse: np.ndarray
+    tvalues: np.ndarray
+    rsquared: np.ndarray
+    nobs: int
+
+
+def _ols(regressors: np.ndarray, targets: np.ndarray) -> _Ols | None:
+    """OLS with intercept of each column of `targets` (n × g) on `regressors` (n × p), one
+    solve for all columns. Same formulas as statsmodels `OLS(y, add_constant(X)).fit()`
+    (pinv method, nonrobust covariance). None if the design is rank-deficient."""
+    n = regressors.shape[0]
+    design = np.column_stack([np.ones(n), regressors])
+    k = design.shape[1]
+    if np.linalg.matrix_rank(design) < k:
+        return None
+    pinv = np.linalg.pinv(design)
+    params = pinv @ targets
+    resid = targets - design @ params
+    rss = np.einsum("ij,ij->j", resid, resid)
+    centered = targets - targets.mean(axis=0)
+    tss = np.einsum("ij,ij->j", centered, centered)
+    # diag((X'X)⁻¹) = diag(pinv · pinvᵀ)
+    unscaled_var = np.einsum("ij,ij->i", pinv, pinv)
+    bse = np.sqrt(np.outer(unscaled_var, rss / (n - k)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # se = 0 / TSS = 0: documented inf/NaN
+        tvalues = params / bse
+        rsquared = 1.0 - rss / tss
+    return _Ols(params=params, bse=bse, tvalues=tvalues, rsquared=rsquared, nobs=n)
+
+
+def _groups_by_mask(valid: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group the columns of the boolean matrix `valid` (rows × symbols) by identical column.
+    Returns (row mask, column indices) pairs, in order of first appearance."""
+    if valid.shape[1] == 0:
+        return []
+    masks, inverse = np.unique(valid.T, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = sorted(range(len(masks)), key=lambda g: int(np.argmax(inverse == g)))
+    return [(masks[g], np.flatnonzero(inverse == g)) for g in order]
+
+
+def _vif(design: np.ndarray, names: list[str]) -> dict[str, float]:
+    """VIF_j = 1 / (1 − R²_j), R²_j from regressing column j on the other columns with an
+    intercept (statsmodels' `variance_inflation_factor` on a design with a constant). A single
+    factor gets 1.0; a perfectly explained column inf; a constant column NaN."""
+    vif: dict[str, float] = {}
+    n = design.shape[0]
+    for j, name in enumerate(names):
+        others = np.column_stack([np.ones(n), np.delete(design, j, axis=1)])
+        target = design[:, j]
+        resid = target - others @ (np.linalg.pinv(others) @ target)
+        centered = target - target.mean()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = 1.0 - (resid @ resid) / (centered @ centered)
+            vif[name] = float(1.0 / (1.0 - r2))
+    return vif
+
+
+def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
+                     unavailable: Mapping[str, str] = _NOTHING_UNAVAILABLE, *,
+                     window: int = BETA_WINDOW, min_obs: int = MIN_OBSERVATIONS,
+                     cap: float = BETA_CAP) -> BetaFit:
+    """Per-symbol factor betas (SPEC §6.3) over the last `window` rows.
+
+    `symbol_returns`: DataFrame indexed by session, one column per symbol, simple returns
+    (fractions), NaN where missing; its last row is the as-of session. `factors`: the
+    `factor_returns` frame on the same index (columns a subset of `FACTOR_ORDER`).
+    `unavailable`: the factors reported unavailable by `factor_returns`, passed through.
+
+    Joint model: OLS with intercept of each symbol on every factor column except Interest Rate,
+    over the window rows where the symbol and all those factors have a return. Fewer than
+    `min_obs` such rows → the symbol is skipped with "insufficient_history" and gets no
+    estimates at all. If the design of those rows is rank-deficient (e.g. a stale style proxy
+    whose excess return is exactly −Market) the symbol is skipped with "collinear_factors";
+    `vif` shows which factors are to blame.
+
+    Interest Rate (if a column): a separate univariate OLS with intercept over the rows where
+    the symbol and the rate factor have a return, for symbols not skipped by the joint model.
+    If fewer than `min_obs` rows remain (or the rate column is constant over them), the symbol
+    simply has no Interest Rate estimate (nothing is added to `skipped`; its joint estimates
+    stand). When Interest Rate is the only
+    factor, it decides `skipped` instead.
+
+    Cap: |β| > `cap` → β = ±`cap`, `capped=True`; std_error and t_stat stay those of the
+    uncapped fit, so the t-stat still describes the estimate that was actually found.
+
+    `vif` covers Market and styles over the window's complete factor rows; it is NaN for every
+    factor when fewer than `min_obs` such rows exist (no symbol can be fitted then either).
+    With no factor columns at all, nothing is fitted and nothing is skipped.
+
+    Raises ValueError if the indexes differ, a factor name is not in `FACTOR_ORDER`, a factor
+    is both a column and listed as unavailable, symbols are duplicated, `window` < 1, `cap`
+    ≤ 0, or `min_obs` does not exceed the joint model's parameter count (n − k must be > 0).
+    """
+    if not symbol_returns.index.equals(factors.index):
+        raise ValueError("symbol_returns and factors must share the same index")
+    unknown = [c for c in factors.columns if c not in FACTOR_ORDER]
+    if unknown:
+        raise ValueError(f"factors: unknown factor column(s) {unknown}; expected names from "
+                         f"{FACTOR_ORDER}")
+    contradictory = sorted(set(factors.columns) & set(unavailable))
+    if contradictory:
+        raise ValueError(f"unavailable: {contradictory} are also columns of factors")
+    if symbol_returns.columns.has_duplicates:
+        raise ValueError("symbol_returns: duplicate symbol columns")
+    if window < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+
+    joint = [f for f in FACTOR_ORDER if f in factors.columns and f != RATES]
+    has_rates = RATES in factors.columns
+    n_params = 1 + max(len(joint), 1)
+    if min_obs <= n_params:
+        raise ValueError(f"min_obs must exceed the number of model parameters ({n_params}), "
+                         f"got {min_obs}")
+
+    returns_window = symbol_returns.iloc[-window:].to_numpy(dtype=float)
+    factor_window = factors.iloc[-window:]
+    symbols = [str(s) for s in symbol_returns.columns]
+    symbol_valid = ~np.isnan(returns_window)
+
+    fitted: dict[int, dict[str, BetaEstimate]] = {}
+    skipped: dict[str, str] = {}
+
+    def record(result: _Ols, columns: np.ndarray, names: list[str]) -> None:
+        for g, col in enumerate(columns):
+            per_symbol = fitted.setdefault(int(col), {})
+            for p, name in enumerate(names, start=1):
+                beta = float(result.params[p, g])
+                capped = abs(beta) > cap
+                per_symbol[name] = BetaEstimate(
+                    symbol=symbols[col], factor=name,
+                    beta=float(np.copysign(cap, beta)) if capped else beta,
+                    std_error=float(result.bse[p, g]), t_stat=float(result.tvalues[p, g]),
+                    r_squared=float(result.rsquared[g]), observations=result.nobs,
+                    capped=bool(capped))
+
+    def fit(regressors: np.ndarray, regressor_valid: np.ndarray, columns: np.ndarray,
+            names: list[str], skip: bool) -> None:
+        valid = symbol_valid[:, columns] & regressor_valid[:, None]
+        for rows, members in _groups_by_mask(valid):
+            chosen = columns[members]
+            result = None
+            if rows.sum() >= min_obs:
+                result = _ols(regressors[rows], returns_window[np.ix_(rows, chosen)])
+                if result is None and skip:
+                    skipped.update({symbols[c]: COLLINEAR_FACTORS for c in chosen})
+            elif skip:
+                skipped.update({symbols[c]: INSUFFICIENT_HISTORY for c in chosen})
+            if result is not None:
+                record(result, chosen, names)
+
+    all_columns = np.arange(len(symbols))
+    vif: dict[str, float] = {}
+    if joint:
+        design = factor_window[joint].to_numpy(dtype=float)
+        complete = ~np.isnan(design).any(axis=1)
+        vif = (_vif(design[complete], joint) if complete.sum() >= min_obs
+               else dict.fromkeys(joint, float("nan")))
+        fit(design, complete, all_columns, joint, skip=True)
+    if has_rates:
+        rate = factor_window[[RATES]].to_numpy(dtype=float)
+        remaining = np.array([c for c in all_columns if symbols[c] not in skipped], dtype=int)
+        fit(rate, ~np.isnan(rate[:, 0]), remaining, [RATES], skip=not joint)
+
+    estimates = [fitted[c][f] for c in all_columns if c in fitted
+                 for f in FACTOR_ORDER if f in fitted[c]]
+    return BetaFit(estimates=estimates, skipped=skipped, unavailable=dict(unavailable),
+                   vif=vif, window_days=len(factor_window))
+
+
+# --------------------------------------------------------------------------------------------
+# Covariance and correlation
+# --------------------------------------------------------------------------------------------
+
+def ewma_covariance(factors: pd.DataFrame, *, decay: float = EWMA_LAMBDA,
+                    window: int = COVARIANCE_WINDOW) -> tuple[pd.DataFrame, int]:
+    """Zero-mean (RiskMetrics) exponentially weighted covariance of factor returns (SPEC §6.5).
+
+    `factors`: the `factor_returns` frame (fractions, one column per factor). Takes the last
+    `window` rows, keeps the rows complete across all columns (n of them), weights them
+    w_i ∝ decay^i with i = 0 for the most recent kept row, normalised to sum to 1, and returns
+    Σ = Σ_i w_i r_{t−i} r_{t−i}ᵀ (daily, in return² units) as a DataFrame indexed and columned
+    by factor in input order, together with n.
+
+    Raises ValueError if fewer than 2 complete rows remain, if `decay` is not in (0, 1], or if
+    `window` < 2.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    if window < 2:
+        raise ValueError(f"window must be ≥ 2, got {window}")
+    rows = factors.iloc[-window:].astype(float).dropna(how="any")
+    n = len(rows)
+    if n < 2:
+        raise ValueError(f"ewma_covariance needs at least 2 complete rows, got {n}")
+    values = rows.to_numpy()
+    weights = decay ** np.arange(n - 1, -1, -1, dtype=float)  # oldest row first, newest = 1
+    weights /= weights.sum()
+    cov = (values * weights[:, None]).T @ values
+    cov = (cov + cov.T) / 2.0  # exact symmetry
+    return pd.DataFrame(cov, index=rows.columns, columns=rows.columns), n
+
+
+def correlation_from_covariance(cov: pd.DataFrame) -> pd.DataFrame:
+    """Correlation D^{-1/2} Σ D^{-1/2} of a covariance matrix, with an exact 1.0 diagonal and
+    entries clipped to [−1, 1] against rounding. A factor with zero variance has an undefined
+    correlation: its row and column (diagonal included) are NaN.
+
+    Raises ValueError if `cov` is not square with matching index and columns.
+    """
+    if cov.shape[0] != cov.shape[1] or not cov.index.equals(cov.columns):
+        raise ValueError("cov must be square with identical index and columns")
+    values = cov.to_numpy(dtype=float)
+    variances = np.diag(values).copy()
+    scale = np.full_like(variances, np.nan)
+    positive = variances > 0
+    scale[positive] = 1.0 / np.sqrt(variances[positive])
+    corr = np.clip(values * np.outer(scale, scale), -1.0, 1.0)
+    np.fill_diagonal(corr, np.where(positive, 1.0, np.nan))
+    return pd.DataFrame(corr, index=cov.index, columns=cov.columns)
+
+
+def _require_strictly_increasing(index: pd.Index, name: str) -> None:
+    if not (index.is_monotonic_increasing and index.is_unique):
+        raise ValueError(f"{name}: index must be strictly increasing sessions")

@@ -1,0 +1,273 @@
+"""Black–Scholes–Merton prices and Greeks for European options, and per-position Greeks (SPEC §6.2).
+
+Units: money in dollars; `years` in years of 365 calendar days; `rate` and `dividend_yield` as
+continuously compounded annual decimals (0.05 = 5%); `vol` as an annualised fraction (0.20 = 20%).
+
+Per-share Greeks (`Greeks`) are for one share of the underlying; a position's Greeks
+(`PositionGreeks`) are those × quantity (contracts, negative for SC/SP) × 100.
+
+`closes` is a DataFrame indexed by session `datetime.date` (ascending), one column per symbol,
+adjusted closes in dollars, NaN where a symbol has no price that day. Only rows dated on or before
+the as-of date are used, whatever else the frame holds.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from calculations.options import MalformedOccSymbol, intrinsic_value, parse_occ
+from calculations.positions import OPTIONS, PositionInput
+from calculations.prices import latest_close
+
+TRADING_DAYS_PER_YEAR = 252
+REALISED_VOL_WINDOW = 63
+VOL_FLOOR, VOL_CAP = 0.05, 3.0
+DAYS_PER_YEAR = 365  # calendar days: time to expiry and theta per calendar day
+VOL_POINT = 0.01  # vega is per 1 vol point
+RATE_POINT = 0.01  # rho is per 1 rate point
+
+# PositionGreeks.status
+OK = "ok"
+EXPIRED = "expired"
+MISSING_UNDERLYING_PRICE = "missing_underlying_price"
+MISSING_VOLATILITY = "missing_volatility"
+NOT_AN_OPTION = "not_an_option"
+INVALID_CONTRACT = "invalid_contract"  # no strike, expiration or right from fields or OCC symbol
+
+# PositionGreeks.volatility_source
+IMPLIED, REALISED = "implied", "realised"
+
+_CALL_TYPES = frozenset({"LC", "SC"})
+_PUT_TYPES = frozenset({"LP", "SP"})
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class Greeks:
+    """Price and Greeks per share of one contract's underlying (not yet × 100)."""
+
+    price: float  # dollars per share
+    delta: float  # dPrice/dSpot
+    gamma: float  # d²Price/dSpot², per dollar
+    theta: float  # dollars per share per calendar day (annual theta / 365)
+    vega: float  # dollars per share per 1 vol point (0.01)
+    rho: float  # dollars per share per 1 rate point (0.01)
+
+
+@dataclass(frozen=True)
+class PositionGreeks:
+    """One option position's Greeks, scaled by contracts × 100 and signed by quantity.
+
+    The Greeks are 0.0 whenever `status != "ok"`. `model_price` is per share (dollars): the BSM
+    price when ok, the intrinsic value at the underlying's close on expiry when expired (None if
+    that close is unknown), None otherwise.
+    """
+
+    position_id: uuid.UUID
+    status: str  # ok, expired, missing_underlying_price, missing_volatility, not_an_option, invalid_contract
+    model_price: float | None  # per share, dollars
+    underlying_price: float | None  # dollars; for an expired option, the close on expiry
+    volatility: float | None  # annualised fraction used (after clamping)
+    volatility_source: str | None  # "implied" | "realised"
+    years: float | None  # years_to_expiry(as_of, expiration); ≤ 0 when expired
+    delta: float
+    gamma: float
+    theta: float
+    vega: float
+    rho: float
+    dollar_delta: float  # position delta × underlying price: the delta-equivalent market value
+
+
+def years_to_expiry(as_of: date, expiration: date) -> float:
+    """Calendar days ÷ 365 from the as-of close to the 16:00 New York close on `expiration`.
+
+    Both ends are 16:00 closes, so this is a whole number of days: `(expiration − as_of).days / 365`.
+    Zero or negative means the option has expired on or before `as_of`.
+    """
+    return (expiration - as_of).days / DAYS_PER_YEAR
+
+
+def _check_inputs(spot: float, strike: float, years: float, rate: float, vol: float, right: str,
+                  dividend_yield: float) -> None:
+    for name, value in (("spot", spot), ("strike", strike), ("years", years), ("vol", vol)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    for name, value in (("rate", rate), ("dividend_yield", dividend_yield)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    if right not in ("C", "P"):
+        raise ValueError(f"right must be 'C' or 'P', got {right!r}")
+
+
+def bsm_price(spot: float, strike: float, years: float, rate: float, vol: float, right: str,
+              dividend_yield: float = 0.0) -> float:
+    """Black–Scholes–Merton price per share of a European call ("C") or put ("P") on an
+    underlying paying a continuous dividend yield `dividend_yield`.
+
+    Raises ValueError naming the argument for non-positive spot, strike, years or vol,
+    non-finite rate or dividend_yield, or a right other than "C"/"P".
+    """
+    return bsm_greeks(spot, strike, years, rate, vol, right, dividend_yield).price
+
+
+def bsm_greeks(spot: float, strike: float, years: float, rate: float, vol: float, right: str,
+               dividend_yield: float = 0.0) -> Greeks:
+    """Black–Scholes–Merton price and analytic Greeks per share (units: see `Greeks`).
+
+    With d1 = (ln(S/K) + (r − q + σ²/2)T) / (σ√T), d2 = d1 − σ√T:
+    call = S e^{−qT} N(d1) − K e^{−rT} N(d2), put = K e^{−rT} N(−d2) − S e^{−qT} N(−d1).
+    Same errors as `bsm_price`.
+    """
+    spot, strike, years, rate, vol, q = (float(spot), float(strike), float(years), float(rate),
+                                         float(vol), float(dividend_yield))
+    _check_inputs(spot, strike, years, rate, vol, right, q)
+    sqrt_t = math.sqrt(years)
+    d1 = (math.log(spot / strike) + (rate - q + 0.5 * vol * vol) * years) / (vol * sqrt_t)
+    d2 = d1 - vol * sqrt_t
+    spot_df = spot * math.exp(-q * years)  # S e^{−qT}
+    strike_df = strike * math.exp(-rate * years)  # K e^{−rT}
+    pdf_d1 = _INV_SQRT_2PI * math.exp(-0.5 * d1 * d1)
+
+    gamma = math.exp(-q * years) * pdf_d1 / (spot * vol * sqrt_t)
+    vega = spot_df * pdf_d1 * sqrt_t  # per 1.00 of vol
+    decay = -spot_df * pdf_d1 * vol / (2.0 * sqrt_t)  # the part of theta common to calls and puts
+    if right == "C":
+        n_d1, n_d2 = float(ndtr(d1)), float(ndtr(d2))
+        price = spot_df * n_d1 - strike_df * n_d2
+        delta = math.exp(-q * years) * n_d1
+        theta = decay - rate * strike_df * n_d2 + q * spot_df * n_d1  # per year
+        rho = strike_df * years * n_d2  # per 1.00 of rate
+    else:
+        n_md1, n_md2 = float(ndtr(-d1)), float(ndtr(-d2))
+        price = strike_df * n_md2 - spot_df * n_md1
+        delta = -math.exp(-q * years) * n_md1
+        theta = decay + rate * strike_df * n_md2 - q * spot_df * n_md1
+        rho = -strike_df * years * n_md2
+    return Greeks(price=price, delta=delta, gamma=gamma, theta=theta / DAYS_PER_YEAR,
+                  vega=vega * VOL_POINT, rho=rho * RATE_POINT)
+
+
+def realised_volatility(closes: pd.Series, window: int = REALISED_VOL_WINDOW) -> float | None:
+    """Annualised realised volatility (fraction) of a daily close series.
+
+    `closes` is indexed by session date, ascending; NaN marks a missing close. Log returns are
+    taken between consecutive rows, so a return touching a missing close is NaN and dropped (no
+    filling across gaps). The returns dated at the last `window` rows are kept, NaNs dropped, and
+    the result is std(ddof=1) × √252.
+
+    Returns None if fewer than max(window // 2, 2) returns remain. Not clamped (see
+    `clamp_volatility`). Raises ValueError if `window` < 2 or a close is non-positive or infinite
+    (prices are validated before storage, so this is a data error, not missing data).
+    """
+    if window < 2:
+        raise ValueError(f"window must be at least 2, got {window!r}")
+    values = closes.to_numpy(dtype=float)
+    present = values[~np.isnan(values)]
+    if np.any(~np.isfinite(present) | (present <= 0)):
+        raise ValueError("closes must be positive and finite (NaN for missing)")
+    returns = np.log(values[1:] / values[:-1])[-window:]
+    returns = returns[~np.isnan(returns)]
+    if returns.size < max(window // 2, 2):
+        return None
+    return float(np.std(returns, ddof=1) * math.sqrt(TRADING_DAYS_PER_YEAR))
+
+
+def clamp_volatility(vol: float) -> float:
+    """`vol` limited to [VOL_FLOOR, VOL_CAP] = [0.05, 3.0]."""
+    return min(max(vol, VOL_FLOOR), VOL_CAP)
+
+
+def _contract_terms(position: PositionInput) -> tuple[str, float, date] | None:
+    """(right, strike, expiration) from the position's fields, each falling back to its OCC
+    symbol; None if any cannot be determined."""
+    try:
+        occ = parse_occ(position.symbol.strip().upper())
+    except MalformedOccSymbol:
+        occ = None
+    if position.position_type in _CALL_TYPES:
+        right = "C"
+    elif position.position_type in _PUT_TYPES:
+        right = "P"
+    else:
+        right = occ.right if occ else None
+    strike = position.strike_price if position.strike_price is not None else (
+        occ.strike if occ else None)
+    expiration = position.expiration_date if position.expiration_date is not None else (
+        occ.expiration if occ else None)
+    if right is None or expiration is None or strike is None \
+            or not (math.isfinite(strike) and strike > 0):
+        return None
+    return right, float(strike), expiration
+
+
+def _unpriced(position: PositionInput, status: str, *, model_price: float | None = None,
+              underlying_price: float | None = None, years: float | None = None) -> PositionGreeks:
+    return PositionGreeks(position.id, status, model_price, underlying_price, None, None, years,
+                          0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def option_greeks(position: PositionInput, closes: pd.DataFrame, as_of: date, rate: float,
+                  dividend_yield: float = 0.0) -> PositionGreeks:
+    """Greeks of one option position at the close of `as_of` (SPEC §6.2).
+
+    - Not an option (asset class other than OPTIONS): status `not_an_option`.
+    - Right, strike or expiration unknown from the fields and the OCC symbol: `invalid_contract`.
+    - Expired (expiration ≤ as_of): `expired`; model_price = intrinsic value at the underlying's
+      latest close on or before the expiration date (None if there is none); Greeks 0.
+    - No underlying close on or before `as_of`: `missing_underlying_price`.
+    - Volatility: `implied_volatility` if set and > 0 (a fraction), else the realised volatility
+      of the underlying's closes up to `as_of`; then clamped to [0.05, 3.0]. If neither is
+      available (too little history): `missing_volatility`.
+    - Otherwise `ok`: BSM at the underlying's latest close with `rate` and `dividend_yield`;
+      position Greeks = per-share Greeks × quantity × 100, dollar_delta = position delta × spot.
+
+    The quantity is used as given (callers skip positions whose sign contradicts their type).
+    """
+    if position.asset_class != OPTIONS:
+        return _unpriced(position, NOT_AN_OPTION)
+    terms = _contract_terms(position)
+    if terms is None:
+        return _unpriced(position, INVALID_CONTRACT)
+    right, strike, expiration = terms
+    years = years_to_expiry(as_of, expiration)
+    underlying = position.underlying
+
+    if years <= 0:
+        at_expiry = latest_close(closes, underlying, expiration)
+        if at_expiry is None:
+            return _unpriced(position, EXPIRED, years=years)
+        spot_at_expiry = at_expiry[1]
+        return _unpriced(position, EXPIRED, years=years, underlying_price=spot_at_expiry,
+                         model_price=intrinsic_value(right, spot_at_expiry, strike))
+
+    quote = latest_close(closes, underlying, as_of)
+    if quote is None:
+        return _unpriced(position, MISSING_UNDERLYING_PRICE, years=years)
+    spot = quote[1]
+
+    implied = position.implied_volatility
+    if implied is not None and math.isfinite(implied) and implied > 0:
+        raw_vol, source = implied, IMPLIED
+    else:
+        history = closes.loc[closes.index <= as_of, underlying]
+        raw_vol, source = realised_volatility(history), REALISED
+    if raw_vol is None:
+        return _unpriced(position, MISSING_VOLATILITY, underlying_price=spot, years=years)
+    vol = clamp_volatility(raw_vol)
+
+    g = bsm_greeks(spot, strike, years, rate, vol, right, dividend_yield)
+    scale = position.quantity * position.multiplier
+    delta = g.delta * scale
+    return PositionGreeks(
+        position_id=position.id, status=OK, model_price=g.price, underlying_price=spot,
+        volatility=vol, volatility_source=source, years=years,
+        delta=delta, gamma=g.gamma * scale, theta=g.theta * scale, vega=g.vega * scale,
+        rho=g.rho * scale, dollar_delta=delta * spot,
+    )

@@ -1,0 +1,170 @@
+"""Market-risk scenarios (SPEC §6.4) and factor stress tests with conditional propagation
+(SPEC §6.5). Money in dollars, shocks as fractions, rate shocks as decimal yield changes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from calculations.greeks import bsm_price
+
+MARKET_SHOCKS = (0.05, -0.05, 0.10, -0.10, 0.20, -0.20)
+RATE_SHOCKS = (0.01, -0.01, 0.02, -0.02)  # ±100bp, ±200bp
+DEFAULT_DURATION = 17.0  # years: a long-Treasury ETF
+RATES = "Interest Rate"
+
+
+def rate_shock_to_return(delta_yield: float, duration: float = DEFAULT_DURATION) -> float:
+    """The rate proxy's return for a yield change: −duration × Δy (0.01 → −0.17 at 17 years)."""
+    return -duration * delta_yield
+
+
+def scenario_name(kind: str, shock: float) -> str:
+    """`market_up_10`, `market_down_5`, `rates_up_100bp`, … (names stored in market_risk_results)."""
+    direction = "up" if shock > 0 else "down"
+    if kind == "market":
+        return f"market_{direction}_{round(abs(shock) * 100)}"
+    return f"rates_{direction}_{round(abs(shock) * 10_000)}bp"
+
+
+@dataclass(frozen=True)
+class OptionRevaluation:
+    """What a full Black–Scholes revaluation of one option position needs. `quantity` in
+    contracts (signed), prices per share, `market_beta` of the underlying."""
+
+    position_id: uuid.UUID
+    quantity: float
+    spot: float
+    strike: float
+    years: float
+    rate: float
+    volatility: float
+    right: str
+    market_beta: float
+    dividend_yield: float = 0.0
+
+    def pnl(self, market_shock: float) -> float:
+        """Dollar P&L with the underlying at spot × (1 + β × shock), all else equal."""
+        shocked = max(self.spot * (1.0 + self.market_beta * market_shock), 1e-9)
+        now = bsm_price(self.spot, self.strike, self.years, self.rate, self.volatility, self.right,
+                        self.dividend_yield)
+        then = bsm_price(shocked, self.strike, self.years, self.rate, self.volatility, self.right,
+                         self.dividend_yield)
+        return self.quantity * 100.0 * (then - now)
+
+
+@dataclass(frozen=True)
+class ScenarioPnl:
+    scenario: str
+    shock: float
+    pnl: float
+    pnl_pct: float | None  # pnl ÷ equity
+
+
+def market_risk(stock_market_exposure: float, options: Sequence[OptionRevaluation],
+                rate_exposure: float | None, equity: float,
+                duration: float = DEFAULT_DURATION) -> tuple[list[ScenarioPnl], dict[str, str]]:
+    """Market scenarios: Σ stock market value × β_M × shock (`stock_market_exposure` is that
+    Σ MV × β_M) plus each option fully revalued. Rate scenarios: rate exposure × (−duration × Δy).
+    Returns the scenarios and, when `rate_exposure` is None (no rate factor data), the rate
+    scenarios left out with reason `factor_unavailable`."""
+    results = []
+    for shock in MARKET_SHOCKS:
+        pnl = stock_market_exposure * shock + sum(o.pnl(shock) for o in options)
+        results.append(ScenarioPnl(scenario_name("market", shock), shock, pnl, _pct(pnl, equity)))
+    unavailable: dict[str, str] = {}
+    for shock in RATE_SHOCKS:
+        name = scenario_name("rates", shock)
+        if rate_exposure is None:
+            unavailable[name] = "factor_unavailable"
+            continue
+        pnl = rate_exposure * rate_shock_to_return(shock, duration)
+        results.append(ScenarioPnl(name, shock, pnl, _pct(pnl, equity)))
+    return results, unavailable
+
+
+def _pct(pnl: float, equity: float) -> float | None:
+    return pnl / equity if equity else None
+
+
+@dataclass(frozen=True)
+class StressResult:
+    scenario_id: str
+    direct_pnl: float
+    correlated_pnl: float
+    correlation_effect: float
+    pnl_pct: float | None
+    exceeds_equity: bool
+    factor_impacts: dict[str, dict[str, Any]]
+
+
+def conditional_moves(covariance: pd.DataFrame, shocked: Mapping[str, float]) -> dict[str, float]:
+    """E[r_u | r_s = s] = Σ_us Σ_ss⁻¹ s for every factor u of `covariance` not in `shocked`.
+    Shocked factors absent from the covariance are ignored. A singular Σ_ss uses the
+    pseudo-inverse. Empty when nothing shocked is in the covariance."""
+    s_names = [f for f in covariance.index if f in shocked]
+    u_names = [f for f in covariance.index if f not in shocked]
+    if not s_names or not u_names:
+        return {}
+    sigma_ss = covariance.loc[s_names, s_names].to_numpy()
+    sigma_us = covariance.loc[u_names, s_names].to_numpy()
+    s = np.array([shocked[f] for f in s_names])
+    moves = sigma_us @ (np.linalg.pinv(sigma_ss) @ s)
+    return dict(zip(u_names, (float(m) for m in moves), strict=True))
+
+
+def stress_test(scenario_id: str, shocks: Mapping[str, float], exposures: Mapping[str, float],
+                available_factors: Sequence[str], covariance: pd.DataFrame | None, equity: float,
+                duration: float = DEFAULT_DURATION) -> StressResult:
+    """Direct P&L = Σ shocked factors of exposure × shock (Interest Rate shocks are yield changes,
+    converted by the duration mapping). Correlated P&L adds the unshocked factors moved to their
+    conditional expectation given the shocked ones (`conditional_moves`). A shocked factor
+    without data or without exposure contributes 0 and says why. No clipping: a loss larger
+    than equity sets `exceeds_equity`."""
+    moves = {f: rate_shock_to_return(v, duration) if f == RATES else v for f, v in shocks.items()}
+    impacts: dict[str, dict[str, Any]] = {}
+    direct = 0.0
+    for factor, move in moves.items():
+        entry = {"source": "shock", "shock": shocks[factor], "factor_return": move,
+                 "exposure": exposures.get(factor), "pnl": 0.0}
+        if factor not in available_factors:
+            entry["reason"] = "factor_unavailable"
+        elif factor not in exposures or exposures[factor] == 0:
+            entry["reason"] = "no_exposure"
+        else:
+            entry["pnl"] = exposures[factor] * move
+            direct += entry["pnl"]
+        impacts[factor] = entry
+    propagated = 0.0
+    if covariance is not None:
+        usable = {f: m for f, m in moves.items() if f in available_factors}
+        for factor, move in conditional_moves(covariance, usable).items():
+            pnl = exposures.get(factor, 0.0) * move
+            entry = {"source": "conditional", "shock": None, "factor_return": move,
+                     "exposure": exposures.get(factor), "pnl": pnl}
+            if factor not in exposures:
+                entry["reason"] = "no_exposure"
+            impacts[factor] = entry
+            propagated += pnl
+    correlated = direct + propagated
+    return StressResult(scenario_id, direct, correlated, correlated - direct, _pct(correlated, equity),
+                        correlated < 0 and -correlated > equity, impacts)
+
+
+def stress_summary(results: Sequence[StressResult]) -> dict[str, Any]:
+    """Worst, best and mean correlated P&L in dollars (None for no results)."""
+    if not results:
+        return {"worst_scenario": None, "worst_pnl": None, "best_scenario": None, "best_pnl": None,
+                "mean_pnl": None, "scenarios": 0, "exceeds_equity": []}
+    worst = min(results, key=lambda r: r.correlated_pnl)
+    best = max(results, key=lambda r: r.correlated_pnl)
+    return {"worst_scenario": worst.scenario_id, "worst_pnl": worst.correlated_pnl,
+            "best_scenario": best.scenario_id, "best_pnl": best.correlated_pnl,
+            "mean_pnl": sum(r.correlated_pnl for r in results) / len(results),
+            "scenarios": len(results),
+            "exceeds_equity": [r.scenario_id for r in results if r.exceeds_equity]}

@@ -1,0 +1,602 @@
+"""Tests for calculations.correlations: eligible_exposures, log_returns, correlate (SPEC §6.6).
+
+Expected values never come from the code under test: they are hand arithmetic on tiny inputs,
+correlations fixed by construction (orthonormal Hadamard columns mixed by the Cholesky factor of
+a chosen correlation matrix, so the sample correlation IS that matrix), or an independent numpy
+computation (np.corrcoef on the pairwise-complete rows).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.linalg import hadamard
+
+from calculations.correlations import (
+    CLUSTER_THRESHOLD,
+    CORRELATION_WINDOW,
+    MIN_OVERLAP,
+    MIN_POSITION_VALUE,
+    MIN_WEIGHT,
+    Cluster,
+    correlate,
+    eligible_exposures,
+    log_returns,
+)
+
+NaN = math.nan
+
+
+def approx(x: float) -> object:
+    return pytest.approx(x, rel=1e-12, abs=1e-12)
+
+
+def sessions(n: int, start: date = date(2024, 1, 2)) -> list[date]:
+    """n ascending dates standing in for NYSE sessions (log_returns only needs row order)."""
+    return [start + timedelta(days=i) for i in range(n)]
+
+
+def correlated_series(target: list[list[float]], symbols: list[str], rows: int = 32,
+                      scale: float = 0.01) -> pd.DataFrame:
+    """Returns whose sample Pearson correlation equals `target` (up to rounding).
+
+    Columns 1.. of a Sylvester Hadamard matrix have mean zero and are mutually orthogonal; after
+    dividing by √rows they are orthonormal (HᵀH = I). X = H Lᵀ with L Lᵀ = target then has
+    centred cross-products XᵀX = L Lᵀ = target, i.e. sample correlation = target.
+    """
+    h = hadamard(rows)[:, 1:len(symbols) + 1] / math.sqrt(rows)
+    chol = np.linalg.cholesky(np.array(target, dtype=float))
+    return pd.DataFrame(scale * h @ chol.T, columns=symbols)
+
+
+def numpy_pearson(x: np.ndarray, y: np.ndarray, min_overlap: int) -> tuple[float, int]:
+    """Independent reference: np.corrcoef on the rows where both series are present."""
+    both = ~np.isnan(x) & ~np.isnan(y)
+    n = int(both.sum())
+    if n < min_overlap:
+        return NaN, n
+    return float(np.corrcoef(x[both], y[both])[0, 1]), n
+
+
+def test_constants_match_spec() -> None:
+    assert (CORRELATION_WINDOW, MIN_OVERLAP) == (90, 20)
+    assert (MIN_POSITION_VALUE, MIN_WEIGHT) == (10_000.0, 0.01)
+    assert CLUSTER_THRESHOLD == 0.7
+
+
+def test_fixture_correlations_are_exact_by_construction() -> None:
+    target = [[1.0, 0.6, -0.8], [0.6, 1.0, -0.48], [-0.8, -0.48, 1.0]]
+    df = correlated_series(target, ["X", "Y", "Z"])
+    np.testing.assert_allclose(np.corrcoef(df.to_numpy().T), target, rtol=0, atol=1e-14)
+
+
+# ---------------------------------------------------------------- eligible_exposures
+
+
+def test_eligible_value_threshold_inclusive_and_uses_absolute_value() -> None:
+    # gross 1,000,000: every size here is ≥ 1% by weight except where noted, so only value bites.
+    values = {"A": 10_000.0, "B": 9_999.99, "C": -10_000.0, "D": -9_999.0, "E": 0.0, "F": NaN,
+              "G": -250_000.0}
+    kept, excluded = eligible_exposures(values, 1_000_000.0)
+    assert kept == {"A": 10_000.0, "C": -10_000.0, "G": -250_000.0}  # signed values preserved
+    assert excluded == {"B": "below_min_value", "D": "below_min_value", "E": "below_min_value",
+                        "F": "below_min_value"}
+
+
+def test_eligible_weight_threshold_inclusive_and_uses_absolute_value() -> None:
+    # gross 3,000,000: 1% = 30,000.
+    values = {"A": 30_000.0, "B": 29_999.0, "C": -45_000.0, "D": -20_000.0, "E": 5_000.0}
+    kept, excluded = eligible_exposures(values, 3_000_000.0)
+    assert kept == {"A": 30_000.0, "C": -45_000.0}
+    # E fails both tests; the value test is reported first.
+    assert excluded == {"B": "below_min_weight", "D": "below_min_weight", "E": "below_min_value"}
+
+
+def test_eligible_thresholds_are_configurable() -> None:
+    values = {"A": 600.0, "B": -400.0, "C": 50.0}
+    kept, excluded = eligible_exposures(values, 1_000.0, min_value=100.0, min_weight=0.4)
+    assert kept == {"A": 600.0, "B": -400.0}
+    assert excluded == {"C": "below_min_value"}
+    kept, excluded = eligible_exposures(values, 1_000.0, min_value=0.0, min_weight=0.5)
+    assert kept == {"A": 600.0}
+    assert excluded == {"B": "below_min_weight", "C": "below_min_weight"}
+
+
+@pytest.mark.parametrize("gross", [0.0, -100_000.0, NaN])
+def test_eligible_non_positive_gross_keeps_nothing(gross: float) -> None:
+    kept, excluded = eligible_exposures({"A": 50_000.0, "B": 1_000.0}, gross)
+    assert kept == {}
+    assert excluded == {"A": "below_min_weight", "B": "below_min_value"}
+
+
+def test_eligible_empty() -> None:
+    assert eligible_exposures({}, 1_000_000.0) == ({}, {})
+
+
+# ---------------------------------------------------------------- log_returns
+
+
+def test_log_returns_gap_is_not_bridged() -> None:
+    d = sessions(6)
+    closes = pd.DataFrame({"A": [100.0, 110.0, NaN, 121.0, 133.1, 133.1],
+                           "B": [50.0, 50.0, 25.0, 25.0, 50.0, NaN]}, index=d)
+    got = log_returns(closes)
+    assert list(got.index) == d[1:]
+    assert list(got.columns) == ["A", "B"]
+    a, b = got["A"].tolist(), got["B"].tolist()
+    assert a[0] == approx(math.log(1.1))
+    assert math.isnan(a[1])  # 110 → missing
+    assert math.isnan(a[2])  # missing → 121: not log(121/110)
+    assert a[3] == approx(math.log(1.1))
+    assert a[4] == approx(0.0)
+    assert b[:4] == [approx(0.0), approx(math.log(0.5)), approx(0.0), approx(math.log(2.0))]
+    assert math.isnan(b[4])
+
+
+def test_log_returns_window_keeps_last_returns() -> None:
+    d = sessions(6)
+    closes = pd.DataFrame({"A": [1.0, 2.0, 4.0, 8.0, 4.0, 4.0]}, index=d)
+    got = log_returns(closes, window=3)
+    assert list(got.index) == d[3:]
+    assert got["A"].tolist() == [approx(math.log(2.0)), approx(math.log(0.5)), approx(0.0)]
+    assert len(log_returns(closes, window=10)) == 5
+
+
+def test_log_returns_default_window_91_closes_give_90_returns() -> None:
+    d = sessions(100)
+    closes = pd.DataFrame({"A": [100.0 * 1.01 ** i for i in range(100)]}, index=d)
+    got = log_returns(closes)
+    assert len(got) == 90
+    assert list(got.index) == d[10:]
+    np.testing.assert_allclose(got["A"].to_numpy(), math.log(1.01), rtol=1e-12)
+
+
+def test_log_returns_degenerate_inputs() -> None:
+    one = log_returns(pd.DataFrame({"A": [100.0]}, index=sessions(1)))
+    assert one.empty and list(one.columns) == ["A"]
+    all_nan = log_returns(pd.DataFrame({"A": [NaN, NaN, NaN]}, index=sessions(3)))
+    assert len(all_nan) == 2 and all_nan["A"].isna().all()
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, math.inf])
+def test_log_returns_rejects_non_positive_or_infinite_close(bad: float) -> None:
+    closes = pd.DataFrame({"A": [100.0, bad, 101.0]}, index=sessions(3))
+    with pytest.raises(ValueError, match="positive"):
+        log_returns(closes)
+
+
+def test_log_returns_rejects_unordered_index_and_bad_window() -> None:
+    d = sessions(3)
+    with pytest.raises(ValueError, match="increasing"):
+        log_returns(pd.DataFrame({"A": [1.0, 2.0, 3.0]}, index=[d[1], d[0], d[2]]))
+    with pytest.raises(ValueError, match="increasing"):
+        log_returns(pd.DataFrame({"A": [1.0, 2.0, 3.0]}, index=[d[0], d[0], d[2]]))
+    with pytest.raises(ValueError, match="window"):
+        log_returns(pd.DataFrame({"A": [1.0, 2.0, 3.0]}, index=d), window=0)
+
+
+# ---------------------------------------------------------------- correlate: matrix
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pearson_matches_numpy_on_pairwise_complete_rows(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    symbols = ["AAPL", "JNJ", "KO", "MSFT", "XOM"]
+    data = rng.normal(0.0005, 0.02, size=(90, 5))
+    data[:, 1] += 0.7 * data[:, 0]  # some genuine correlation
+    data[rng.random((90, 5)) < 0.2] = NaN
+    data[:60, 4] = NaN  # XOM: ~24 returns, so some of its pairs fall below 20 overlaps
+    returns = pd.DataFrame(data, columns=symbols)
+    result = correlate(dict.fromkeys(symbols, 50_000.0), returns)
+    assert result is not None
+    assert result.symbols == symbols
+    for i, a in enumerate(symbols):
+        for j, b in enumerate(symbols):
+            got = result.matrix.loc[a, b]
+            n = int(result.observations.loc[a, b])
+            if i == j:
+                assert got == 1.0
+                assert n == int(np.sum(~np.isnan(data[:, i])))
+                continue
+            expected, expected_n = numpy_pearson(data[:, i], data[:, j], 20)
+            assert n == expected_n
+            if math.isnan(expected):
+                assert math.isnan(got)
+            else:
+                assert got == pytest.approx(expected, rel=1e-12, abs=1e-13)
+
+
+def test_pair_with_fewer_than_min_overlap_is_nan_not_zero() -> None:
+    rng = np.random.default_rng(7)
+    base = rng.normal(0.0, 0.02, size=40)
+    cols = {name: np.full(40, NaN) for name in "ABCD"}
+    cols["A"][0:30] = base[0:30]  # 30 returns
+    cols["B"][15:40] = base[15:40]  # 25 returns; overlap with A = rows 15..29 = 15
+    cols["C"][:] = rng.normal(0.0, 0.02, size=40)  # 40 returns
+    cols["D"][20:40] = base[20:40] * 3.0  # exactly 20 returns; with B: rows 20..39 = 20
+    returns = pd.DataFrame(cols)
+    result = correlate(dict.fromkeys("ABCD", 25_000.0), returns)
+    assert result is not None
+    obs = result.observations
+    assert obs.loc["A", "B"] == obs.loc["B", "A"] == 15
+    assert obs.loc["A", "C"] == 30 and obs.loc["B", "C"] == 25
+    assert obs.loc["A", "D"] == 10 and obs.loc["B", "D"] == 20 and obs.loc["C", "D"] == 20
+    assert [obs.loc[s, s] for s in "ABCD"] == [30, 25, 40, 20]
+    assert obs.to_numpy().dtype.kind == "i"
+    m = result.matrix
+    assert math.isnan(m.loc["A", "B"]) and math.isnan(m.loc["B", "A"])  # identical data, 15 rows
+    assert math.isnan(m.loc["A", "D"])
+    assert m.loc["B", "D"] == pytest.approx(1.0, abs=1e-12)  # exactly 20 overlaps: has a value
+    assert m.loc["A", "C"] == pytest.approx(numpy_pearson(cols["A"], cols["C"], 20)[0], rel=1e-12)
+    # A and B are identical where both exist, but with no valid ρ they are not clustered;
+    # B and D (ρ = 1) are.
+    assert [c.symbols for c in result.clusters] == [["B", "D"]]
+
+    relaxed = correlate(dict.fromkeys("ABCD", 25_000.0), returns, min_overlap=10)
+    assert relaxed is not None
+    assert relaxed.matrix.loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
+    assert relaxed.matrix.loc["A", "D"] == pytest.approx(1.0, abs=1e-12)
+    assert [c.symbols for c in relaxed.clusters] == [["A", "B", "D"]]
+
+
+# ---------------------------------------------------------------- correlate: metrics
+
+
+def test_three_symbol_metrics_by_hand() -> None:
+    # ρ_XY = 0.6, ρ_XZ = −0.8, ρ_YZ = −0.48 by construction; Z is a short.
+    target = [[1.0, 0.6, -0.8], [0.6, 1.0, -0.48], [-0.8, -0.48, 1.0]]
+    returns = correlated_series(target, ["X", "Y", "Z"])
+    result = correlate({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns)
+    assert result is not None
+    assert result.symbols == ["X", "Y", "Z"]
+    assert result.weights == {"X": approx(0.5), "Y": approx(0.3), "Z": approx(0.2)}
+    np.testing.assert_allclose(result.matrix.to_numpy(), target, rtol=0, atol=1e-12)
+    # mean |ρ| = (0.6 + 0.8 + 0.48) / 3
+    assert result.avg_abs_correlation == approx(1.88 / 3)
+    # Σ w_i w_j ρ_ij = 0.15·0.6 + 0.10·(−0.8) + 0.06·(−0.48) = −0.0188; Σ w_i w_j = 0.31
+    assert result.weighted_correlation == approx(-0.0188 / 0.31)
+    # wᵀRw = (0.25 + 0.09 + 0.04) + 2·(−0.0188) = 0.3424
+    assert result.effective_positions == approx(1 / 0.3424)
+    assert result.clusters == []  # distances 0.4, 1.8, 1.48 are all > 0.3
+    assert (result.positions_included, result.positions_excluded) == (3, 0)
+    assert result.excluded == {}
+
+    # Lower the bar to ρ ≥ 0.5: X and Y (ρ = 0.6) now form a cluster.
+    loose = correlate({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns, threshold=0.5)
+    assert loose is not None
+    assert loose.clusters == [Cluster(1, ["X", "Y"], approx(0.6), approx(0.8))]
+
+
+def test_orthogonal_series_effective_positions_equal_n() -> None:
+    symbols = [f"S{i}" for i in range(8)]
+    returns = pd.DataFrame(hadamard(64)[:, 1:9] * 2.0 ** -7, columns=symbols)
+    result = correlate(dict.fromkeys(symbols, 40_000.0), returns)
+    assert result is not None
+    off = result.matrix.to_numpy()[~np.eye(8, dtype=bool)]
+    np.testing.assert_allclose(off, 0.0, atol=1e-14)
+    assert result.effective_positions == approx(8.0)
+    assert result.avg_abs_correlation == pytest.approx(0.0, abs=1e-14)
+    assert result.weighted_correlation == pytest.approx(0.0, abs=1e-14)
+    assert result.clusters == []
+
+
+def test_r_forced_to_identity_gives_exactly_n_and_no_pair_metrics() -> None:
+    # Disjoint histories: every pair has 0 overlaps, so every off-diagonal ρ is NaN and is
+    # treated as 0 in wᵀRw — R is exactly the identity.
+    rng = np.random.default_rng(3)
+    cols = {s: np.full(80, NaN) for s in "ABCD"}
+    for k, s in enumerate("ABCD"):
+        cols[s][20 * k:20 * (k + 1)] = rng.normal(0.0, 0.02, size=20)
+    returns = pd.DataFrame(cols)
+    result = correlate(dict.fromkeys("ABCD", 30_000.0), returns)
+    assert result is not None
+    assert result.effective_positions == 4.0  # 1 / (4 · 0.25²), exact
+    assert result.avg_abs_correlation is None and result.weighted_correlation is None
+    assert result.clusters == []
+    assert np.isnan(result.matrix.to_numpy()[~np.eye(4, dtype=bool)]).all()
+    assert (result.observations.to_numpy() == np.diag([20, 20, 20, 20])).all()
+
+    unequal = correlate({"A": 60_000.0, "B": -30_000.0, "C": 15_000.0, "D": 15_000.0}, returns)
+    assert unequal is not None
+    assert unequal.effective_positions == approx(1 / (0.5**2 + 0.25**2 + 0.125**2 + 0.125**2))
+
+
+def test_independent_random_series_effective_positions_close_to_n() -> None:
+    rng = np.random.default_rng(11)
+    symbols = ["A", "B", "C", "D", "E", "F"]
+    returns = pd.DataFrame(rng.normal(0.0, 0.02, size=(5_000, 6)), columns=symbols)
+    result = correlate(dict.fromkeys(symbols, 20_000.0), returns)
+    assert result is not None
+    assert result.effective_positions == pytest.approx(6.0, rel=0.05)
+    assert result.avg_abs_correlation is not None and result.avg_abs_correlation < 0.05
+    assert result.clusters == []
+
+
+def test_perfectly_correlated_pair_clusters_and_anticorrelated_does_not() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.0, 0.02, size=60)
+    returns = pd.DataFrame({"A": base, "B": 2.5 * base, "C": -base,
+                            "D": rng.normal(0.0, 0.02, size=60)})
+    result = correlate(dict.fromkeys("ABCD", 10_000.0), returns)
+    assert result is not None
+    assert result.matrix.loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
+    assert result.matrix.loc["A", "C"] == pytest.approx(-1.0, abs=1e-12)
+    assert result.matrix.loc["B", "C"] == pytest.approx(-1.0, abs=1e-12)
+    assert result.clusters == [Cluster(1, ["A", "B"], pytest.approx(1.0, abs=1e-12), approx(0.5))]
+
+    pair = correlate({"A": 10_000.0, "C": 10_000.0}, returns)
+    assert pair is not None
+    assert pair.clusters == []
+    assert pair.weighted_correlation == pytest.approx(-1.0, abs=1e-12)
+    # wᵀRw = 0.5 − 0.5 = 0: perfectly offsetting, documented as None rather than ∞.
+    assert pair.effective_positions is None
+
+
+def test_weights_use_absolute_exposure() -> None:
+    returns = correlated_series([[1.0, 0.0], [0.0, 1.0]], ["L", "S"])
+    result = correlate({"L": 75_000.0, "S": -25_000.0}, returns)
+    assert result is not None
+    assert result.weights == {"L": approx(0.75), "S": approx(0.25)}
+    assert sum(result.weights.values()) == approx(1.0)
+
+
+# ---------------------------------------------------------------- correlate: clustering
+
+
+def test_average_linkage_not_single_linkage() -> None:
+    # d_AB = 0.1, d_AC = 0.2, d_BC = 0.5. Single linkage joins C at 0.2; average linkage
+    # joins C at (0.2 + 0.5) / 2 = 0.35 > 0.3, so C stays out.
+    target = [[1.0, 0.9, 0.8], [0.9, 1.0, 0.5], [0.8, 0.5, 1.0]]
+    result = correlate(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
+    assert result is not None
+    assert result.clusters == [Cluster(1, ["A", "B"], approx(0.9), approx(2 / 3))]
+
+
+def test_average_linkage_not_complete_linkage() -> None:
+    # d_AB = 0.1, d_AC = 0.2, d_BC = 0.35. Complete linkage would need 0.35 ≤ 0.3; average
+    # linkage joins C at (0.2 + 0.35) / 2 = 0.275.
+    target = [[1.0, 0.9, 0.8], [0.9, 1.0, 0.65], [0.8, 0.65, 1.0]]
+    result = correlate(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
+    assert result is not None
+    assert result.clusters == [Cluster(1, ["A", "B", "C"], approx((0.9 + 0.8 + 0.65) / 3),
+                                       approx(1.0))]
+
+
+def test_average_linkage_averages_over_all_members_not_subclusters() -> None:
+    # A, B merge at d 0.05, C joins them at 0.15. D's distances to A, B, C are 0.2, 0.2, 0.48:
+    # average linkage (UPGMA) gives (0.2 + 0.2 + 0.48) / 3 ≈ 0.293 ≤ 0.3, so D joins; weighted
+    # linkage (WPGMA) would give (0.2 + 0.48) / 2 = 0.34 and leave D out.
+    target = [[1.0, 0.95, 0.85, 0.8], [0.95, 1.0, 0.85, 0.8],
+              [0.85, 0.85, 1.0, 0.52], [0.8, 0.8, 0.52, 1.0]]
+    result = correlate(dict.fromkeys("ABCD", 10_000.0),
+                       correlated_series(target, ["A", "B", "C", "D"]))
+    assert result is not None
+    assert result.clusters == [
+        Cluster(1, ["A", "B", "C", "D"], approx((0.95 + 0.85 + 0.8 + 0.85 + 0.8 + 0.52) / 6),
+                approx(1.0))]
+
+
+BLOCKS = [[1.0, 0.95, 0.0, 0.0, 0.0],
+          [0.95, 1.0, 0.0, 0.0, 0.0],
+          [0.0, 0.0, 1.0, 0.9, 0.0],
+          [0.0, 0.0, 0.9, 1.0, 0.0],
+          [0.0, 0.0, 0.0, 0.0, 1.0]]
+BLOCK_SYMBOLS = ["XOM", "CVX", "MSFT", "AAPL", "KO"]  # (XOM, CVX) and (MSFT, AAPL) co-move
+
+
+def test_clusters_numbered_by_weight_then_first_symbol() -> None:
+    returns = correlated_series(BLOCKS, BLOCK_SYMBOLS)
+    heavy_tech = {"XOM": 10_000.0, "CVX": 10_000.0, "MSFT": 30_000.0, "AAPL": 30_000.0,
+                  "KO": 20_000.0}
+    result = correlate(heavy_tech, returns)
+    assert result is not None
+    assert result.clusters == [Cluster(1, ["AAPL", "MSFT"], approx(0.9), approx(0.6)),
+                               Cluster(2, ["CVX", "XOM"], approx(0.95), approx(0.2))]
+
+    heavy_energy = {**heavy_tech, "XOM": 40_000.0, "CVX": 40_000.0}  # total 160,000
+    result = correlate(heavy_energy, returns)
+    assert result is not None
+    assert [(c.number, c.symbols, c.weight) for c in result.clusters] == [
+        (1, ["CVX", "XOM"], approx(0.5)), (2, ["AAPL", "MSFT"], approx(0.375))]
+
+    equal = correlate(dict.fromkeys(BLOCK_SYMBOLS, 10_000.0), returns)
+    assert equal is not None  # equal weights 0.4 / 0.4: ties broken by first symbol
+    assert [(c.number, c.symbols) for c in equal.clusters] == [(1, ["AAPL", "MSFT"]),
+                                                               (2, ["CVX", "XOM"])]
+
+
+def _noisy_block_returns() -> tuple[dict[str, float], pd.DataFrame]:
+    rng = np.random.default_rng(2024)
+    f1, f2 = rng.normal(0, 0.02, 90), rng.normal(0, 0.02, 90)
+    cols = {"AAPL": f1 + rng.normal(0, 0.005, 90), "MSFT": f1 + rng.normal(0, 0.005, 90),
+            "NVDA": f1 + rng.normal(0, 0.008, 90), "XOM": f2 + rng.normal(0, 0.005, 90),
+            "CVX": f2 + rng.normal(0, 0.005, 90), "KO": rng.normal(0, 0.01, 90),
+            "JNJ": rng.normal(0, 0.01, 90), "SPY": 0.5 * f1 + 0.5 * f2}
+    returns = pd.DataFrame(cols)
+    returns.iloc[rng.random(returns.shape) < 0.1] = NaN
+    exposures = {s: float(10_000 * (k + 1)) * (-1) ** k for k, s in enumerate(cols)}
+    return exposures, returns
+
+
+_EXPOSURES, _RETURNS = _noisy_block_returns()
+_REFERENCE = correlate(_EXPOSURES, _RETURNS)
+
+
+def naive_average_linkage(symbols: list[str], dist: np.ndarray, cut: float) -> list[list[str]]:
+    """Independent UPGMA: repeatedly merge the two groups with the smallest mean pairwise
+    distance while it is ≤ `cut` (average linkage is monotone, so this equals cutting the tree).
+    Returns the groups of ≥ 2 symbols, each sorted, sorted by first symbol."""
+    groups = [[i] for i in range(len(symbols))]
+    while len(groups) > 1:
+        best = min(((float(np.mean(dist[np.ix_(a, b)])), x, y)
+                    for x, a in enumerate(groups) for y, b in enumerate(groups) if x < y))
+        if best[0] > cut:
+            break
+        _, x, y = best
+        groups[x] = groups[x] + groups[y]
+        del groups[y]
+    return sorted(sorted(symbols[i] for i in g) for g in groups if len(g) >= 2)
+
+
+def test_noisy_blocks_clusters_match_independent_average_linkage() -> None:
+    assert _REFERENCE is not None
+    symbols = sorted(_RETURNS.columns)
+    data = _RETURNS[symbols].to_numpy()
+    n = len(symbols)
+    rho = np.array([[1.0 if i == j else numpy_pearson(data[:, i], data[:, j], 20)[0]
+                     for j in range(n)] for i in range(n)])
+    expected = naive_average_linkage(symbols, 1.0 - rho, 1.0 - CLUSTER_THRESHOLD)
+    # SPY (half each factor) joins the energy pair: its mean distance to {CVX, XOM} is < 0.3.
+    assert expected == [["AAPL", "MSFT", "NVDA"], ["CVX", "SPY", "XOM"]]
+    # Exposures are 10k·(k+1) in insertion order AAPL, MSFT, NVDA, XOM, CVX, KO, JNJ, SPY (Σ 360k):
+    # energy + SPY = (5 + 4 + 8) / 36, tech = (1 + 2 + 3) / 36 → energy cluster is number 1.
+    pos = {s: k for k, s in enumerate(symbols)}
+
+    def mean_rho(names: list[str]) -> float:
+        idx = [pos[s] for s in names]
+        return float(np.mean(rho[np.ix_(idx, idx)][np.triu_indices(len(idx), k=1)]))
+
+    assert _REFERENCE.clusters == [
+        Cluster(1, ["CVX", "SPY", "XOM"], approx(mean_rho(["CVX", "SPY", "XOM"])), approx(17 / 36)),
+        Cluster(2, ["AAPL", "MSFT", "NVDA"], approx(mean_rho(["AAPL", "MSFT", "NVDA"])),
+                approx(6 / 36)),
+    ]
+    again = correlate(_EXPOSURES, _RETURNS)
+    assert again is not None and again.clusters == _REFERENCE.clusters  # deterministic runs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_random_clusters_match_independent_average_linkage(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(0, 0.02, size=(60, 3))
+    loadings = rng.uniform(-1.0, 1.0, size=(3, 9)) * (rng.random((3, 9)) < 0.5)
+    data = factors @ loadings + rng.normal(0, 0.006, size=(60, 9))
+    data[rng.random(data.shape) < 0.1] = NaN
+    symbols = [f"S{k}" for k in range(9)]
+    result = correlate(dict.fromkeys(symbols, 1e5), pd.DataFrame(data, columns=symbols))
+    assert result is not None
+    rho = np.array([[1.0 if i == j else numpy_pearson(data[:, i], data[:, j], 20)[0]
+                     for j in range(9)] for i in range(9)])
+    expected = naive_average_linkage(symbols, 1.0 - rho, 1.0 - CLUSTER_THRESHOLD)
+    assert sorted(c.symbols for c in result.clusters) == expected
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.permutations(list(_EXPOSURES)), st.permutations(list(_RETURNS.columns)))
+def test_clusters_and_matrix_independent_of_input_order(exposure_order: list[str],
+                                                         column_order: list[str]) -> None:
+    assert _REFERENCE is not None
+    exposures = {s: _EXPOSURES[s] for s in exposure_order}
+    result = correlate(exposures, _RETURNS[column_order])
+    assert result is not None
+    assert result.symbols == _REFERENCE.symbols
+    assert result.clusters == _REFERENCE.clusters
+    pd.testing.assert_frame_equal(result.matrix, _REFERENCE.matrix, check_exact=True)
+    pd.testing.assert_frame_equal(result.observations, _REFERENCE.observations)
+    assert result.weights == _REFERENCE.weights
+    assert (result.avg_abs_correlation, result.weighted_correlation,
+            result.effective_positions) == (_REFERENCE.avg_abs_correlation,
+                                            _REFERENCE.weighted_correlation,
+                                            _REFERENCE.effective_positions)
+
+
+# ---------------------------------------------------------------- correlate: properties
+
+
+@st.composite
+def return_tables(draw: st.DrawFn) -> pd.DataFrame:
+    n_symbols = draw(st.integers(2, 6))
+    rows = draw(st.integers(15, 40))
+    values = draw(hnp.arrays(np.float64, (rows, n_symbols),
+                             elements=st.floats(-0.1, 0.1, allow_subnormal=False)))
+    missing = draw(hnp.arrays(np.bool_, (rows, n_symbols), elements=st.booleans()))
+    values[missing] = NaN
+    return pd.DataFrame(values, columns=[f"S{k}" for k in range(n_symbols)])
+
+
+@settings(deadline=None, max_examples=150)
+@given(return_tables())
+def test_matrix_symmetric_unit_diagonal_and_bounded(returns: pd.DataFrame) -> None:
+    symbols = list(returns.columns)
+    counts = {s: int(returns[s].notna().sum()) for s in symbols}
+    enough = sorted(s for s in symbols if counts[s] >= MIN_OVERLAP)
+    result = correlate(dict.fromkeys(symbols, 10_000.0), returns)
+    if len(enough) < 2:
+        assert result is None
+        return
+    assert result is not None
+    assert result.symbols == enough
+    assert result.excluded == {s: "insufficient_history" for s in symbols if s not in enough}
+    assert result.positions_included + result.positions_excluded == len(symbols)
+    m = result.matrix.to_numpy()
+    assert list(result.matrix.index) == list(result.matrix.columns) == enough
+    np.testing.assert_array_equal(m, m.T)  # NaN positions equal too
+    assert (np.diag(m) == 1.0).all()
+    finite = m[~np.isnan(m)]
+    assert ((finite >= -1.0) & (finite <= 1.0)).all()
+    obs = result.observations.to_numpy()
+    np.testing.assert_array_equal(obs, obs.T)
+    present = returns[enough].notna().to_numpy()
+    for i in range(len(enough)):
+        for j in range(len(enough)):
+            assert obs[i, j] == int(np.sum(present[:, i] & present[:, j]))
+            if obs[i, j] < MIN_OVERLAP:
+                assert math.isnan(m[i, j])
+    assert sum(result.weights.values()) == approx(1.0)
+    for c in result.clusters:
+        assert len(c.symbols) >= 2 and c.symbols == sorted(c.symbols)
+        assert c.avg_correlation >= CLUSTER_THRESHOLD - 1e-9 or len(c.symbols) > 2
+
+
+# ---------------------------------------------------------------- correlate: exclusions, errors
+
+
+def test_insufficient_history_and_upstream_exclusions() -> None:
+    rng = np.random.default_rng(9)
+    returns = pd.DataFrame(rng.normal(0, 0.02, size=(30, 3)), columns=["A", "B", "SHORTHIST"])
+    returns.loc[19:, "SHORTHIST"] = NaN  # 19 returns
+    kept, upstream = eligible_exposures(
+        {"A": 100_000.0, "B": -80_000.0, "SHORTHIST": 50_000.0, "NODATA": 40_000.0,
+         "TINY": 5_000.0}, 275_000.0)
+    assert upstream == {"TINY": "below_min_value"}
+    result = correlate(kept, returns, excluded=upstream)
+    assert result is not None
+    assert result.symbols == ["A", "B"]
+    assert result.excluded == {"NODATA": "insufficient_history",
+                               "SHORTHIST": "insufficient_history", "TINY": "below_min_value"}
+    assert (result.positions_included, result.positions_excluded) == (2, 3)
+    assert result.weights == {"A": approx(100 / 180), "B": approx(80 / 180)}
+
+
+def test_fewer_than_two_symbols_returns_none() -> None:
+    rng = np.random.default_rng(1)
+    returns = pd.DataFrame(rng.normal(0, 0.02, size=(30, 2)), columns=["A", "B"])
+    returns.loc[5:, "B"] = NaN
+    assert correlate({"A": 50_000.0, "B": 50_000.0}, returns) is None
+    assert correlate({"A": 50_000.0}, returns) is None
+    assert correlate({}, returns) is None
+    assert correlate({"A": 50_000.0, "B": 50_000.0}, returns.iloc[:0]) is None
+
+
+def test_invalid_inputs_raise() -> None:
+    returns = correlated_series([[1.0, 0.0], [0.0, 1.0]], ["A", "B"])
+    with pytest.raises(ValueError, match="finite"):
+        correlate({"A": NaN, "B": 1.0}, returns)
+    with pytest.raises(ValueError, match="both included and excluded"):
+        correlate({"A": 1.0, "B": 1.0}, returns, excluded={"A": "below_min_value"})
+    with pytest.raises(ValueError, match="all zero"):
+        correlate({"A": 0.0, "B": 0.0}, returns)
+    with pytest.raises(ValueError, match="infinite"):
+        correlate({"A": 1.0, "B": 1.0}, returns.assign(B=returns["B"].where(returns.index > 0,
+                                                                          math.inf)))
+    with pytest.raises(ValueError, match="duplicate"):
+        correlate({"A": 1.0, "B": 1.0}, pd.concat([returns, returns["A"]], axis=1))
+    with pytest.raises(ValueError, match="min_overlap"):
+        correlate({"A": 1.0, "B": 1.0}, returns, min_overlap=1)
