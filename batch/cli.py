@@ -207,6 +207,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"run {summary['run_id']}: {summary['status']} (exit {summary['exit_code']}) as of {span}; "
           f"portfolios {p['succeeded']} succeeded, {p['failed']} failed, {p['skipped']} skipped; "
           f"{summary['duration_seconds']}s")
+    for job, counts in summary.get("jobs", {}).items():
+        print(f"  {job:<20} " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for failure in summary["failed_portfolios"]:
         print(f"  failed: {failure.get('portfolio_id') or 'global'} {failure['job']}: {failure['error']}")
 

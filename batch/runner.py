@@ -56,6 +56,10 @@ class _Tally:
     skipped: int = 0
     deadline_skips: int = 0
     failed_portfolios: list[dict[str, str]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # sync, global_engines, portfolios
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 3)
 
 
 def jsonable(value: Any) -> Any:
@@ -86,6 +90,7 @@ class Runner:
         self.engines = list(ENGINES if engines is None else engines)
         self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
         self.stop_signal: int | None = None
+        self.job_counts: dict[str, dict[str, int]] = {}  # job → status → records this run
         self.monotonic = monotonic
         self.utcnow = utcnow
 
@@ -123,16 +128,22 @@ class Runner:
                     repository.ensure_stress_scenarios(s)
                     portfolios = repository.active_portfolios(s, request.portfolio_ids)
                 if not request.skip_sync:
+                    t0 = self.monotonic()
                     market = self._market_data_step(request, last, global_failures)
                     if not request.skip_profiles:
                         profiles = self._profiles_step(request, last)
+                    tally.add_time("sync", self.monotonic() - t0)
                 self._set_progress(total_units=len(request.as_of_dates) * len(portfolios))
                 done = 0
                 for as_of in request.as_of_dates:
+                    t0 = self.monotonic()
                     shared = self._date_step(request, as_of, portfolios, started, global_failures)
+                    tally.add_time("global_engines", self.monotonic() - t0)
                     for portfolio in portfolios:
                         self._check_stop()
+                        t0 = self.monotonic()
                         self._run_unit_or_skip(request, as_of, portfolio, started, tally, shared)
+                        tally.add_time("portfolios", self.monotonic() - t0)
                         done += 1
                         self._set_progress(completed_units=done,
                                            current_unit=f"{portfolio.id}@{as_of.isoformat()}")
@@ -347,6 +358,8 @@ class Runner:
     def _add_job_records(self, session: Session, as_of: date | None, portfolio_id: uuid.UUID | None,
                          records: Sequence[tuple]) -> None:
         for job, status, duration_ms, error, result in records:
+            counts = self.job_counts.setdefault(job, {})
+            counts[status] = counts.get(status, 0) + 1
             session.add(BatchJobResult(
                 run_id=self.run_id, as_of_date=as_of, portfolio_id=portfolio_id, job=job,
                 status=status, duration_ms=int(duration_ms), error=error,
@@ -379,6 +392,8 @@ class Runner:
             "failed_portfolios": tally.failed_portfolios + global_failures,
             "market_data": market,
             "company_profiles": profiles,
+            "jobs": self.job_counts,
+            "stage_seconds": tally.stage_seconds,
             "duration_seconds": round(duration, 3),
             "exit_code": exit_code,
         }
