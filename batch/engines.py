@@ -380,10 +380,12 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
                        if e.factor == factors.MARKET and e.position_id not in option_ids)
     positions = {p.id: p for p in ctx.held}
     options = []
+    not_revalued: dict[str, str] = {}
     for pid, g in greeks.items():
         pos = positions[pid]
         beta = betas.betas.get(pos.underlying, {}).get(factors.MARKET)
         if g.status != "ok" or beta is None:
+            not_revalued[str(pid)] = g.status if g.status != "ok" else "no_underlying_beta"
             continue
         options.append(OptionRevaluation(pid, pos.quantity, g.underlying_price, pos.strike_price, g.years,
                                          ctx.settings.risk_free_rate, g.volatility,
@@ -395,7 +397,8 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
     return JobOutcome("success", {
         "skipped": False, "skip_reason": None,
         "scenarios": {r.scenario: {"shock": r.shock, "pnl": r.pnl, "pnl_pct": r.pnl_pct} for r in scenarios},
-        "unavailable": unavailable, "options_revalued": len(options), "duration_years": DEFAULT_DURATION,
+        "unavailable": unavailable, "options_revalued": len(options), "options_not_revalued": not_revalued,
+        "duration_years": DEFAULT_DURATION,
     })
 
 

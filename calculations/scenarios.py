@@ -144,6 +144,8 @@ def stress_test(scenario_id: str, shocks: Mapping[str, float], exposures: Mappin
     if covariance is not None:
         usable = {f: m for f, m in moves.items() if f in available_factors}
         for factor, move in conditional_moves(covariance, usable).items():
+            if factor in moves:  # shocked but without data: contributes 0, never propagated
+                continue
             pnl = exposures.get(factor, 0.0) * move
             entry = {"source": "conditional", "shock": None, "factor_return": move,
                      "exposure": exposures.get(factor), "pnl": pnl}
