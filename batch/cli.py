@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 
 from batch import calendar, db, repository
 from batch.demo import seed_demo
-from batch.errors import ConfigError, CoverageError, DatabaseUnavailable, Interrupted, LockHeld
+from batch.errors import (
+    ConfigError,
+    CoverageError,
+    DatabaseUnavailable,
+    Interrupted,
+    LockHeld,
+)
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider, get_provider
 from batch.runner import Runner, RunRequest

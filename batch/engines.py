@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -52,9 +53,11 @@ from models import (
     PortfolioFactorExposure,
     PortfolioSnapshot,
     PositionFactorExposure,
-    PositionGreeks as PositionGreeksRow,
     StressTestResult,
     SymbolFactorBeta,
+)
+from models import (
+    PositionGreeks as PositionGreeksRow,
 )
 
 STALE_AFTER_SESSIONS = 5
@@ -147,14 +150,35 @@ def register(engine: Engine | GlobalEngine) -> Engine | GlobalEngine:
     return engine
 
 
-def _quality(flag: str, message: str, analyzed: int, total: int, data_days: int,
+def _quality(flag: str, message: str, analyzed: int, total: int | None, data_days: int,
              **extra: Any) -> dict[str, Any]:
+    """SPEC §8 `data_quality`. `total` is None when the positions were never loaded (a unit
+    skipped for the deadline or as already complete)."""
     return {"flag": flag, "message": message, "positions_analyzed": analyzed,
-            "positions_total": total, "positions_skipped": total - analyzed, "data_days": data_days,
-            **extra}
+            "positions_total": total, "positions_skipped": None if total is None else total - analyzed,
+            "data_days": data_days, **extra}
 
 
 # --- global: symbol betas (SPEC §6.3) --------------------------------------------------------
+
+
+def usable_factors(frame: pd.DataFrame, unavailable: dict[str, str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Drop factor columns that cannot be estimated on: fewer than MIN_OBSERVATIONS returns in
+    the window (`insufficient_history`) or no variation (`zero_variance`, e.g. two factors given
+    the same proxy). Returns the kept columns and every unavailable factor with its reason."""
+    unavailable = dict(unavailable)
+    for name in frame.columns:
+        column = frame[name].dropna()
+        if len(column) < factors.MIN_OBSERVATIONS:
+            unavailable[name] = "insufficient_history"
+        elif float(column.std()) == 0.0:
+            unavailable[name] = "zero_variance"
+    if factors.MARKET in unavailable:  # style returns are defined in excess of the market
+        for name in frame.columns:
+            if name not in (factors.MARKET, factors.RATES):
+                unavailable.setdefault(name, "factor_unavailable")
+    return frame.drop(columns=[c for c in frame.columns if c in unavailable]), unavailable
+
 
 
 @dataclass(frozen=True)
@@ -165,16 +189,23 @@ class SymbolBetas:
 
 
 def run_symbol_betas(ctx: DateContext) -> JobOutcome:
-    """Fit every synced symbol's betas once for the date, in one batched pass."""
+    """Fit every synced symbol's betas once for the date, in one batched pass.
+
+    A run restricted with --portfolio reuses the betas already stored for the date and fits only
+    symbols without them, so it never changes another portfolio's inputs.
+    """
     s = ctx.session
     proxies = repository.factor_proxies(s)
+    proxy_symbols = sorted({p for p in proxies.values() if p})
     symbols = repository.symbols_held(s, ctx.as_of, ctx.as_of, ctx.portfolio_ids)
-    proxy_symbols = [p for p in proxies.values() if p]
-    closes = repository.session_closes(s, set(symbols) | set(proxy_symbols), ctx.as_of,
+    stored = repository.stored_symbol_betas(s, symbols, ctx.as_of) if ctx.portfolio_ids else []
+    reused = {r.symbol for r in stored}
+    to_fit = [sym for sym in symbols if sym not in reused]
+    closes = repository.session_closes(s, set(to_fit) | set(proxy_symbols), ctx.as_of,
                                        factors.BETA_WINDOW + 1)
     returns = factors.simple_returns(closes)
-    factor_frame, unavailable = factors.factor_returns(returns[proxy_symbols], proxies)
-    fit = factors.fit_symbol_betas(returns[symbols], factor_frame, unavailable)
+    factor_frame, unavailable = usable_factors(*factors.factor_returns(returns[proxy_symbols], proxies))
+    fit = factors.fit_symbol_betas(returns[to_fit], factor_frame, unavailable)
     all_unavailable = {**fit.unavailable, **unavailable}
     fitted = sorted({e.symbol for e in fit.estimates})
     rows = [{"symbol": e.symbol, "factor": e.factor, "as_of_date": ctx.as_of, "beta": e.beta,
@@ -186,20 +217,23 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
               "std_error": None, "t_stat": None, "r_squared": None, "observations": 0,
               "window_days": fit.window_days, "capped": False, "quality_flag": reason}
              for symbol in fitted for factor, reason in all_unavailable.items()]
-    s.execute(delete(SymbolFactorBeta).where(SymbolFactorBeta.as_of_date == ctx.as_of,
-                                             SymbolFactorBeta.symbol.in_(symbols)))
-    if rows:
-        s.execute(SymbolFactorBeta.__table__.insert(), rows)
+    stale = delete(SymbolFactorBeta).where(SymbolFactorBeta.as_of_date == ctx.as_of)
+    if ctx.portfolio_ids:
+        stale = stale.where(SymbolFactorBeta.symbol.in_(to_fit))
+    s.execute(stale)
+    repository.insert_rows(s, SymbolFactorBeta, rows)
     betas: dict[str, dict[str, float]] = {}
     stats: dict[str, dict[str, Any]] = {}
-    for e in fit.estimates:
-        betas.setdefault(e.symbol, {})[e.factor] = e.beta
-        if e.factor == factors.MARKET:
-            stats[e.symbol] = {"r_squared": e.r_squared, "observations": e.observations}
+    for r in stored + [SimpleNamespace(**row) for row in rows]:
+        if r.beta is None:
+            continue
+        betas.setdefault(r.symbol, {})[r.factor] = float(r.beta)
+        if r.factor == factors.MARKET:
+            stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
     ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable)
     return JobOutcome("success", {
-        "symbols": len(symbols), "fitted": len(fitted), "skipped": fit.skipped,
-        "factor_unavailable": sorted(all_unavailable), "vif": fit.vif,
+        "symbols": len(symbols), "fitted": len(fitted), "reused": len(reused), "skipped": fit.skipped,
+        "factor_unavailable": all_unavailable, "vif": fit.vif,
         "capped": sorted({f"{e.symbol}:{e.factor}" for e in fit.estimates if e.capped}),
         "window_days": fit.window_days, "rows_written": len(rows),
     })
@@ -217,16 +251,20 @@ class FactorCovariance:
 
 def run_factor_correlations(ctx: DateContext) -> JobOutcome:
     """EWMA (λ = 0.94) covariance of the factor returns over 252 sessions; correlations stored
-    once per as-of date, each unordered pair (and the diagonal) once, in factor order."""
+    once per as-of date, each unordered pair (and the diagonal) once, in factor order. A factor
+    with fewer than MIN_OBSERVATIONS returns in the window, or with zero variance, is left out
+    (reported), so one short history never empties the matrix for the others."""
     s = ctx.session
     proxies = repository.factor_proxies(s)
-    proxy_symbols = [p for p in proxies.values() if p]
+    proxy_symbols = sorted({p for p in proxies.values() if p})
     closes = repository.session_closes(s, proxy_symbols, ctx.as_of, factors.COVARIANCE_WINDOW + 1)
-    factor_frame, unavailable = factors.factor_returns(factors.simple_returns(closes), proxies)
+    factor_frame, unavailable = usable_factors(*factors.factor_returns(factors.simple_returns(closes), proxies))
     s.execute(delete(FactorCorrelation).where(FactorCorrelation.as_of_date == ctx.as_of))
-    if factor_frame.shape[1] == 0 or factor_frame.dropna().shape[0] < 2:
+    result = {"factors": [], "observations": 0, "decay": factors.EWMA_LAMBDA,
+              "factor_unavailable": unavailable, "rows_written": 0, "reason": None}
+    if factor_frame.shape[1] == 0 or factor_frame.dropna().shape[0] < factors.MIN_OBSERVATIONS:
         ctx.outputs["factor_correlations"] = FactorCovariance(None, 0, unavailable)
-        return JobOutcome("skipped", {"reason": "insufficient_history", "factor_unavailable": unavailable})
+        return JobOutcome("skipped", {**result, "reason": "insufficient_history"})
     cov, observations = factors.ewma_covariance(factor_frame)
     correlation = factors.correlation_from_covariance(cov)
     names = list(cov.index)
@@ -234,11 +272,100 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
              "correlation": float(correlation.loc[a, b]), "observations": observations,
              "decay": factors.EWMA_LAMBDA}
             for i, a in enumerate(names) for b in names[i:]]
-    s.execute(FactorCorrelation.__table__.insert(), rows)
+    repository.insert_rows(s, FactorCorrelation, rows)
     ctx.outputs["factor_correlations"] = FactorCovariance(cov, observations, unavailable)
-    return JobOutcome("success", {"factors": names, "observations": observations,
-                                  "decay": factors.EWMA_LAMBDA, "factor_unavailable": unavailable,
+    return JobOutcome("success", {**result, "factors": names, "observations": observations,
                                   "rows_written": len(rows)})
+
+
+# --- payloads: every engine's result has the same keys whether computed or skipped (SPEC §8) ----
+
+
+def valuation_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    base = {"total_value": None, "long_value": None, "short_value": None, "gross_exposure": None,
+            "net_exposure": None, "private_value": None, "cash_value": None, "num_positions": total,
+            "skipped_positions": [], "positions": []}
+    analyzed = values.pop("analyzed", 0)
+    return {**base, **values, "data_quality": _quality(flag, message, analyzed, total, 1 if analyzed else 0)}
+
+
+def greeks_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    analyzed = values.pop("analyzed", 0)
+    return {"totals": {}, "positions": {}, "records_stored": 0, **values,
+            "data_quality": _quality(flag, message, analyzed, total, 0)}
+
+
+def factors_payload(flag: str, message: str, total: int | None, portfolio_id: uuid.UUID,
+                    as_of: date) -> dict[str, Any]:
+    """SPEC §8 factor-analysis skip payload (flag `no_public_positions`, or why it did not run)."""
+    return {
+        "factor_betas": {}, "position_betas": {}, "regression_stats": {},
+        "data_quality": {"flag": flag, "quality_flag": flag, "message": message,
+                         "positions_analyzed": 0, "positions_total": total,
+                         "positions_skipped": total, "data_days": 0},
+        "metadata": {"calculation_date": as_of.isoformat(), "regression_window_days": 0,
+                     "status": "SKIPPED_NO_PUBLIC_POSITIONS" if flag == NO_PUBLIC else f"SKIPPED_{flag.upper()}",
+                     "portfolio_id": str(portfolio_id)},
+        "storage_results": {"position_storage": {"records_stored": 0, "skipped": True},
+                            "portfolio_storage": {"records_stored": 0, "skipped": True}},
+    }
+
+
+def market_risk_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    analyzed = values.pop("analyzed", 0)
+    skipped = flag not in ("full_history", "factor_unavailable")
+    return {"skipped": skipped, "skip_reason": flag if skipped else None, "scenarios": {},
+            "unavailable": {}, "options_revalued": 0, "options_not_revalued": {},
+            "duration_years": DEFAULT_DURATION, **values,
+            "data_quality": _quality(flag, message, analyzed, total, 0)}
+
+
+def stress_payload(flag: str, message: str, total: int | None, portfolio_id: uuid.UUID, as_of: date,
+                   portfolio_name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SPEC §8 stress-test skip payload."""
+    return {
+        "stress_test_results": {"direct_impacts": {}, "correlated_impacts": {}, "summary_stats": {},
+                                "portfolio_id": str(portfolio_id), "calculation_date": as_of.isoformat(),
+                                "skipped": True,
+                                "skip_reason": "no_factor_exposures" if flag == NO_PUBLIC else flag},
+        "portfolio_name": portfolio_name, "correlation_matrix_info": info or {},
+        "data_quality": _quality(flag, message, 0, total, 0),
+    }
+
+
+def correlations_payload(flag: str, message: str, total: int | None, as_of: date,
+                         **quality: Any) -> dict[str, Any]:
+    """SPEC §8 correlations skip payload."""
+    return {"status": "SKIPPED", "message": "No public positions with sufficient data",
+            "correlation_matrix": {}, "clusters": [],
+            "metrics": {"avg_correlation": 0.0, "positions_analyzed": 0},
+            "calculation_date": as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
+            "data_quality": _quality(flag, message, 0, total, 0, **quality)}
+
+
+def snapshot_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    return {"total_value": None, "daily_pnl": None, "daily_return": None, "cumulative_pnl": None,
+            "market_beta": None, "greeks": {}, **values,
+            "data_quality": values.get("data_quality") or _quality(flag, message, 0, total, 0)}
+
+
+NO_PUBLIC = "no_public_positions"
+
+
+def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date, total: int | None,
+                   flag: str, message: str) -> dict[str, Any]:
+    """The result recorded for `engine` when it did not run (`upstream_failed`, `deadline`,
+    `already_complete`): the engine's own keys, with that flag."""
+    if engine == "factors":
+        return factors_payload(flag, message, total, portfolio.id, as_of)
+    if engine == "stress_tests":
+        return stress_payload(flag, message, total, portfolio.id, as_of, portfolio.name)
+    if engine == "correlations":
+        return correlations_payload(flag, message, total, as_of)
+    builders = {"valuation": valuation_payload, "greeks": greeks_payload,
+                "market_risk": market_risk_payload, "snapshot": snapshot_payload}
+    builder = builders.get(engine)
+    return builder(flag, message, total) if builder else {"data_quality": _quality(flag, message, 0, total, 0)}
 
 
 # --- valuation (SPEC §6.1) --------------------------------------------------------------------
@@ -246,23 +373,23 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
 
 def run_valuation(ctx: UnitContext) -> JobOutcome:
     stale_before = calendar.sessions_back(ctx.as_of, STALE_AFTER_SESSIONS + 1)[0]
-    valuation = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
-                                stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate)
-    ctx.outputs["valuation"] = valuation
-    return JobOutcome("success", {
-        "total_value": valuation.total_value, "long_value": valuation.long_value,
-        "short_value": valuation.short_value, "gross_exposure": valuation.gross_exposure,
-        "net_exposure": valuation.net_exposure, "private_value": valuation.private_value,
-        "cash_value": valuation.cash_value, "num_positions": valuation.num_positions,
-        "skipped_positions": list(valuation.skipped),
-        "positions": [
-            {"position_id": str(p.position.id), "symbol": p.position.symbol,
-             "market_value": p.market_value, "price": p.price,
-             "price_date": p.price_date.isoformat() if p.price_date else None,
-             "price_source": p.price_source, "flags": list(p.flags)}
-            for p in valuation.positions
-        ],
-    })
+    marks = repository.latest_marks(ctx.session, {p.symbol for p in ctx.held if p.asset_class == PRIVATE},
+                                    ctx.as_of)
+    v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
+                        stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate, marks=marks)
+    ctx.outputs["valuation"] = v
+    stale = [p.position.symbol for p in v.positions if "stale_prices" in p.flags]
+    flag = "missing_prices" if v.skipped else ("stale_prices" if stale else "ok")
+    return JobOutcome("success", valuation_payload(
+        flag, f"{v.num_positions - len(v.skipped)} of {v.num_positions} positions valued", v.num_positions,
+        analyzed=v.num_positions - len(v.skipped),
+        total_value=v.total_value, long_value=v.long_value, short_value=v.short_value,
+        gross_exposure=v.gross_exposure, net_exposure=v.net_exposure, private_value=v.private_value,
+        cash_value=v.cash_value, skipped_positions=list(v.skipped),
+        positions=[{"position_id": str(p.position.id), "symbol": p.position.symbol,
+                    "market_value": p.market_value, "price": p.price,
+                    "price_date": p.price_date.isoformat() if p.price_date else None,
+                    "price_source": p.price_source, "flags": list(p.flags)} for p in v.positions]))
 
 
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------
@@ -277,18 +404,15 @@ def run_greeks(ctx: UnitContext) -> JobOutcome:
              "gamma": g.gamma, "theta": g.theta, "vega": g.vega, "rho": g.rho,
              "dollar_delta": g.dollar_delta, "status": g.status} for g in greeks.values()]
     ctx.replace(PositionGreeksRow, rows)
-    totals = greek_totals(greeks)
-    statuses = {str(pid): g.status for pid, g in greeks.items()}
     ok = sum(1 for g in greeks.values() if g.status == "ok")
     flag = "no_option_positions" if not options else ("ok" if ok == len(options) else "partial")
-    market_positions = [p for p in ctx.held if p.asset_class != PRIVATE]
     # Portfolio Greeks of a book without options are a computed zero; only a book with nothing
     # market-priced has nothing to compute.
-    return JobOutcome("success" if market_positions else "skipped", {
-        "totals": totals, "positions": statuses, "records_stored": len(rows),
-        "data_quality": _quality(flag, f"{ok} of {len(options)} option positions modelled", ok,
-                                 len(options), 0),
-    })
+    market_positions = [p for p in ctx.held if p.asset_class != PRIVATE]
+    return JobOutcome("success" if market_positions else "skipped", greeks_payload(
+        flag if market_positions else NO_PUBLIC, f"{ok} of {len(options)} option positions modelled",
+        len(options), analyzed=ok, totals=greek_totals(greeks),
+        positions={str(pid): g.status for pid, g in greeks.items()}, records_stored=len(rows)))
 
 
 def greek_totals(greeks: dict[uuid.UUID, PositionGreeks]) -> dict[str, float]:
@@ -314,14 +438,16 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
     exposures = factor_exposures(inputs, symbol_betas.betas, valuation.total_value, factors.FACTOR_ORDER)
     ctx.outputs["factors"] = exposures
     total = valuation.num_positions
+    if exposures.analyzed == 0:
+        ctx.replace(PositionFactorExposure, [])
+        ctx.replace(PortfolioFactorExposure, [])
+        return JobOutcome("skipped", factors_payload(
+            NO_PUBLIC, "Portfolio contains no public positions with sufficient price history", total,
+            ctx.portfolio_id, ctx.as_of))
     position_rows = [{"position_id": e.position_id, "factor": e.factor, "beta": e.beta,
                       "exposure_dollar": e.exposure_dollar} for e in exposures.positions]
     portfolio_rows = [{"factor": e.factor, "beta": e.beta, "exposure_dollar": e.exposure_dollar}
                       for e in exposures.portfolio]
-    if exposures.analyzed == 0:
-        ctx.replace(PositionFactorExposure, [])
-        ctx.replace(PortfolioFactorExposure, [])
-        return JobOutcome("skipped", factor_skip_payload(ctx.portfolio_id, ctx.as_of, total))
     ctx.replace(PositionFactorExposure, position_rows)
     ctx.replace(PortfolioFactorExposure, portfolio_rows)
     used = {i.symbol for i in inputs if i.position_id not in exposures.skipped}
@@ -348,21 +474,6 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
     })
 
 
-def factor_skip_payload(portfolio_id: uuid.UUID, as_of: date, positions_total: int) -> dict[str, Any]:
-    """SPEC §8: the factor-analysis result when no PUBLIC/OPTIONS position has betas."""
-    return {
-        "factor_betas": {}, "position_betas": {}, "regression_stats": {},
-        "data_quality": {"flag": "no_public_positions", "quality_flag": "no_public_positions",
-                         "message": "Portfolio contains no public positions with sufficient price history",
-                         "positions_analyzed": 0, "positions_total": positions_total,
-                         "positions_skipped": positions_total, "data_days": 0},
-        "metadata": {"calculation_date": as_of.isoformat(), "regression_window_days": 0,
-                     "status": "SKIPPED_NO_PUBLIC_POSITIONS", "portfolio_id": str(portfolio_id)},
-        "storage_results": {"position_storage": {"records_stored": 0, "skipped": True},
-                            "portfolio_storage": {"records_stored": 0, "skipped": True}},
-    }
-
-
 # --- market-risk scenarios (SPEC §6.4) --------------------------------------------------------
 
 
@@ -371,13 +482,11 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
     valuation: Valuation = ctx.outputs["valuation"]
     greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
     betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
+    total = valuation.num_positions
     if exposures.analyzed == 0:
         ctx.replace(MarketRiskResult, [])
-        return JobOutcome("skipped", {"skipped": True, "skip_reason": "no_factor_exposures",
-                                      "scenarios": {}, "unavailable": {}})
+        return JobOutcome("skipped", market_risk_payload(NO_PUBLIC, "Portfolio has no factor exposures", total))
     option_ids = {p.position.id for p in valuation.positions if p.position.asset_class == OPTIONS}
-    stock_market = sum(e.exposure_dollar for e in exposures.positions
-                       if e.factor == factors.MARKET and e.position_id not in option_ids)
     positions = {p.id: p for p in ctx.held}
     options = []
     not_revalued: dict[str, str] = {}
@@ -387,19 +496,22 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
         if g.status != "ok" or beta is None:
             not_revalued[str(pid)] = g.status if g.status != "ok" else "no_underlying_beta"
             continue
-        options.append(OptionRevaluation(pid, pos.quantity, g.underlying_price, pos.strike_price, g.years,
-                                         ctx.settings.risk_free_rate, g.volatility,
-                                         "C" if pos.position_type in ("LC", "SC") else "P", beta))
+        terms = pos.contract  # status "ok" implies the terms resolved
+        options.append(OptionRevaluation(pid, pos.quantity, g.underlying_price, terms.strike, g.years,
+                                         ctx.settings.risk_free_rate, g.volatility, terms.right, beta))
+    market_available = factors.MARKET not in betas.unavailable
+    stock_market = sum(e.exposure_dollar for e in exposures.positions
+                       if e.factor == factors.MARKET and e.position_id not in option_ids)
     rate_exposure = exposures.by_factor().get(factors.RATES)
-    scenarios, unavailable = market_risk(stock_market, options, rate_exposure, valuation.total_value)
+    scenarios, unavailable = market_risk(stock_market if market_available else None, options,
+                                         rate_exposure, valuation.total_value)
     ctx.replace(MarketRiskResult, [{"scenario": r.scenario, "shock": r.shock, "pnl": r.pnl,
                                     "pnl_pct": r.pnl_pct} for r in scenarios])
-    return JobOutcome("success", {
-        "skipped": False, "skip_reason": None,
-        "scenarios": {r.scenario: {"shock": r.shock, "pnl": r.pnl, "pnl_pct": r.pnl_pct} for r in scenarios},
-        "unavailable": unavailable, "options_revalued": len(options), "options_not_revalued": not_revalued,
-        "duration_years": DEFAULT_DURATION,
-    })
+    flag = "factor_unavailable" if unavailable else "full_history"
+    return JobOutcome("success", market_risk_payload(
+        flag, f"{len(scenarios)} scenarios computed", total, analyzed=exposures.analyzed,
+        scenarios={r.scenario: {"shock": r.shock, "pnl": r.pnl, "pnl_pct": r.pnl_pct} for r in scenarios},
+        unavailable=unavailable, options_revalued=len(options), options_not_revalued=not_revalued))
 
 
 # --- stress tests (SPEC §6.5, §8) -------------------------------------------------------------
@@ -409,38 +521,37 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
     exposures: Exposures = ctx.outputs["factors"]
     valuation: Valuation = ctx.outputs["valuation"]
     covariance: FactorCovariance = ctx.shared.outputs["factor_correlations"]
-    base = {"portfolio_id": str(ctx.portfolio_id), "calculation_date": ctx.as_of.isoformat()}
+    symbol_betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
     info = {"factors": [] if covariance.covariance is None else list(covariance.covariance.index),
             "observations": covariance.observations, "decay": factors.EWMA_LAMBDA,
-            "method": "conditional_expectation"}
+            "method": "conditional_expectation", "factor_unavailable": covariance.unavailable}
+    total = valuation.num_positions
     if exposures.analyzed == 0:
         ctx.replace(StressTestResult, [])
-        return JobOutcome("skipped", {
-            "stress_test_results": {"direct_impacts": {}, "correlated_impacts": {}, "summary_stats": {},
-                                    **base, "skipped": True, "skip_reason": "no_factor_exposures"},
-            "portfolio_name": ctx.portfolio.name, "correlation_matrix_info": info,
-            "data_quality": _quality("no_public_positions", "Portfolio has no factor exposures", 0,
-                                     valuation.num_positions, 0)})
+        return JobOutcome("skipped", stress_payload(NO_PUBLIC, "Portfolio has no factor exposures", total,
+                                                    ctx.portfolio_id, ctx.as_of, ctx.portfolio.name, info))
     scenarios = repository.active_stress_scenarios(ctx.session)
-    available = info["factors"]
+    # A factor has data when its betas could be fitted; the covariance only drives propagation.
+    available = [f for f in factors.FACTOR_ORDER if f not in symbol_betas.unavailable]
     results = [stress_test(sid, shocks, exposures.by_factor(), available, covariance.covariance,
                            valuation.total_value) for sid, shocks in scenarios]
     ctx.replace(StressTestResult, [
         {"scenario_id": r.scenario_id, "direct_pnl": r.direct_pnl, "correlated_pnl": r.correlated_pnl,
          "correlation_effect": r.correlation_effect, "pnl_pct": r.pnl_pct,
          "exceeds_equity": r.exceeds_equity, "factor_impacts": r.factor_impacts} for r in results])
-    return JobOutcome("success", {
-        "stress_test_results": {
-            "direct_impacts": {r.scenario_id: r.direct_pnl for r in results},
-            "correlated_impacts": {r.scenario_id: {"correlated_pnl": r.correlated_pnl,
-                                                   "correlation_effect": r.correlation_effect,
-                                                   "pnl_pct": r.pnl_pct, "exceeds_equity": r.exceeds_equity,
-                                                   "factor_impacts": r.factor_impacts} for r in results},
-            "summary_stats": stress_summary(results), **base, "skipped": False, "skip_reason": None},
-        "portfolio_name": ctx.portfolio.name, "correlation_matrix_info": info,
-        "data_quality": _quality("full_history" if covariance.covariance is not None else "factor_unavailable",
-                                 f"{len(results)} scenarios", exposures.analyzed, valuation.num_positions,
-                                 covariance.observations)})
+    flag = "full_history" if covariance.covariance is not None else "factor_unavailable"
+    payload = stress_payload(flag, f"{len(results)} scenarios", total, ctx.portfolio_id, ctx.as_of,
+                             ctx.portfolio.name, info)
+    payload["stress_test_results"].update(
+        direct_impacts={r.scenario_id: r.direct_pnl for r in results},
+        correlated_impacts={r.scenario_id: {"correlated_pnl": r.correlated_pnl,
+                                            "correlation_effect": r.correlation_effect,
+                                            "pnl_pct": r.pnl_pct, "exceeds_equity": r.exceeds_equity,
+                                            "factor_impacts": r.factor_impacts} for r in results},
+        summary_stats=stress_summary(results), skipped=False, skip_reason=None)
+    payload["data_quality"] = _quality(flag, f"{len(results)} scenarios", exposures.analyzed, total,
+                                       covariance.observations)
+    return JobOutcome("success", payload)
 
 
 # --- correlations (SPEC §6.6, §8) --------------------------------------------------------------
@@ -462,17 +573,11 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
         closes = ctx.closes.reindex(columns=sorted(kept)).iloc[-(corr.CORRELATION_WINDOW + 1):]
         result = corr.correlate(kept, corr.log_returns(closes), excluded=excluded)
     total = valuation.num_positions
-    private = sum(1 for p in valuation.positions if p.position.asset_class == PRIVATE)
     for table in (CorrelationRun, PairwiseCorrelation, CorrelationCluster):
         ctx.replace(table, [])
     if result is None:
-        return JobOutcome("skipped", {
-            "status": "SKIPPED", "message": "No public positions with sufficient data",
-            "correlation_matrix": {}, "clusters": [],
-            "metrics": {"avg_correlation": 0.0, "positions_analyzed": 0},
-            "calculation_date": ctx.as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
-            "data_quality": _quality("no_public_positions", "No public positions with sufficient data",
-                                     0, total, 0, excluded=excluded, private_positions=private)})
+        return JobOutcome("skipped", correlations_payload(
+            NO_PUBLIC, "No public positions with sufficient data", total, ctx.as_of, excluded=excluded))
     ctx.replace(CorrelationRun, [{
         "window_days": corr.CORRELATION_WINDOW, "avg_abs_correlation": result.avg_abs_correlation,
         "weighted_correlation": result.weighted_correlation,
@@ -523,11 +628,11 @@ def run_snapshot(ctx: UnitContext) -> JobOutcome:
                market_beta=market.beta if market else None)
     row.pop("snapshot_date")
     ctx.replace(PortfolioSnapshot, [row], date_column="snapshot_date")
-    return JobOutcome("success", {
-        "total_value": row["total_value"], "daily_pnl": row["daily_pnl"],
-        "daily_return": row["daily_return"], "cumulative_pnl": row["cumulative_pnl"],
-        "market_beta": row["market_beta"], "greeks": totals, "data_quality": row["data_quality"],
-    })
+    return JobOutcome("success", snapshot_payload(
+        row["data_quality"]["flag"], row["data_quality"]["message"], valuation.num_positions,
+        total_value=row["total_value"], daily_pnl=row["daily_pnl"], daily_return=row["daily_return"],
+        cumulative_pnl=row["cumulative_pnl"], market_beta=row["market_beta"], greeks=totals,
+        data_quality=row["data_quality"]))
 
 
 register(GlobalEngine("symbol_betas", run_symbol_betas))

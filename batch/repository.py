@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
+from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from batch import calendar
@@ -29,6 +32,7 @@ from models import (
     PortfolioSnapshot,
     Position,
     StressScenario,
+    SymbolFactorBeta,
 )
 
 # Factor names are part of the contract (SPEC §6.3). Proxies: production defaults, and what the
@@ -203,10 +207,49 @@ def has_snapshot(session: Session, portfolio_id: uuid.UUID, day: date) -> bool:
         PortfolioSnapshot.portfolio_id == portfolio_id, PortfolioSnapshot.snapshot_date == day)) is not None
 
 
+def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -> list[SymbolFactorBeta]:
+    """The `symbol_factor_betas` rows already stored for `as_of` for these symbols."""
+    if not symbols:
+        return []
+    return list(session.scalars(select(SymbolFactorBeta).where(
+        SymbolFactorBeta.as_of_date == as_of, SymbolFactorBeta.symbol.in_(list(symbols)))))
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf, numpy included) replaced by None, through
+    dicts and lists, so no non-finite number reaches a column or a JSON document."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def insert_rows(session: Session, table: type, rows: Sequence[dict]) -> int:
+    """Bulk-insert `rows` (non-finite numbers stored as NULL). Returns the count."""
+    if rows:
+        session.execute(table.__table__.insert(), [finite(r) for r in rows])
+    return len(rows)
+
+
 def replace_rows(session: Session, table: type, key: dict[str, object], rows: Sequence[dict]) -> int:
     """Delete every row of `table` matching `key` (column → value), then insert `rows` with the
     key columns filled in. This is how a re-run replaces a (portfolio, date)'s results."""
     session.execute(delete(table).where(and_(*(getattr(table, c) == v for c, v in key.items()))))
-    if rows:
-        session.execute(table.__table__.insert(), [{**r, **key} for r in rows])
-    return len(rows)
+    return insert_rows(session, table, [{**r, **key} for r in rows])
+
+
+def latest_marks(session: Session, symbols: Iterable[str], as_of: date) -> dict[str, tuple[date, float]]:
+    """The latest price row on or before `as_of` for each symbol that has one, at any age and on
+    any date (private marks need not fall on sessions)."""
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return {}
+    latest = (select(MarketPrice.symbol, func.max(MarketPrice.date).label("d"))
+              .where(MarketPrice.symbol.in_(wanted), MarketPrice.date <= as_of)
+              .group_by(MarketPrice.symbol).subquery())
+    rows = session.execute(select(MarketPrice.symbol, MarketPrice.date, MarketPrice.close).join(
+        latest, and_(MarketPrice.symbol == latest.c.symbol, MarketPrice.date == latest.c.d)))
+    return {symbol: (day, float(close)) for symbol, day, close in rows}

@@ -24,7 +24,15 @@ from sqlalchemy.orm import Session
 
 from batch import repository
 from batch.db import run_lock
-from batch.engines import ENGINES, GLOBAL_ENGINES, DateContext, Engine as CalcEngine, GlobalEngine, UnitContext
+from batch.engines import (
+    ENGINES,
+    GLOBAL_ENGINES,
+    DateContext,
+    GlobalEngine,
+    UnitContext,
+    skipped_result,
+)
+from batch.engines import Engine as CalcEngine
 from batch.errors import Interrupted
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
@@ -246,7 +254,9 @@ class Runner:
             tally.skipped += 1
             tally.deadline_skips += 1
             self._record_jobs(as_of, portfolio.id, [
-                (e.name, "skipped", 0, "deadline", {"reason": "deadline"}) for e in self.engines])
+                (e.name, "skipped", 0, "deadline",
+                 skipped_result(e.name, portfolio, as_of, None, "deadline", "run deadline passed"))
+                for e in self.engines])
             log.warning("unit_skipped", reason="deadline")
             return
         if not request.force:
@@ -255,7 +265,10 @@ class Runner:
             if complete:
                 tally.skipped += 1
                 self._record_jobs(as_of, portfolio.id, [
-                    (e.name, "skipped", 0, None, {"reason": "already_complete"}) for e in self.engines])
+                    (e.name, "skipped", 0, None, skipped_result(
+                        e.name, portfolio, as_of, None, "already_complete",
+                        "results exist for this date; use --force to recompute"))
+                    for e in self.engines])
                 log.info("unit_skipped", reason="already_complete")
                 return
         assert shared is not None, "the date step runs whenever a unit of the date needs computing"
@@ -288,7 +301,12 @@ class Runner:
                     if root is not None:
                         broken[engine.name] = root
                         records.append((engine.name, "skipped", 0, f"upstream_failed: {root}",
-                                        {"data_quality": {"flag": "upstream_failed", "upstream": root}}))
+                                        skipped_result(engine.name, portfolio, as_of, len(ctx.held),
+                                                       "upstream_failed", f"{root} failed")))
+                        # a failed global step leaves this portfolio-date incomplete: it fails
+                        # (and rolls back) so the next run computes it again
+                        if root in shared.failed and failure is None:
+                            failure = (engine.name, f"upstream_failed: {root}: {shared.failed[root]}")
                         continue
                     t0 = self.monotonic()
                     try:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from calculations.options import MalformedOccSymbol, intrinsic_value, parse_occ
+from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PositionInput
 from calculations.prices import latest_close
 
@@ -44,8 +44,6 @@ INVALID_CONTRACT = "invalid_contract"  # no strike, expiration or right from fie
 # PositionGreeks.volatility_source
 IMPLIED, REALISED = "implied", "realised"
 
-_CALL_TYPES = frozenset({"LC", "SC"})
-_PUT_TYPES = frozenset({"LP", "SP"})
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -184,29 +182,6 @@ def clamp_volatility(vol: float) -> float:
     return min(max(vol, VOL_FLOOR), VOL_CAP)
 
 
-def _contract_terms(position: PositionInput) -> tuple[str, float, date] | None:
-    """(right, strike, expiration) from the position's fields, each falling back to its OCC
-    symbol; None if any cannot be determined."""
-    try:
-        occ = parse_occ(position.symbol.strip().upper())
-    except MalformedOccSymbol:
-        occ = None
-    if position.position_type in _CALL_TYPES:
-        right = "C"
-    elif position.position_type in _PUT_TYPES:
-        right = "P"
-    else:
-        right = occ.right if occ else None
-    strike = position.strike_price if position.strike_price is not None else (
-        occ.strike if occ else None)
-    expiration = position.expiration_date if position.expiration_date is not None else (
-        occ.expiration if occ else None)
-    if right is None or expiration is None or strike is None \
-            or not (math.isfinite(strike) and strike > 0):
-        return None
-    return right, float(strike), expiration
-
-
 def _unpriced(position: PositionInput, status: str, *, model_price: float | None = None,
               underlying_price: float | None = None, years: float | None = None) -> PositionGreeks:
     return PositionGreeks(position.id, status, model_price, underlying_price, None, None, years,
@@ -232,10 +207,10 @@ def option_greeks(position: PositionInput, closes: pd.DataFrame, as_of: date, ra
     """
     if position.asset_class != OPTIONS:
         return _unpriced(position, NOT_AN_OPTION)
-    terms = _contract_terms(position)
+    terms = position.contract
     if terms is None:
         return _unpriced(position, INVALID_CONTRACT)
-    right, strike, expiration = terms
+    right, strike, expiration = terms.right, terms.strike, terms.expiration
     years = years_to_expiry(as_of, expiration)
     underlying = position.underlying
 

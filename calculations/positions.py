@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -38,6 +39,13 @@ def option_root(symbol: str) -> str | None:
         return parse_occ(symbol.strip().upper()).root
     except MalformedOccSymbol:
         return None
+
+
+@dataclass(frozen=True)
+class OptionContract:
+    right: str  # "C" or "P"
+    strike: float  # dollars
+    expiration: date
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,30 @@ class PositionInput:
         if self.underlying_symbol:
             return self.underlying_symbol
         return option_root(self.symbol)
+
+    @property
+    def contract(self) -> OptionContract | None:
+        """The option's terms: right from the position type (LC/SC calls, LP/SP puts), strike and
+        expiration from their columns, each falling back to the OCC symbol. None for a
+        non-option or when any term cannot be determined. The one place option terms are read."""
+        if self.asset_class != OPTIONS:
+            return None
+        try:
+            occ = parse_occ(self.symbol.strip().upper())
+        except MalformedOccSymbol:
+            occ = None
+        if self.position_type in ("LC", "SC"):
+            right = "C"
+        elif self.position_type in ("LP", "SP"):
+            right = "P"
+        else:
+            right = occ.right if occ else None
+        strike = self.strike_price if self.strike_price is not None else (occ.strike if occ else None)
+        expiration = self.expiration_date or (occ.expiration if occ else None)
+        if right is None or expiration is None or strike is None \
+                or not (math.isfinite(strike) and strike > 0):
+            return None
+        return OptionContract(right, float(strike), expiration)
 
     @property
     def market_symbol(self) -> str | None:

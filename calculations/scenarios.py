@@ -66,18 +66,23 @@ class ScenarioPnl:
     pnl_pct: float | None  # pnl ÷ equity
 
 
-def market_risk(stock_market_exposure: float, options: Sequence[OptionRevaluation],
+def market_risk(stock_market_exposure: float | None, options: Sequence[OptionRevaluation],
                 rate_exposure: float | None, equity: float,
                 duration: float = DEFAULT_DURATION) -> tuple[list[ScenarioPnl], dict[str, str]]:
     """Market scenarios: Σ stock market value × β_M × shock (`stock_market_exposure` is that
     Σ MV × β_M) plus each option fully revalued. Rate scenarios: rate exposure × (−duration × Δy).
-    Returns the scenarios and, when `rate_exposure` is None (no rate factor data), the rate
-    scenarios left out with reason `factor_unavailable`."""
+    Returns the scenarios and those left out with reason `factor_unavailable`: the market ones
+    when `stock_market_exposure` is None (no market factor data), the rate ones when
+    `rate_exposure` is None."""
     results = []
-    for shock in MARKET_SHOCKS:
-        pnl = stock_market_exposure * shock + sum(o.pnl(shock) for o in options)
-        results.append(ScenarioPnl(scenario_name("market", shock), shock, pnl, _pct(pnl, equity)))
     unavailable: dict[str, str] = {}
+    for shock in MARKET_SHOCKS:
+        name = scenario_name("market", shock)
+        if stock_market_exposure is None:
+            unavailable[name] = "factor_unavailable"
+            continue
+        pnl = stock_market_exposure * shock + sum(o.pnl(shock) for o in options)
+        results.append(ScenarioPnl(name, shock, pnl, _pct(pnl, equity)))
     for shock in RATE_SHOCKS:
         name = scenario_name("rates", shock)
         if rate_exposure is None:

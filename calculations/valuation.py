@@ -8,7 +8,7 @@ symbol has no price that day. Callers pass only prices dated on or before the as
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -58,11 +58,13 @@ class Valuation:
 
 
 def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
-                   stale_before: date | None = None, *, risk_free_rate: float) -> PricedPosition:
+                   stale_before: date | None = None, *, risk_free_rate: float,
+                   marks: Mapping[str, tuple[date, float]] | None = None) -> PricedPosition:
     """Price one position at the close of `on`.
 
-    PUBLIC: latest close on or before `on`. PRIVATE: the latest mark in `closes` under its own
-    symbol if any, else its entry price. OPTIONS: a traded price under the option symbol if any;
+    PUBLIC: latest close on or before `on`. PRIVATE: its mark from `marks` (symbol → (date,
+    value), any date on or before `on`) or else from `closes` under its own symbol, else its
+    entry price. OPTIONS: a traded price under the option symbol if any;
     once expired (expiration ≤ on), intrinsic value at the underlying's close on expiry; else the
     entry price flagged `model_price_unavailable` (model pricing arrives with the Greeks engine).
     An expired option with no underlying price at expiry is unpriced. A market price dated
@@ -72,15 +74,16 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     flags: list[str] = []
     cls = pos.asset_class
     quote = latest_close(closes, pos.symbol, on)
-    expired = cls == OPTIONS and pos.expiration_date is not None and pos.expiration_date <= on
+    terms = pos.contract
+    expired = terms is not None and terms.expiration <= on
     if cls == PRIVATE:
+        quote = (marks or {}).get(pos.symbol) or quote
         price, when, source = (quote[1], quote[0], MARK) if quote else (pos.entry_price, None, ENTRY)
     elif expired:
-        underlying = latest_close(closes, pos.underlying, pos.expiration_date)
-        if underlying is None or pos.strike_price is None:
+        underlying = latest_close(closes, pos.underlying, terms.expiration)
+        if underlying is None:
             return PricedPosition(pos, None, None, None, None, ("missing_price", "expired"))
-        right = "C" if pos.position_type in ("LC", "SC") else "P"
-        price = intrinsic_value(right, underlying[1], pos.strike_price)
+        price = intrinsic_value(terms.right, underlying[1], terms.strike)
         when, source = underlying[0], INTRINSIC
         flags.append("expired")
     elif cls == OPTIONS and quote is None:
@@ -104,8 +107,8 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
 
 
 def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as_of: date,
-                    cash: float, stale_before: date | None = None, *,
-                    risk_free_rate: float) -> Valuation:
+                    cash: float, stale_before: date | None = None, *, risk_free_rate: float,
+                    marks: Mapping[str, tuple[date, float]] | None = None) -> Valuation:
     """Value every position held at the close of `as_of` and aggregate (dollars).
 
     Positions not held on `as_of` are ignored. A position whose quantity sign contradicts its
@@ -122,7 +125,7 @@ def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as
             skipped.append(f"{pos.symbol}: {problem}")
             priced.append(PricedPosition(pos, None, None, None, None, ("invalid_quantity",)))
             continue
-        p = price_position(pos, closes, as_of, stale_before, risk_free_rate=risk_free_rate)
+        p = price_position(pos, closes, as_of, stale_before, risk_free_rate=risk_free_rate, marks=marks)
         if p.market_value is None:
             skipped.append(f"{pos.symbol}: {p.flags[0]}")
         priced.append(p)

@@ -22,7 +22,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from batch.settings import Settings  # developer use: alembic revision --autogenerate
+    from batch.settings import (
+        Settings,  # developer use: alembic revision --autogenerate
+    )
 
     engine = create_engine(Settings.from_env().database_url)
     with engine.connect() as conn:

@@ -235,3 +235,19 @@ def test_unknown_position_type_is_reported() -> None:
     message = make_position("BUY", 10.0).sign_error()
     assert message is not None
     assert "BUY" in message
+
+
+def test_option_terms_fall_back_to_the_occ_symbol():
+    from calculations.positions import OptionContract
+
+    typed_long = PositionInput(id=uuid.UUID(int=1), symbol="AAPL230317C00150000", position_type="LONG",
+                               quantity=2.0, entry_price=5.0, entry_date=date(2022, 11, 1),
+                               investment_class="OPTIONS")
+    assert typed_long.contract == OptionContract("C", 150.0, date(2023, 3, 17))
+    put = PositionInput(id=uuid.UUID(int=2), symbol="JPM230616P00125000", position_type="SP",
+                        quantity=-1.0, entry_price=5.0, entry_date=date(2022, 11, 1),
+                        investment_class="OPTIONS", strike_price=120.0)
+    assert put.contract == OptionContract("P", 120.0, date(2023, 6, 16))  # the column wins
+    stock = PositionInput(id=uuid.UUID(int=3), symbol="AAPL", position_type="LONG", quantity=1.0,
+                          entry_price=1.0, entry_date=date(2022, 1, 3))
+    assert stock.contract is None

@@ -592,3 +592,12 @@ def test_stress_summary_empty() -> None:
     assert stress_summary([]) == {"worst_scenario": None, "worst_pnl": None, "best_scenario": None,
                                   "best_pnl": None, "mean_pnl": None, "scenarios": 0,
                                   "exceeds_equity": []}
+
+
+def test_market_scenarios_are_left_out_when_the_market_factor_has_no_data():
+    from calculations.scenarios import market_risk
+
+    results, unavailable = market_risk(None, [], 50_000.0, 1_000_000.0)
+    assert {r.scenario for r in results} == {"rates_up_100bp", "rates_down_100bp", "rates_up_200bp",
+                                             "rates_down_200bp"}
+    assert unavailable == {f"market_{d}_{n}": "factor_unavailable" for d in ("up", "down") for n in (5, 10, 20)}

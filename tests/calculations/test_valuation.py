@@ -505,3 +505,13 @@ def test_untraded_option_with_an_underlying_price_is_valued_at_the_model_price()
     assert priced.price == pytest.approx(per_share, rel=1e-10)
     assert priced.market_value == pytest.approx(3 * 100 * per_share, rel=1e-10)
     assert "model_price_unavailable" not in priced.flags
+
+
+def test_expired_option_without_an_expiration_column_uses_its_occ_expiry():
+    call = PositionInput(id=uuid.UUID(int=1001), symbol="KO221216C00060000", position_type="LC",
+                         quantity=3.0, entry_price=1.0, entry_date=ENTRY, investment_class=OPTIONS,
+                         underlying_symbol="KO")
+    closes = frame({D16: {"KO": 63.5}, D27: {"KO": 64.0}, D28: {"KO": 64.5}})
+    priced = price_position(call, closes, D28, risk_free_rate=RATE)
+    assert priced.price_source == "intrinsic" and "expired" in priced.flags
+    assert priced.market_value == approx(3 * 100 * (63.5 - 60.0))  # KO's close on 2022-12-16

@@ -6,9 +6,8 @@ Create Date: 2026-11-23 07:02:09.319445
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision: str = '0001_baseline'
 down_revision: Union[str, None] = None
