@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from batch import calendar, cli, runner as runner_module
+from batch import calendar, cli
+from batch import runner as runner_module
 from batch.db import upsert
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, demo_id
 from batch.engines import GlobalEngine

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from batch import cli, db, engines as engines_module, runner as runner_module
+from batch import cli, db
+from batch import engines as engines_module
+from batch import runner as runner_module
 from batch.demo import HEDGE_FUND, INDIVIDUAL, PRIVATE_ONLY, PRIVATES, demo_id
 from batch.engines import Engine, JobOutcome
 from models import BatchJobResult, BatchRun, MarketPrice, PortfolioSnapshot

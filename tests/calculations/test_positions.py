@@ -17,8 +17,8 @@ from calculations.options import is_occ_symbol
 from calculations.positions import (
     OPTIONS,
     PRIVATE,
-    PUBLIC,
     PRIVATE_PATTERNS,
+    PUBLIC,
     PositionInput,
     classify_symbol,
 )
