@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from batch.errors import ConfigError
+from batch.fetching import AuthenticationError, RateLimiter, RetryPolicy
 from batch.settings import Settings
 
 PRICE_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "volume"]
@@ -99,11 +101,28 @@ class SampleProvider:
                             {s: "no_profile" for s in symbols if s not in bundled})
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(attempts=settings.max_retry_attempts, max_total_delay=settings.max_retry_delay_seconds)
+
+
 def get_provider(settings: Settings) -> MarketDataProvider:
-    """The provider named by MARKET_DATA_PROVIDER."""
-    if settings.market_data_provider == "sample":
+    """The provider named by MARKET_DATA_PROVIDER. Raises ConfigError when it cannot be used
+    (a missing API key or an optional package not installed)."""
+    name = settings.market_data_provider
+    if name == "sample":
         return SampleProvider()
-    raise NotImplementedError(
-        f"MARKET_DATA_PROVIDER={settings.market_data_provider!r}: the network providers (yfinance, "
-        "fmp, polygon) are not built yet; only the offline 'sample' provider is available"
-    )
+    if name == "yfinance":
+        from batch.providers_yfinance import YFinanceProvider
+
+        return YFinanceProvider(retry_policy(settings), RateLimiter(settings.yfinance_requests_per_minute))
+    from batch.providers_http import FmpProvider, PolygonProvider
+
+    cls, key, per_minute = {
+        "fmp": (FmpProvider, settings.fmp_api_key, settings.fmp_requests_per_minute),
+        "polygon": (PolygonProvider, settings.polygon_api_key, settings.polygon_requests_per_minute),
+    }[name]
+    try:
+        return cls(key, retry_policy(settings), RateLimiter(per_minute),
+                   read_timeout=settings.provider_timeout_seconds)
+    except AuthenticationError as exc:
+        raise ConfigError(str(exc)) from None

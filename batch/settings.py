@@ -31,6 +31,11 @@ class Settings:
     batch_timeout_seconds: float = 3600.0
     watchdog_grace_seconds: float = 300.0
     max_retry_attempts: int = 3
+    max_retry_delay_seconds: float = 30.0  # total wait across one call's retries
+    provider_timeout_seconds: float = 30.0  # read timeout per HTTP request (connect: 5 s)
+    fmp_requests_per_minute: float = 60.0  # FMP's free plan is 250 requests per day
+    polygon_requests_per_minute: float = 5.0  # Polygon's free plan
+    yfinance_requests_per_minute: float = 60.0
     log_format: str = "json"
     log_level: str = "INFO"
     sentry_dsn: str | None = None
@@ -63,6 +68,13 @@ class Settings:
             risk_free_rate=_number(env, "RISK_FREE_RATE", 0.04, low=-0.05, high=1.0),
             batch_timeout_seconds=_number(env, "BATCH_TIMEOUT_SECONDS", 3600.0, low=0.0, high=7 * 86400),
             max_retry_attempts=int(_number(env, "MAX_RETRY_ATTEMPTS", 3, low=1, high=20, integer=True)),
+            max_retry_delay_seconds=_number(env, "MAX_RETRY_DELAY_SECONDS", 30.0, low=0.0, high=3600.0),
+            provider_timeout_seconds=_number(env, "PROVIDER_TIMEOUT_SECONDS", 30.0, low=1.0, high=600.0),
+            fmp_requests_per_minute=_number(env, "FMP_REQUESTS_PER_MINUTE", 60.0, low=0.01, high=10_000.0),
+            polygon_requests_per_minute=_number(env, "POLYGON_REQUESTS_PER_MINUTE", 5.0, low=0.01,
+                                                high=10_000.0),
+            yfinance_requests_per_minute=_number(env, "YFINANCE_REQUESTS_PER_MINUTE", 60.0, low=0.01,
+                                                 high=10_000.0),
             log_format=log_format,
             log_level=log_level,
             sentry_dsn=env.get("SENTRY_DSN") or None,
