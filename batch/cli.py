@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from batch import calendar, db, repository
+from batch.check import as_dicts, run_checks
 from batch.demo import seed_demo
 from batch.errors import (
     ConfigError,
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = db.make_engine(settings.database_url)
         if args.command == "run":
             return _run(args, settings, engine)
+        if args.command == "check":
+            return _check(settings, engine, args.json)
         if args.command == "init-db":
             db.check_reachable(engine)
             db.migrate(engine)
@@ -118,8 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "history":
             return _history(engine, args.limit, args.json)
-        if args.command == "check":
-            raise NotImplementedError("`check` (preflight) is not built yet: it arrives with issue #4")
         raise AssertionError(args.command)
     except (ConfigError, CoverageError, DatabaseUnavailable, NotImplementedError) as exc:
         return _usage_error(str(exc))
@@ -217,6 +218,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {job:<20} " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for failure in summary["failed_portfolios"]:
         print(f"  failed: {failure.get('portfolio_id') or 'global'} {failure['job']}: {failure['error']}")
+
+
+def _check(settings: Settings, engine: Engine, as_json: bool) -> int:
+    checks = run_checks(settings, engine, calendar.new_york_today(datetime.now(UTC)))
+    passed = all(c.status != "failed" for c in checks)
+    if as_json:
+        print(json.dumps({"ok": passed, "checks": as_dicts(checks)}))
+    else:
+        for c in checks:
+            print(f"[{ {'ok': 'ok', 'failed': 'FAIL', 'warning': 'warn'}[c.status]:>4}] {c.name:<11} {c.detail}")
+        print("preflight passed" if passed else "preflight FAILED")
+    return EXIT_OK if passed else EXIT_FAILED
 
 
 def _history(engine: Engine, limit: int, as_json: bool) -> int:

@@ -7,6 +7,8 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -26,6 +28,8 @@ log = structlog.get_logger()
 # The regression, volatility and EWMA windows need ~260 sessions; fetch 300 before the as-of.
 HISTORY_SESSIONS = 300
 PROFILE_MAX_AGE_DAYS = 7
+PROFILE_WORKERS = 4
+PROFILE_TIMEOUT_SECONDS = 30.0  # per symbol
 # Per-symbol failures that say the provider has no such data, not that it is unreachable.
 PERMANENT_REASONS = frozenset({"unknown_symbol", "no_data"})
 
@@ -150,9 +154,9 @@ def sync_company_profiles(session: Session, provider: MarketDataProvider, symbol
         if updated is not None and (now - _aware(updated, now)).days < PROFILE_MAX_AGE_DAYS
     }
     todo = [s for s in wanted if s not in fresh]
-    batch = provider.get_company_profiles(todo) if todo else None
+    profiles, failures = fetch_profiles(provider, todo)
     records = []
-    for p in batch.profiles if batch else []:
+    for p in profiles:
         records.append({
             "symbol": p["symbol"], "company_name": p.get("company_name"), "sector": p.get("sector"),
             "industry": p.get("industry"), "exchange": p.get("exchange"), "country": p.get("country"),
@@ -160,15 +164,43 @@ def sync_company_profiles(session: Session, provider: MarketDataProvider, symbol
             "source": provider.name, "updated_at": now,
         })
     upsert(session, CompanyProfile, records, key=("symbol",))
-    failed = sorted(batch.failed) if batch else []
+    failed = sorted(failures)
     summary = {
         "status": "success" if not failed else ("failed" if not records else "partial"),
         "total": len(todo), "successful": len(records), "failed": len(failed),
         "duration_seconds": round(time.monotonic() - started, 3), "failed_symbols": failed,
-        "already_fresh": len(fresh),
+        "already_fresh": len(fresh), "failures": failures,
     }
     log.info("company_profiles_synced", **{k: v for k, v in summary.items() if k != "failed_symbols"})
     return summary
+
+
+def fetch_profiles(provider: MarketDataProvider, symbols: Sequence[str], *,
+                   workers: int = PROFILE_WORKERS, timeout: float = PROFILE_TIMEOUT_SECONDS
+                   ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One profile request per symbol, at most `workers` at a time, each given `timeout` seconds
+    (a late one is reported `timeout`). Any error is that symbol's failure, never the run's."""
+    profiles: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    if not symbols:
+        return profiles, failures
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="profiles")
+    try:
+        futures = {symbol: pool.submit(provider.get_company_profiles, [symbol]) for symbol in symbols}
+        for symbol, future in futures.items():
+            try:
+                batch = future.result(timeout=timeout)
+            except FutureTimeout:
+                failures[symbol] = "timeout"
+                continue
+            except Exception as exc:  # non-blocking step: every error is this symbol's failure
+                failures[symbol] = getattr(exc, "reason", type(exc).__name__)
+                continue
+            profiles.extend(batch.profiles)
+            failures.update(batch.failed)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return profiles, failures
 
 
 def _aware(value: datetime, like: datetime) -> datetime:

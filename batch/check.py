@@ -1,0 +1,122 @@
+"""`sigmasight-batch check`: the operators' preflight before enabling the cron (SPEC §2).
+
+Every check reports ok / failed (or warning, which does not fail the preflight) with a detail
+line that never contains a secret (passwords and API keys are masked).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import asdict, dataclass
+from datetime import date
+
+from sqlalchemy import Engine
+
+from batch import calendar, db
+from batch.errors import ConfigError, DatabaseUnavailable, LockHeld
+from batch.providers import get_provider
+from batch.settings import Settings
+
+REQUIRED_PACKAGES = ("sqlalchemy", "psycopg", "pandas", "numpy", "scipy", "statsmodels",
+                     "pandas_market_calendars", "structlog", "tenacity", "alembic", "httpx")
+KEY_VARIABLES = {"fmp": "FMP_API_KEY", "polygon": "POLYGON_API_KEY"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "failed", "warning"
+    detail: str
+
+
+def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
+    """All preflight checks, in order. Never raises for a failing check."""
+    checks = [_python(), _packages(settings)]
+    database = _database(engine)
+    checks.append(database)
+    if database.status == "ok":
+        checks += [_migrations(settings, engine), _lock(engine)]
+    else:
+        checks += [Check("migrations", "failed", "not checked: database unreachable"),
+                   Check("run_lock", "failed", "not checked: database unreachable")]
+    checks += [_provider(settings, as_of), _calendar(as_of)]
+    return checks
+
+
+def _python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    ok = sys.version_info >= (3, 11)
+    return Check("python", "ok" if ok else "failed", f"Python {version}" + ("" if ok else " (3.11+ required)"))
+
+
+def _packages(settings: Settings) -> Check:
+    wanted = list(REQUIRED_PACKAGES) + (["yfinance"] if settings.market_data_provider == "yfinance" else [])
+    missing = []
+    for name in wanted:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        hint = " (pip install '.[yfinance]')" if "yfinance" in missing else ""
+        return Check("packages", "failed", f"cannot import: {', '.join(missing)}{hint}")
+    return Check("packages", "ok", f"{len(wanted)} required packages importable")
+
+
+def _database(engine: Engine) -> Check:
+    try:
+        db.check_reachable(engine)
+    except DatabaseUnavailable as exc:
+        return Check("database", "failed", str(exc))
+    return Check("database", "ok", f"reachable: {db.describe(engine)}")
+
+
+def _migrations(settings: Settings, engine: Engine) -> Check:
+    head = db.head_revision()
+    if settings.embedded_database is not None and db.is_empty(engine):
+        return Check("migrations", "ok", f"new embedded database: the first run creates the schema ({head})")
+    current = db.current_revision(engine)
+    if current != head:
+        return Check("migrations", "failed", f"at {current or 'none'}, head is {head}: run `sigmasight-batch init-db`")
+    return Check("migrations", "ok", f"at head ({head})")
+
+
+def _lock(engine: Engine) -> Check:
+    try:
+        with db.run_lock(engine):
+            pass
+    except LockHeld as exc:
+        return Check("run_lock", "failed", f"{exc}: a run is in progress")
+    return Check("run_lock", "ok", "free")
+
+
+def _provider(settings: Settings, as_of: date) -> Check:
+    name = settings.market_data_provider
+    try:
+        provider = get_provider(settings)
+    except ConfigError as exc:
+        return Check("provider", "failed", str(exc))
+    coverage = provider.coverage()
+    key = KEY_VARIABLES.get(name)
+    detail = f"{name}" + (f" ({key} is set)" if key else "")
+    if coverage is not None and not coverage[0] <= as_of <= coverage[1]:
+        return Check("provider", "warning",
+                     f"{detail}: offline data covers {coverage[0]}..{coverage[1]} only; runs dated {as_of} "
+                     "exit 2 — set MARKET_DATA_PROVIDER=yfinance|fmp|polygon for current prices")
+    return Check("provider", "ok", detail)
+
+
+def _calendar(as_of: date) -> Check:
+    first, last = calendar.covered_range()
+    need_from, need_to = date(as_of.year, 1, 1), date(as_of.year + 1, 12, 31)
+    if first > need_from or last < need_to:
+        return Check("calendar", "failed", f"NYSE calendar covers {first}..{last}, need {need_from}..{need_to}")
+    sessions = len(calendar.trading_days(date(as_of.year + 1, 1, 1), need_to))
+    if sessions < 240:
+        return Check("calendar", "failed", f"only {sessions} NYSE sessions known for {as_of.year + 1}")
+    return Check("calendar", "ok", f"NYSE sessions known through {need_to} ({sessions} in {as_of.year + 1})")
+
+
+def as_dicts(checks: list[Check]) -> list[dict[str, str]]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,67 @@
+"""`sigmasight-batch check`: the preflight (SPEC §2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch import cli, db
+
+
+@pytest.fixture
+def check(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATABASE_URL", "MARKET_DATA_PROVIDER", "FMP_API_KEY", "POLYGON_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def call(*args: str, **env: str) -> tuple[int, str, str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = cli.main(["check", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def test_passes_on_the_embedded_default(check):
+    code, out, _ = check("--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and report["ok"] is True
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["database"] == statuses["migrations"] == statuses["run_lock"] == "ok"
+    assert statuses["python"] == statuses["packages"] == statuses["calendar"] == "ok"
+    assert statuses["provider"] in ("ok", "warning")  # the sample data ends in 2022
+
+
+def test_fmp_without_its_key_fails_naming_the_variable(check):
+    code, out, _ = check(MARKET_DATA_PROVIDER="fmp")
+    assert code != 0
+    assert "FMP_API_KEY" in out and "preflight FAILED" in out
+
+
+def test_keys_and_passwords_never_printed(check):
+    secret_key, password = "fmpkey-SHOULD-NOT-LEAK-123", "pw-SHOULD-NOT-LEAK"
+    code, out, err = check("--json", MARKET_DATA_PROVIDER="fmp", FMP_API_KEY=secret_key,
+                           DATABASE_URL=f"postgresql://postgres:{password}@127.0.0.1:1/nowhere")
+    assert code != 0  # the database is unreachable
+    report = json.loads(out.strip().splitlines()[-1])
+    assert {c["name"]: c["status"] for c in report["checks"]}["database"] == "failed"
+    assert secret_key not in out + err and password not in out + err
+    assert "127.0.0.1:1" in out
+
+
+def test_fails_when_a_run_holds_the_lock_or_the_schema_is_behind(check, database_url, tmp_path):
+    engine = db.make_engine(database_url)
+    try:
+        with db.run_lock(engine):
+            code, out, _ = check("--json", DATABASE_URL=database_url)
+    finally:
+        engine.dispose()
+    report = {c["name"]: c for c in json.loads(out.strip().splitlines()[-1])["checks"]}
+    assert code == 1 and report["run_lock"]["status"] == "failed"
+    blank = f"sqlite:///{tmp_path / 'blank.db'}"
+    code, out, _ = check(DATABASE_URL=blank)
+    assert code == 1 and "init-db" in out
