@@ -199,7 +199,12 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             unknown = repository.unknown_portfolio_ids(s, request.portfolio_ids)
         if unknown:
             raise ConfigError(f"unknown portfolio id(s): {', '.join(map(str, unknown))}")
-    summary = Runner(settings, engine, provider).run(request, run_id)
+    try:
+        summary = Runner(settings, engine, provider).run(request, run_id)
+    finally:
+        close = getattr(provider, "close", None)  # network providers hold an HTTP client
+        if close is not None:
+            close()
     if args.json:
         print(json.dumps(summary))
     else:

@@ -67,6 +67,12 @@ class UnknownSymbol(PermanentProviderError):
     reason = UNKNOWN_SYMBOL
 
 
+class NoData(PermanentProviderError):
+    """The symbol is known (or indistinguishable from known) but has no bars in the window."""
+
+    reason = NO_DATA
+
+
 class MalformedResponse(PermanentProviderError):
     reason = MALFORMED
 
@@ -88,12 +94,13 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         """Run `fn`, retrying transient errors; the last error is re-raised."""
-        backoff = wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)
+        backoff = wait_exponential_jitter(multiplier=self.initial_wait, max=self.max_wait,
+                                          jitter=self.initial_wait)
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
-            hinted = getattr(error, "retry_after", None)
-            return min(hinted, self.max_wait) if hinted is not None else backoff(state)
+            hinted = getattr(error, "retry_after", None)  # the server's Retry-After wins
+            return min(hinted, self.max_total_delay) if hinted is not None else backoff(state)
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -194,11 +201,12 @@ class HttpJsonClient:
 
     def __init__(self, provider: str, base_url: str, *, key: str | None, key_param: str, key_env: str,
                  retry: RetryPolicy, limiter: RateLimiter, connect_timeout: float = 5.0,
-                 read_timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+                 read_timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+                 auth_statuses: tuple[int, ...] = (401, 403)) -> None:
         if not key:
             raise AuthenticationError(provider, f"{key_env} is not set: the {provider} provider needs an API key")
         self.provider, self.key, self.key_param, self.key_env = provider, key, key_param, key_env
-        self.retry, self.limiter = retry, limiter
+        self.retry, self.limiter, self.auth_statuses = retry, limiter, auth_statuses
         self.client = httpx.Client(base_url=base_url, transport=transport, follow_redirects=False,
                                    timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
 
@@ -218,7 +226,7 @@ class HttpJsonClient:
             raise TransientProviderError(self.provider, f"connection failed ({type(exc).__name__})",
                                          symbol=symbol) from None
         status = response.status_code
-        if status in (401, 403):
+        if status in self.auth_statuses:
             raise AuthenticationError(self.provider, f"HTTP {status}: the API key in {self.key_env} was "
                                       "rejected", symbol=symbol, status=status)
         if status == 429 or status >= 500:

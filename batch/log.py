@@ -16,6 +16,9 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """
     renderer = structlog.processors.JSONRenderer() if log_format == "json" \
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    # httpx logs full request URLs (API keys are query parameters) at INFO: keep it quiet.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
