@@ -114,7 +114,8 @@ def get_provider(settings: Settings) -> MarketDataProvider:
     if name == "yfinance":
         from batch.providers_yfinance import YFinanceProvider
 
-        return YFinanceProvider(retry_policy(settings), RateLimiter(settings.yfinance_requests_per_minute))
+        return YFinanceProvider(retry_policy(settings), RateLimiter(settings.yfinance_requests_per_minute),
+                                timeout=settings.provider_timeout_seconds)
     from batch.providers_http import FmpProvider, PolygonProvider
 
     cls, key, per_minute = {

@@ -35,9 +35,9 @@ import structlog
 
 from batch.errors import ConfigError
 from batch.fetching import (
-    NO_DATA,
     CircuitBreaker,
     MalformedResponse,
+    NoData,
     PermanentProviderError,
     ProviderError,
     RateLimiter,
@@ -54,12 +54,6 @@ T = TypeVar("T")
 NEW_YORK = "America/New_York"
 ETF_QUOTE_TYPES = ("ETF", "MUTUALFUND")
 _HISTORY_COLUMNS = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Volume": "volume"}
-
-
-class NoData(PermanentProviderError):
-    """Yahoo knows the ticker but has no bars for the requested range."""
-
-    reason = NO_DATA
 
 
 def _types(*paths: tuple[str, str]) -> tuple[type[BaseException], ...]:

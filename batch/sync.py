@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 import uuid
@@ -185,8 +186,9 @@ def fetch_profiles(provider: MarketDataProvider, symbols: Sequence[str], *,
     if not symbols:
         return profiles, failures
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="profiles")
-    try:
-        futures = {symbol: pool.submit(provider.get_company_profiles, [symbol]) for symbol in symbols}
+    try:  # each task runs in a copy of this context, so its log events keep run_id
+        futures = {symbol: pool.submit(contextvars.copy_context().run, provider.get_company_profiles, [symbol])
+                   for symbol in symbols}
         for symbol, future in futures.items():
             try:
                 batch = future.result(timeout=timeout)
@@ -198,8 +200,8 @@ def fetch_profiles(provider: MarketDataProvider, symbols: Sequence[str], *,
                 continue
             profiles.extend(batch.profiles)
             failures.update(batch.failed)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    finally:  # leave no threads behind: a late call ends at its HTTP timeout
+        pool.shutdown(wait=True, cancel_futures=True)
     return profiles, failures
 
 

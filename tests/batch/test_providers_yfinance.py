@@ -36,12 +36,6 @@ from batch.providers_yfinance import YFinanceProvider, yahoo_symbol
 from batch.sync import validate_prices
 from models import BatchJobResult, PortfolioSnapshot
 
-# batch.fetching.RetryPolicy passes `initial=` to tenacity's wait_exponential_jitter, deprecated in
-# tenacity 9.2 (use `multiplier=`); under the suite's "error" filter every retried call would
-# raise it. Ignored here, narrowly, until batch/fetching.py is fixed.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The 'initial' parameter is deprecated, use 'multiplier' instead:DeprecationWarning")
-
 yf = pytest.importorskip("yfinance")
 yf_exc = pytest.importorskip("yfinance.exceptions")
 
@@ -107,7 +101,7 @@ class FakeClient:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.hide_exceptions_seen: list[bool] = []
 
-    def Ticker(self, symbol: str) -> FakeTicker:  # noqa: N802 - yfinance's name
+    def Ticker(self, symbol: str) -> FakeTicker:
         return FakeTicker(self, symbol)
 
 
@@ -373,8 +367,8 @@ def test_concurrent_calls_all_see_raising_and_the_setting_is_restored_once():
     setting (a lock held across the call would deadlock the barrier) nor restore it early."""
     barrier = threading.Barrier(2, timeout=10)
 
-    class BarrierFrame(FakeClient):
-        def Ticker(self, symbol: str) -> FakeTicker:  # noqa: N802
+    class OverlappingClient(FakeClient):
+        def Ticker(self, symbol: str) -> FakeTicker:
             ticker = super().Ticker(symbol)
             plain = ticker.history
 
@@ -386,7 +380,7 @@ def test_concurrent_calls_all_see_raising_and_the_setting_is_restored_once():
             ticker.history = history
             return ticker
 
-    client = BarrierFrame({"AAPL": history_frame("AAPL"), "XOM": history_frame("XOM")})
+    client = OverlappingClient({"AAPL": history_frame("AAPL"), "XOM": history_frame("XOM")})
     client.config = SimpleNamespace(debug=SimpleNamespace(hide_exceptions=True))
     provider, _, _ = make(client)
     results: dict[str, Any] = {}
@@ -514,7 +508,7 @@ def snapshot_values(engine) -> dict[tuple, tuple]:
 def test_unreachable_yahoo_fails_market_data_and_engines_run_on_stored_prices(
         run_cli, engine, monkeypatch, capsys):
     assert run_cli("seed-demo")[0] == 0
-    code, first, _, err = run_cli("--date", AS_OF, "--json")  # the sample provider fills prices
+    code, _, _, err = run_cli("--date", AS_OF, "--json")  # the sample provider fills prices
     assert code == 0, err
     before = snapshot_values(engine)
     assert {d for _, d in before} == {D(2022, 12, 28)} and len(before) == 4
