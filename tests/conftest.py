@@ -7,10 +7,12 @@ skipped with a visible reason — except under CI=true, where that is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from batch import db
+from batch.cli import main as cli_main
 from models import Base
 
 POSTGRES_URL = os.environ.get(
@@ -82,6 +85,46 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         url = request.getfixturevalue("postgres_ready")
         _truncate_all(url)
         yield url
+
+
+class CliRun(NamedTuple):
+    code: int
+    summary: dict | None  # the JSON summary line when --json was given
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys):
+    """Call the real entry point in-process against `database_url` (JSON logs, the sample
+    provider, a scratch working directory). `cli(*args)` returns a CliRun."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.delenv("MARKET_DATA_PROVIDER", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> CliRun:
+        capsys.readouterr()
+        code = cli_main(list(args))
+        out, err = capsys.readouterr()
+        lines = out.strip().splitlines()
+        summary = None
+        if "--json" in args and lines:
+            try:
+                summary = json.loads(lines[-1])
+            except json.JSONDecodeError:
+                summary = None
+        return CliRun(code, summary, out, err)
+
+    return call
+
+
+@pytest.fixture
+def seeded(cli):
+    """`cli` on a database holding the four demo portfolios."""
+    result = cli("seed-demo")
+    assert result.code == 0, result.err
+    return cli
 
 
 @pytest.fixture

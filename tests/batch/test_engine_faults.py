@@ -3,7 +3,6 @@ global inputs, non-finite numbers, stale rows, marks off the session calendar (S
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from datetime import UTC, date, datetime
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from batch import calendar, cli
+from batch import calendar
 from batch import runner as runner_module
 from batch.db import upsert
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, demo_id
@@ -35,19 +34,8 @@ NOW = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def run(database_url, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> tuple[int, dict | None]:
-        capsys.readouterr()
-        code = cli.main(list(args))
-        lines = capsys.readouterr().out.strip().splitlines()
-        return code, (json.loads(lines[-1]) if "--json" in args else None)
-
-    assert call("seed-demo")[0] == 0
-    return call
+def run(seeded):
+    return seeded
 
 
 def jobs(engine, portfolio_id, run_id=None) -> dict[str, BatchJobResult]:
@@ -66,7 +54,7 @@ def test_option_without_strike_or_expiry_columns_uses_its_occ_symbol(run, engine
     with Session(engine) as s, s.begin():
         s.execute(update(Position).where(Position.portfolio_id == hf, Position.investment_class == "OPTIONS")
                   .values(strike_price=None, expiration_date=None))
-    code, summary = run("--date", AS_OF, "--force", "--skip-sync", "--json")
+    code, summary, *_ = run("--date", AS_OF, "--force", "--skip-sync", "--json")
     assert code == 0, summary["failed_portfolios"]
     with Session(engine) as s:
         after = {r.scenario: r.pnl for r in s.scalars(select(MarketRiskResult).where(MarketRiskResult.portfolio_id == hf))}
@@ -80,7 +68,7 @@ def test_failed_global_engine_fails_the_date_and_the_next_run_recomputes_it(run,
     registry = [GlobalEngine("symbol_betas", broken)] + [e for e in runner_module.GLOBAL_ENGINES
                                                          if e.name != "symbol_betas"]
     monkeypatch.setattr(runner_module, "GLOBAL_ENGINES", registry)
-    code, summary = run("--date", AS_OF, "--json")
+    code, summary, *_ = run("--date", AS_OF, "--json")
     assert code == 1 and summary["status"] == "failed"
     assert summary["portfolios"]["succeeded"] == 0 and summary["portfolios"]["failed"] == 4
     with Session(engine) as s:
@@ -90,7 +78,7 @@ def test_failed_global_engine_fails_the_date_and_the_next_run_recomputes_it(run,
     assert factors_job.result["data_quality"]["flag"] == "upstream_failed"
     monkeypatch.undo()
     monkeypatch.setenv("DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
-    code, summary = run("--date", AS_OF, "--json")
+    code, summary, *_ = run("--date", AS_OF, "--json")
     assert code == 0 and summary["portfolios"]["succeeded"] == 4
 
 
@@ -102,7 +90,7 @@ def test_a_short_factor_history_does_not_zero_the_other_factors(run, engine):
         upsert(s, MarketPrice, [{"symbol": "TLT", "date": d, "close": c, "source": "test", "updated_at": NOW}
                                 for d, c in ((date(2022, 12, 27), 100.0), (date(2022, 12, 28), 101.0))],
                key=("symbol", "date"))
-    code, _ = run("--date", AS_OF, "--force", "--skip-sync", "--json")
+    code, *_ = run("--date", AS_OF, "--force", "--skip-sync", "--json")
     assert code == 0
     with Session(engine) as s:
         after = {(r.portfolio_id, r.scenario_id): r.direct_pnl for r in s.scalars(select(StressTestResult))}
@@ -134,7 +122,7 @@ def test_constant_price_symbol_stores_no_non_finite_numbers(run, engine):
 def test_two_factors_on_one_proxy_do_not_crash_the_run(run, engine):
     with Session(engine) as s, s.begin():
         s.execute(update(FactorDefinition).where(FactorDefinition.name == "Value").values(proxy_symbol="^GSPC"))
-    code, summary = run("--date", AS_OF, "--json")
+    code, summary, *_ = run("--date", AS_OF, "--json")
     assert code == 0, summary["failed_portfolios"]
     with Session(engine) as s:
         job = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "symbol_betas")).one()
@@ -162,8 +150,8 @@ def test_private_mark_dated_on_a_weekend_is_used(run, engine):
 
 
 def test_records_of_engines_that_did_not_run_keep_each_engines_keys(run, engine):
-    code, first = run("--date", AS_OF, "--json")
-    code, second = run("--date", AS_OF, "--json")  # complete: every engine recorded skipped
+    code, first, *_ = run("--date", AS_OF, "--json")
+    code, second, *_ = run("--date", AS_OF, "--json")  # complete: every engine recorded skipped
     pid = demo_id("portfolio", HEDGE_FUND)
     computed, skipped = jobs(engine, pid, first["run_id"]), jobs(engine, pid, second["run_id"])
     assert set(computed) == set(skipped)

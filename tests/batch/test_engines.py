@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batch import calendar, cli
+from batch import calendar
 from batch.db import upsert
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, PRIVATES, demo_id
 from models import (
@@ -42,19 +42,8 @@ ANALYTIC_JOBS = ("factors", "market_risk", "stress_tests", "correlations")
 
 
 @pytest.fixture
-def cli_env(database_url, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> tuple[int, dict | None]:
-        capsys.readouterr()
-        code = cli.main(list(args))
-        lines = capsys.readouterr().out.strip().splitlines()
-        return code, (json.loads(lines[-1]) if "--json" in args and lines else None)
-
-    assert call("seed-demo")[0] == 0
-    return call
+def cli_env(seeded):
+    return seeded
 
 
 def dump(engine, tables=RESULT_TABLES) -> dict[str, list[tuple]]:
@@ -75,7 +64,7 @@ def jobs_for(engine, portfolio_id) -> dict[str, BatchJobResult]:
 
 
 def test_demo_run_writes_every_engine_and_skips_only_the_private_book(cli_env, engine):
-    code, summary = cli_env("--date", "2022-12-28", "--json")
+    code, summary, *_ = cli_env("--date", "2022-12-28", "--json")
     assert code == 0 and summary["portfolios"] == {"succeeded": 4, "failed": 0, "skipped": 0}
     with Session(engine) as s:
         globals_ = {j.job: j.status for j in s.scalars(select(BatchJobResult).where(BatchJobResult.portfolio_id.is_(None)))}
@@ -117,7 +106,7 @@ def test_skip_payloads_follow_the_contract_and_write_nothing(cli_env, engine):
                        quantity=1000.0, entry_price=50.0, entry_date=days[0], investment_class="PUBLIC"))
         upsert(s, MarketPrice, [{"symbol": "NEWCO", "date": d, "close": 50.0 + i, "source": "test",
                                  "updated_at": now} for i, d in enumerate(days)], key=("symbol", "date"))
-    code, summary = cli_env("--date", "2022-12-28", "--json")
+    code, summary, *_ = cli_env("--date", "2022-12-28", "--json")
     assert code == 0
     assert "NEWCO" in summary["market_data"]["failed_symbols"]  # the sample provider does not know it
     for pid, total in ((demo_id("portfolio", PRIVATE_ONLY), len(PRIVATES[PRIVATE_ONLY])), (thin, 1)):

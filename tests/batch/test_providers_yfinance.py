@@ -28,7 +28,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
-from batch import cli
 from batch.errors import ConfigError
 from batch.fetching import CircuitBreaker, RetryPolicy
 from batch.providers import PRICE_COLUMNS
@@ -478,25 +477,6 @@ def test_real_yfinance_without_network_reports_every_symbol_unreachable():
 AS_OF = "2022-12-28"
 
 
-@pytest.fixture
-def run_cli(database_url, monkeypatch, tmp_path, capsys):
-    """The real entry point in-process against `database_url`; returns (code, summary, out, err)."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.delenv("MARKET_DATA_PROVIDER", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str):
-        capsys.readouterr()
-        code = cli.main(list(args))
-        out, err = capsys.readouterr()
-        lines = out.strip().splitlines()
-        summary = json.loads(lines[-1]) if "--json" in args and lines else None
-        return code, summary, out, err
-
-    return call
-
-
 def snapshot_values(engine) -> dict[tuple, tuple]:
     with Session(engine) as s:
         rows = s.scalars(select(PortfolioSnapshot)).all()
@@ -506,9 +486,9 @@ def snapshot_values(engine) -> dict[tuple, tuple]:
 
 @offline
 def test_unreachable_yahoo_fails_market_data_and_engines_run_on_stored_prices(
-        run_cli, engine, monkeypatch, capsys):
-    assert run_cli("seed-demo")[0] == 0
-    code, _, _, err = run_cli("--date", AS_OF, "--json")  # the sample provider fills prices
+        cli, engine, monkeypatch, capsys):
+    assert cli("seed-demo")[0] == 0
+    code, _, _, err = cli("--date", AS_OF, "--json")  # the sample provider fills prices
     assert code == 0, err
     before = snapshot_values(engine)
     assert {d for _, d in before} == {D(2022, 12, 28)} and len(before) == 4
@@ -516,7 +496,7 @@ def test_unreachable_yahoo_fails_market_data_and_engines_run_on_stored_prices(
     monkeypatch.setenv("MARKET_DATA_PROVIDER", "yfinance")
     monkeypatch.setenv("MAX_RETRY_DELAY_SECONDS", "1")
     started = time.monotonic()
-    code, summary, _, err = run_cli("--date", AS_OF, "--force", "--json")
+    code, summary, _, err = cli("--date", AS_OF, "--force", "--json")
     wall = time.monotonic() - started
     with capsys.disabled():
         print(f"\n[yfinance offline run: {wall:.2f} s wall, "

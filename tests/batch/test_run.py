@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from batch import cli, db
+from batch import db
 from batch import engines as engines_module
 from batch import runner as runner_module
 from batch.demo import HEDGE_FUND, INDIVIDUAL, PRIVATE_ONLY, PRIVATES, demo_id
@@ -19,37 +19,6 @@ from batch.engines import Engine, JobOutcome
 from models import BatchJobResult, BatchRun, MarketPrice, PortfolioSnapshot
 
 AS_OF = "2022-12-28"
-
-
-@pytest.fixture
-def run_cli(database_url, monkeypatch, tmp_path, capsys):
-    """Call the real entry point in-process against `database_url`; return (code, summary, out, err)."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.delenv("MARKET_DATA_PROVIDER", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str):
-        capsys.readouterr()
-        code = cli.main(list(args))
-        out, err = capsys.readouterr()
-        summary = None
-        lines = out.strip().splitlines()
-        if "--json" in args and lines:
-            try:
-                summary = json.loads(lines[-1])
-            except json.JSONDecodeError:
-                summary = None
-        return code, summary, out, err
-
-    return call
-
-
-@pytest.fixture
-def seeded(run_cli):
-    code, _, _, err = run_cli("seed-demo")
-    assert code == 0, err
-    return run_cli
 
 
 def snapshot_rows(engine) -> list[tuple]:

@@ -22,7 +22,12 @@ from sqlalchemy.orm import Session
 from batch import calendar
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch, SampleProvider
 from batch.repository import ensure_factor_definitions, symbols_held
-from batch.sync import history_start, sync_company_profiles, sync_market_data, validate_prices
+from batch.sync import (
+    history_start,
+    sync_company_profiles,
+    sync_market_data,
+    validate_prices,
+)
 from models import CompanyProfile, MarketPrice, Portfolio, Position
 
 NOW = datetime(2022, 12, 28, 23, 45, tzinfo=timezone.utc)

@@ -18,7 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
-from calculations.valuation import daily_pnl, latest_close, price_position, value_portfolio
+from calculations.valuation import (
+    daily_pnl,
+    latest_close,
+    price_position,
+    value_portfolio,
+)
 
 NaN = math.nan
 _ids = itertools.count(1)
