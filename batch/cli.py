@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -237,12 +239,26 @@ def _check(settings: Settings, engine: Engine, as_json: bool) -> int:
     return EXIT_OK if passed else EXIT_FAILED
 
 
+def _run_state(run: BatchRun) -> str:
+    """The recorded status, except that a `running` record whose process is gone (same host, pid
+    not alive) is reported `abandoned`: it was killed before it could record its end."""
+    if run.status != "running" or run.hostname != socket.gethostname():
+        return run.status
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return "abandoned"
+    except PermissionError:  # alive, owned by another user
+        return run.status
+    return run.status
+
+
 def _history(engine: Engine, limit: int, as_json: bool) -> int:
     with Session(engine) as s:
         runs = s.scalars(select(BatchRun).order_by(BatchRun.started_at.desc()).limit(limit)).all()
     rows = [{
         "run_id": str(r.id), "started_at": r.started_at.isoformat(),
-        "finished_at": r.finished_at.isoformat() if r.finished_at else None, "status": r.status,
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None, "status": _run_state(r),
         "trigger": r.trigger, "as_of_start": r.as_of_start.isoformat() if r.as_of_start else None,
         "as_of_end": r.as_of_end.isoformat() if r.as_of_end else None,
         "units": f"{r.completed_units}/{r.total_units}", "exit_code": r.exit_code,

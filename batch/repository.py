@@ -114,14 +114,17 @@ def unknown_portfolio_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[uu
 
 
 def load_positions(session: Session, portfolio_id: uuid.UUID) -> list[PositionInput]:
-    """Every non-deleted position of the portfolio (engines decide which are held on a date)."""
+    """Every non-deleted position of the portfolio (engines decide which are held on a date).
+    Symbols are upper-cased and stripped, as the sync stores them."""
     rows = session.scalars(select(Position).where(Position.portfolio_id == portfolio_id,
                                                   Position.deleted_at.is_(None)).order_by(Position.id))
     return [
         PositionInput(
-            id=r.id, symbol=r.symbol, position_type=r.position_type, quantity=float(r.quantity),
+            id=r.id, symbol=r.symbol.strip().upper(), position_type=r.position_type.strip().upper(),
+            quantity=float(r.quantity),
             entry_price=float(r.entry_price), entry_date=r.entry_date, exit_date=r.exit_date,
-            investment_class=r.investment_class, underlying_symbol=r.underlying_symbol,
+            investment_class=r.investment_class,
+            underlying_symbol=r.underlying_symbol.strip().upper() if r.underlying_symbol else None,
             strike_price=None if r.strike_price is None else float(r.strike_price),
             expiration_date=r.expiration_date, implied_volatility=r.implied_volatility,
         )

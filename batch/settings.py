@@ -67,6 +67,7 @@ class Settings:
             polygon_api_key=env.get("POLYGON_API_KEY") or None,
             risk_free_rate=_number(env, "RISK_FREE_RATE", 0.04, low=-0.05, high=1.0),
             batch_timeout_seconds=_number(env, "BATCH_TIMEOUT_SECONDS", 3600.0, low=0.0, high=7 * 86400),
+            watchdog_grace_seconds=_number(env, "BATCH_WATCHDOG_GRACE_SECONDS", 300.0, low=1.0, high=86400.0),
             max_retry_attempts=int(_number(env, "MAX_RETRY_ATTEMPTS", 3, low=1, high=20, integer=True)),
             max_retry_delay_seconds=_number(env, "MAX_RETRY_DELAY_SECONDS", 30.0, low=0.0, high=3600.0),
             provider_timeout_seconds=_number(env, "PROVIDER_TIMEOUT_SECONDS", 30.0, low=1.0, high=600.0),

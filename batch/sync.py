@@ -70,29 +70,78 @@ def history_start(first_as_of: date, coverage: tuple[date, date] | None) -> date
 
 def validate_prices(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Drop rows that must not be stored: non-finite, zero or negative closes, dates that are not
-    NYSE sessions; duplicate (symbol, date) rows keep the last. Returns (clean, rejected), where
-    each rejected entry names symbol, date, value and reason."""
+    NYSE sessions (or not dates at all); duplicate (symbol, date) rows keep the last valid one and
+    report an overridden different value (`duplicate_superseded`). Unusable open/high/low/volume values are blanked
+    (`invalid_ohlc`) while the close is kept. Returns (clean rows ready to store, rejected), each
+    rejected entry naming symbol, date, value and reason."""
     rejected: list[dict[str, Any]] = []
-    keep = []
+    keep: list[bool] = []
+    records: list[dict[str, Any]] = []
     for row in rows.itertuples(index=False):
-        close = row.close
-        reason = None
-        try:
-            value = float(close)
-        except (TypeError, ValueError):
-            value, reason = math.nan, "non_numeric_close"
-        if reason is None and not math.isfinite(value):
-            reason = "non_finite_close"
-        elif reason is None and value <= 0:
-            reason = "non_positive_close"
-        elif reason is None and not calendar.is_trading_day(row.date):
-            reason = "not_a_session"
+        reason = _close_problem(row.close) or _date_problem(row.date)
         if reason:
-            rejected.append({"symbol": row.symbol, "date": row.date.isoformat(), "close": repr(close),
-                             "reason": reason})
-        keep.append(reason is None)
-    clean = rows[keep].drop_duplicates(subset=["symbol", "date"], keep="last")
-    return clean, rejected
+            rejected.append(_rejection(row, reason))
+            keep.append(False)
+            continue
+        keep.append(True)
+        fields = {"open": _positive(row.open), "high": _positive(row.high), "low": _positive(row.low),
+                  "volume": _volume(row.volume)}
+        blanked = [k for k, v in fields.items() if v is None and not _missing(getattr(row, k))]
+        if blanked:
+            rejected.append({**_rejection(row, "invalid_ohlc"), "fields": blanked})
+        records.append({"symbol": row.symbol, "date": row.date, "close": float(row.close), **fields})
+    clean = pd.DataFrame(records, columns=["symbol", "date", "open", "high", "low", "close", "volume"])
+    superseded = clean.duplicated(subset=["symbol", "date"], keep="last")
+    kept = clean[~superseded].reset_index(drop=True)
+    final = {(r.symbol, r.date): r.close for r in kept.itertuples(index=False)}
+    for row in clean[superseded].itertuples(index=False):
+        if row.close != final[(row.symbol, row.date)]:  # a different value was overridden
+            rejected.append(_rejection(row, "duplicate_superseded"))
+    return kept, rejected
+
+
+def _rejection(row: Any, reason: str) -> dict[str, Any]:
+    day = row.date.isoformat() if hasattr(row.date, "isoformat") else repr(row.date)
+    return {"symbol": row.symbol, "date": day, "close": repr(row.close), "reason": reason}
+
+
+def _close_problem(close: Any) -> str | None:
+    try:
+        value = float(close)
+    except (TypeError, ValueError):
+        return "non_numeric_close"
+    if not math.isfinite(value):
+        return "non_finite_close"
+    return "non_positive_close" if value <= 0 else None
+
+
+def _date_problem(day: Any) -> str | None:
+    if type(day) is not date:  # datetime, Timestamp, None, text: not a session date
+        return "invalid_date"
+    try:
+        return None if calendar.is_trading_day(day) else "not_a_session"
+    except ValueError:  # outside the calendar's range (e.g. an epoch-zero timestamp)
+        return "not_a_session"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _volume(value: Any) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number >= 0 else None
 
 
 def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates: Sequence[date],
@@ -123,12 +172,9 @@ def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates
         result.rejected_rows.extend(rejected)
         if clean.empty:
             continue
-        records = [
-            {"symbol": r.symbol, "date": r.date, "open": _opt(r.open), "high": _opt(r.high),
-             "low": _opt(r.low), "close": float(r.close), "volume": None if pd.isna(r.volume) else int(r.volume),
-             "source": provider.name, "updated_at": now}
-            for r in clean.itertuples(index=False)
-        ]
+        records = [{**r, "volume": None if r["volume"] is None else int(r["volume"]),
+                    "source": provider.name, "updated_at": now}
+                   for r in clean.astype(object).where(clean.notna(), None).to_dict("records")]
         result.rows_written += upsert(session, MarketPrice, records, key=("symbol", "date"))
         updated.update(clean["symbol"].unique())
     result.symbols_updated = len(updated)
@@ -137,9 +183,6 @@ def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates
              rejected=len(result.rejected_rows))
     return result
 
-
-def _opt(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def sync_company_profiles(session: Session, provider: MarketDataProvider, symbols: Sequence[str],

@@ -112,12 +112,17 @@ def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as
     """Value every position held at the close of `as_of` and aggregate (dollars).
 
     Positions not held on `as_of` are ignored. A position whose quantity sign contradicts its
-    type, or that has no usable price, is skipped and listed in `skipped`; it adds nothing to
-    the aggregates. An empty portfolio gives zeros and total = cash.
+    type, whose exit date precedes its entry date, or that has no usable price, is skipped and
+    listed in `skipped`; it adds nothing to the aggregates. An empty portfolio gives zeros and total = cash.
     """
     priced: list[PricedPosition] = []
     skipped: list[str] = []
     for pos in positions:
+        if pos.exit_date is not None and pos.exit_date < pos.entry_date:
+            if pos.entry_date <= as_of:  # reported, never silently dropped
+                skipped.append(f"{pos.symbol}: exit_date {pos.exit_date} before entry_date {pos.entry_date}")
+                priced.append(PricedPosition(pos, None, None, None, None, ("invalid_dates",)))
+            continue
         if not pos.is_held_on(as_of):
             continue
         problem = pos.sign_error()

@@ -353,8 +353,9 @@ def test_bad_rows_are_rejected_with_reasons_and_duplicates_keep_the_last(engine)
         ("AAA", "2022-12-03"): "not_a_session",
         ("AAA", "2022-12-05"): "non_positive_close",
         ("AAA", "2022-12-06"): "non_positive_close",
+        ("AAA", "2022-12-07"): "duplicate_superseded",  # 10.0, overridden by 11.0
     }
-    assert result.result()["rejected_count"] == 5
+    assert result.result()["rejected_count"] == 6
     assert result.failed_symbols == [] and not result.all_failed
 
 

@@ -1,0 +1,414 @@
+"""Bad input end to end: provider rows that must never be stored, positions that must be skipped
+and flagged without hurting anyone else, and dates that are not sessions (SPEC §5.3, §6, §7).
+
+Database tests run on SQLite and PostgreSQL (the `engine`, `cli` and `seeded` fixtures).
+Expected values are written out by hand or read back from `market_prices`, never computed by the
+code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Float, Numeric, func, inspect, select
+from sqlalchemy.orm import Session
+
+from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
+from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
+from batch.sync import sync_market_data, validate_prices
+from models import (
+    Base,
+    BatchJobResult,
+    CorrelationCluster,
+    CorrelationRun,
+    FactorCorrelation,
+    MarketPrice,
+    MarketRiskResult,
+    PairwiseCorrelation,
+    Portfolio,
+    PortfolioFactorExposure,
+    PortfolioSnapshot,
+    Position,
+    PositionFactorExposure,
+    PositionGreeks,
+    StressTestResult,
+    SymbolFactorBeta,
+)
+
+AS_OF = date(2022, 12, 28)
+NOW = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
+RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
+                 StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster,
+                 PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
+
+# NYSE sessions from 2022-12-19 to 2023-01-03, by hand: Christmas (observed Monday 12-26) and
+# New Year (observed Monday 2023-01-02) are holidays; weekends are not sessions.
+SESSIONS = frozenset([date(2022, 12, d) for d in (19, 20, 21, 22, 23, 27, 28, 29, 30)] + [date(2023, 1, 3)])
+NON_SESSIONS = (date(2022, 12, 24), date(2022, 12, 25), date(2022, 12, 26), date(2022, 12, 31),
+                date(2023, 1, 1), date(2023, 1, 2))
+
+
+# --- validate_prices: a property test, no database --------------------------------------------
+
+
+def frame(rows: Sequence[tuple[str, date, object]]) -> pd.DataFrame:
+    return pd.DataFrame([{"symbol": s, "date": d, "open": None, "high": None, "low": None, "close": c,
+                          "volume": None} for s, d, c in rows], columns=PRICE_COLUMNS)
+
+
+def expected_reason(day: date, close: float) -> str | None:
+    """Why a row must be rejected, or None. A bad value is reported before a bad date."""
+    if not math.isfinite(close):
+        return "non_finite_close"
+    if close <= 0:
+        return "non_positive_close"
+    if day not in SESSIONS:
+        return "not_a_session"
+    return None
+
+
+closes = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, -1e-9, 1e-9, 1.0, 123.45]),
+    st.floats(min_value=-1e6, max_value=1e6),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+price_rows = st.lists(st.tuples(st.sampled_from(["AAA", "BBB", "CCC"]),
+                                st.sampled_from(sorted(SESSIONS) + list(NON_SESSIONS)), closes),
+                      min_size=1, max_size=40)  # the empty frame has its own test below
+
+
+@settings(max_examples=300, deadline=None)
+@given(price_rows)
+def test_validate_prices_keeps_only_valid_session_rows_last_valid_duplicate_wins(rows) -> None:
+    """Rejected rows are treated as never received: the last *valid* row of each (symbol, date)
+    is kept, even when a later duplicate is invalid. This matches what happens across syncs (a
+    rejected row on a later sync never overwrites a stored good price, test_sync) — a NaN
+    "correction" must not erase a usable price. Every invalid row is reported with its reason."""
+    clean, rejected = validate_prices(frame(rows))
+
+    want: dict[tuple[str, date], float] = {}
+    valid_seen: dict[tuple[str, date], list[float]] = {}
+    want_rejected: Counter = Counter()
+    for symbol, day, close in rows:
+        reason = expected_reason(day, close)
+        if reason is None:
+            want[(symbol, day)] = close  # a later valid row replaces an earlier one
+            valid_seen.setdefault((symbol, day), []).append(close)
+        else:
+            want_rejected[(symbol, day.isoformat(), reason)] += 1
+    for (symbol, day), seen in valid_seen.items():  # overridden different values are reported
+        for close in seen[:-1]:
+            if close != seen[-1]:
+                want_rejected[(symbol, day.isoformat(), "duplicate_superseded")] += 1
+
+    got = list(zip(clean["symbol"], clean["date"], clean["close"], strict=True))
+    assert len({(s, d) for s, d, _ in got}) == len(got), "duplicate (symbol, date) in the output"
+    assert all(math.isfinite(c) and c > 0 and d in SESSIONS for _, d, c in got)
+    assert {(s, d): c for s, d, c in got} == want
+    assert Counter((r["symbol"], r["date"], r["reason"]) for r in rejected) == want_rejected
+
+
+def test_validate_prices_on_an_empty_frame_keeps_the_columns() -> None:
+    clean, rejected = validate_prices(frame([]))
+    assert clean.empty and rejected == []
+    assert list(clean.columns) == PRICE_COLUMNS
+
+
+def test_validate_prices_last_duplicate_invalid_keeps_the_last_valid_one() -> None:
+    day = date(2022, 12, 27)
+    clean, rejected = validate_prices(frame([("AAA", day, 10.0), ("AAA", day, 11.0), ("AAA", day, math.nan),
+                                             ("BBB", day, -2.0), ("BBB", day, 0.0)]))
+    assert list(zip(clean["symbol"], clean["close"], strict=True)) == [("AAA", 11.0)]
+    assert [(r["symbol"], r["reason"]) for r in rejected] == [
+        ("AAA", "non_finite_close"), ("BBB", "non_positive_close"), ("BBB", "non_positive_close"),
+        ("AAA", "duplicate_superseded")]  # 10.0, overridden by 11.0
+
+
+def test_validate_prices_reports_a_superseded_duplicate() -> None:
+    day = date(2022, 12, 27)
+    clean, rejected = validate_prices(frame([("AAA", day, 10.0), ("AAA", day, 11.0)]))
+    assert list(clean["close"]) == [11.0]
+    assert [(r["symbol"], r["date"], r["close"]) for r in rejected] == [("AAA", "2022-12-27", "10.0")]
+    assert rejected[0]["reason"]
+
+
+@pytest.mark.parametrize("bogus", [date(1970, 1, 1), date(2041, 1, 2)], ids=["epoch", "beyond-calendar"])
+def test_validate_prices_drops_a_date_outside_the_calendar_range(bogus: date) -> None:
+    try:
+        clean, rejected = validate_prices(frame([("AAA", bogus, 10.0), ("AAA", date(2022, 12, 27), 11.0)]))
+    except ValueError as exc:
+        raise AssertionError(f"validate_prices raised {exc!r}") from exc
+    assert list(zip(clean["date"], clean["close"], strict=True)) == [(date(2022, 12, 27), 11.0)]
+    assert [(r["date"], r["reason"]) for r in rejected] == [(bogus.isoformat(), "not_a_session")]
+
+
+# --- sync_market_data with a provider that returns garbage -------------------------------------
+
+
+FAKE_COVERAGE = (date(2022, 12, 1), date(2022, 12, 9))  # sessions: 1, 2, 5, 6, 7, 8, 9
+
+
+class GarbageProvider:
+    """Returns `rows` ((symbol, date, open, high, low, close, volume)) for the requested symbols,
+    whatever the requested dates (a provider need not respect the window)."""
+
+    name = "garbage"
+
+    def __init__(self, rows: Sequence[tuple]) -> None:
+        self.rows = list(rows)
+
+    def coverage(self) -> tuple[date, date]:
+        return FAKE_COVERAGE
+
+    def get_daily_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceBatch:
+        wanted = [dict(zip(PRICE_COLUMNS, r, strict=True)) for r in self.rows if r[0] in symbols]
+        return PriceBatch(pd.DataFrame(wanted, columns=PRICE_COLUMNS), {})
+
+    def get_company_profiles(self, symbols: Sequence[str]) -> ProfileBatch:
+        return ProfileBatch([], {s: "no_profile" for s in symbols})
+
+
+def hold(engine, symbols: Sequence[str]) -> None:
+    with Session(engine) as s, s.begin():
+        pid = uuid.uuid4()
+        s.add(Portfolio(id=pid, name="holder", cash_balance=0.0, currency="USD"))
+        s.flush()
+        for symbol in symbols:
+            s.add(Position(id=uuid.uuid4(), portfolio_id=pid, symbol=symbol, position_type="LONG",
+                           quantity=10.0, entry_price=1.0, entry_date=date(2022, 1, 3),
+                           investment_class="PUBLIC"))
+
+
+def stored(engine) -> list[MarketPrice]:
+    with Session(engine) as s:
+        return list(s.scalars(select(MarketPrice).order_by(MarketPrice.symbol, MarketPrice.date)))
+
+
+def garbage_sync(engine, provider: GarbageProvider):
+    with Session(engine) as s, s.begin():
+        return sync_market_data(s, provider, [date(2022, 12, 9)], None, NOW)
+
+
+def d(day: int) -> date:
+    return date(2022, 12, day)
+
+
+def test_sync_stores_no_non_finite_or_non_positive_close(engine) -> None:
+    hold(engine, ["AAA", "BBB"])
+    provider = GarbageProvider([(s, day, None, None, None, c, None) for s, day, c in [
+        ("AAA", d(1), math.nan), ("AAA", d(2), math.inf), ("AAA", d(5), -math.inf), ("AAA", d(6), 0.0),
+        ("AAA", d(7), -4.0), ("AAA", d(8), 20.0), ("AAA", d(8), 21.0),     # duplicate: 21 wins
+        ("AAA", d(9), 30.0), ("AAA", d(9), math.nan),                       # invalid last: 30 stays
+        ("AAA", d(3), 25.0), ("AAA", d(4), 26.0),                           # Saturday, Sunday
+        ("BBB", d(1), None), ("BBB", d(2), "n/a"), ("BBB", d(5), 7.5), ("BBB", d(5), -7.5),
+    ]])
+
+    result = garbage_sync(engine, provider)
+
+    rows = stored(engine)
+    assert all(math.isfinite(r.close) and r.close > 0 for r in rows)
+    assert {(r.symbol, r.date): r.close for r in rows} == {("AAA", d(8)): 21.0, ("AAA", d(9)): 30.0,
+                                                          ("BBB", d(5)): 7.5}
+    assert Counter((r["symbol"], r["date"], r["reason"]) for r in result.rejected_rows) == Counter({
+        ("AAA", "2022-12-01", "non_finite_close"): 1, ("AAA", "2022-12-02", "non_finite_close"): 1,
+        ("AAA", "2022-12-05", "non_finite_close"): 1, ("AAA", "2022-12-06", "non_positive_close"): 1,
+        ("AAA", "2022-12-07", "non_positive_close"): 1, ("AAA", "2022-12-09", "non_finite_close"): 1,
+        ("AAA", "2022-12-03", "not_a_session"): 1, ("AAA", "2022-12-04", "not_a_session"): 1,
+        ("BBB", "2022-12-01", "non_numeric_close"): 1, ("BBB", "2022-12-02", "non_numeric_close"): 1,
+        ("BBB", "2022-12-05", "non_positive_close"): 1,
+        ("AAA", "2022-12-08", "duplicate_superseded"): 1,  # 20.0, overridden by 21.0
+    })
+    assert result.rows_written == 3 and result.failed_symbols == []
+
+
+def test_sync_with_bad_open_high_low_volume_stores_nothing_non_finite(engine) -> None:
+    hold(engine, ["AAA"])
+    provider = GarbageProvider([
+        ("AAA", date(2022, 12, 1), math.inf, -1.0, math.nan, 10.0, None),
+        ("AAA", date(2022, 12, 2), 10.0, 11.0, 9.0, 10.5, math.inf),
+        ("AAA", date(2022, 12, 5), 0.0, -math.inf, 10.0, 10.8, -5),
+        ("AAA", date(2022, 12, 6), 10.0, 11.0, 9.0, 11.0, 1000),
+    ])
+    garbage_sync(engine, provider)  # must not raise
+    rows = stored(engine)
+    assert (rows[-1].date, rows[-1].close, rows[-1].volume) == (date(2022, 12, 6), 11.0, 1000)
+    for r in rows:
+        assert all(v is None or (math.isfinite(v) and v > 0) for v in (r.open, r.high, r.low, r.close)), r.date
+        assert r.volume is None or r.volume >= 0, r.date
+
+
+# --- bad positions through a real run ----------------------------------------------------------
+
+
+BAD = uuid.UUID(int=0xBAD)
+EMPTY = uuid.UUID(int=0xE0)
+GOOD_ID = uuid.UUID(int=0xBAD00)
+SQL_SYMBOL = 'X"; DROP TABLE positions;--'
+# id → (symbol, type, quantity, extra columns); each must be skipped or flagged.
+BAD_POSITIONS = {
+    uuid.UUID(int=0xBAD01): ("AAPL", "LONG", -10.0, {}),
+    uuid.UUID(int=0xBAD02): ("MSFT", "SHORT", 10.0, {}),
+    uuid.UUID(int=0xBAD03): ("JPM", "LONG", 10.0, {"entry_date": date(2022, 6, 1), "exit_date": date(2022, 3, 1)}),
+    uuid.UUID(int=0xBAD04): ("NOPRC230317C00100000", "LC", 2.0, {
+        "investment_class": "OPTIONS", "underlying_symbol": "NOPRC", "strike_price": 100.0,
+        "expiration_date": date(2023, 3, 17), "entry_price": 5.0}),
+    uuid.UUID(int=0xBAD05): ("AAPL_CALL_150", "LC", 2.0, {"investment_class": None, "entry_price": 5.0}),
+    uuid.UUID(int=0xBAD06): ("ZZZNOTREAL", "LONG", 10.0, {}),
+    uuid.UUID(int=0xBAD07): ("O'REILLY", "LONG", 10.0, {}),
+    uuid.UUID(int=0xBAD08): (SQL_SYMBOL, "LONG", 10.0, {}),
+}
+EXITED_BEFORE_ENTRY = uuid.UUID(int=0xBAD03)
+MARKET_PRICED_BAD = [i for i in BAD_POSITIONS if i != EXITED_BEFORE_ENTRY]  # held on the as-of date
+OPTION_STATUS = {uuid.UUID(int=0xBAD04): "missing_underlying_price", uuid.UUID(int=0xBAD05): "invalid_contract"}
+BAD_ONLY_SYMBOLS = {"NOPRC", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL, SQL_SYMBOL.upper(), "AAPL_CALL_150"}
+DEMO = [demo_id("portfolio", k) for k in (INDIVIDUAL, HNW, HEDGE_FUND, PRIVATE_ONLY)]
+
+
+def add_bad_books(engine) -> None:
+    with Session(engine) as s, s.begin():
+        s.add(Portfolio(id=BAD, name="Bad book", cash_balance=1000.0, currency="USD"))
+        s.add(Portfolio(id=EMPTY, name="Empty book", cash_balance=500.0, currency="USD"))
+        s.flush()
+        s.add(Position(id=GOOD_ID, portfolio_id=BAD, symbol="KO", position_type="LONG", quantity=100.0,
+                       entry_price=60.0, entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+        for pid, (symbol, ptype, qty, extra) in BAD_POSITIONS.items():
+            columns = {"entry_price": 100.0, "entry_date": date(2022, 1, 3), "investment_class": "PUBLIC", **extra}
+            s.add(Position(id=pid, portfolio_id=BAD, symbol=symbol, position_type=ptype, quantity=qty, **columns))
+
+
+def dump_without(engine, portfolios: set[uuid.UUID], symbols: set[str]) -> dict[str, list[tuple]]:
+    """Every result row (no surrogate ids) except those of `portfolios` or about `symbols`."""
+    out = {}
+    with Session(engine) as s:
+        for model in RESULT_TABLES:
+            cols = [c for c in model.__table__.columns if c.name != "id"]
+            kept = []
+            for row in s.execute(select(*cols)).mappings():
+                if row.get("portfolio_id") in portfolios or row.get("symbol") in symbols:
+                    continue
+                kept.append(tuple(json.dumps(row[c.name], sort_keys=True, default=str) for c in cols))
+            out[model.__tablename__] = sorted(kept)
+    return out
+
+
+def non_finite_numbers(engine) -> list[tuple[str, str, float]]:
+    """(table, column, value) for every stored non-finite number in any Float/Numeric column."""
+    found = []
+    with Session(engine) as s:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if isinstance(column.type, (Float, Numeric)):
+                    for (value,) in s.execute(select(column).where(column.is_not(None))):
+                        if not math.isfinite(float(value)):
+                            found.append((table.name, column.name, value))
+    return found
+
+
+def jobs(engine, portfolio_id: uuid.UUID, run_id: str) -> dict[str, BatchJobResult]:
+    with Session(engine) as s:
+        return {j.job: j for j in s.scalars(select(BatchJobResult).where(
+            BatchJobResult.portfolio_id == portfolio_id, BatchJobResult.run_id == uuid.UUID(run_id)))}
+
+
+def assert_clean_exit(result) -> None:
+    assert result.code in (0, 1), result.err
+    assert result.summary is not None and result.summary["exit_code"] == result.code
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+
+
+def test_bad_positions_are_skipped_and_flagged_and_change_nobody_else(seeded, engine) -> None:
+    first = seeded("--date", "2022-12-28", "--json")
+    assert first.code == 0
+    before = dump_without(engine, {BAD, EMPTY}, BAD_ONLY_SYMBOLS)
+    add_bad_books(engine)
+
+    result = seeded("--date", "2022-12-28", "--force", "--json")
+
+    assert_clean_exit(result)
+    assert non_finite_numbers(engine) == []
+    assert inspect(engine).has_table("positions")
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Position)) == 79 + 1 + len(BAD_POSITIONS)
+        assert s.scalar(select(Position.symbol).where(Position.id == uuid.UUID(int=0xBAD08))) == SQL_SYMBOL
+        ko_close = s.scalar(select(MarketPrice.close).where(MarketPrice.symbol == "KO", MarketPrice.date == AS_OF))
+        exposed = set(s.scalars(select(PositionFactorExposure.position_id).where(
+            PositionFactorExposure.portfolio_id == BAD)))
+        greeks = dict(s.execute(select(PositionGreeks.position_id, PositionGreeks.status).where(
+            PositionGreeks.portfolio_id == BAD)).all())
+        snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == BAD)).one()
+        empty_snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == EMPTY)).one()
+
+    # Everybody else: exactly the results of the run without the bad books.
+    assert dump_without(engine, {BAD, EMPTY}, BAD_ONLY_SYMBOLS) == before
+    assert all(jobs(engine, pid, result.summary["run_id"])["snapshot"].status == "success" for pid in DEMO)
+
+    # The good position is valued at its stored close and gets factor exposures.
+    bad_jobs = jobs(engine, BAD, result.summary["run_id"])
+    valuation = bad_jobs["valuation"].result
+    by_id = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
+    assert by_id[GOOD_ID]["market_value"] == pytest.approx(100 * ko_close)
+    assert by_id[GOOD_ID]["flags"] == []
+    assert GOOD_ID in exposed
+
+    # Each bad position held on the date is skipped (no value) or visibly flagged, and never enters
+    # the factor analytics; the options report why they could not be modelled.
+    for pid in MARKET_PRICED_BAD:
+        assert by_id[pid]["flags"], BAD_POSITIONS[pid][0]
+        if pid not in OPTION_STATUS:
+            assert by_id[pid]["market_value"] is None, BAD_POSITIONS[pid][0]
+    assert exposed == {GOOD_ID}
+    assert greeks == OPTION_STATUS
+    skipped_symbols = {entry.split(":")[0] for entry in valuation["skipped_positions"]}
+    # symbols are read upper-cased (as the sync stores them); JPM exited before it entered
+    assert skipped_symbols == {"AAPL", "MSFT", "JPM", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL.upper()}
+    assert valuation["data_quality"]["flag"] == "missing_prices"
+    assert snapshot.data_quality["flag"] == "missing_prices"
+    assert snapshot.data_quality["positions_skipped"] == 6
+    assert set(snapshot.data_quality["skipped_positions"]) == set(valuation["skipped_positions"])
+    assert {"model_price_unavailable", "pnl_incomplete"} <= set(snapshot.data_quality["flags"])
+    assert snapshot.num_short == 0  # the SHORT with a positive quantity is not counted as anything
+
+    # The portfolio without positions: valued at its cash, analytics skipped with the §8 payloads.
+    empty_jobs = jobs(engine, EMPTY, result.summary["run_id"])
+    assert (empty_snapshot.total_value, empty_snapshot.num_positions, empty_snapshot.daily_pnl) == (500.0, 0, 0.0)
+    assert {j: empty_jobs[j].status for j in ("valuation", "factors", "market_risk", "stress_tests",
+                                               "correlations", "snapshot")} == {
+        "valuation": "success", "factors": "skipped", "market_risk": "skipped", "stress_tests": "skipped",
+        "correlations": "skipped", "snapshot": "success"}
+    assert empty_jobs["factors"].result["metadata"]["status"] == "SKIPPED_NO_PUBLIC_POSITIONS"
+    assert empty_jobs["stress_tests"].result["stress_test_results"]["skip_reason"] == "no_factor_exposures"
+
+
+def test_a_position_exited_before_its_entry_is_reported(seeded, engine) -> None:
+    add_bad_books(engine)
+    result = seeded("--date", "2022-12-28", "--json")
+    assert_clean_exit(result)
+    valuation = jobs(engine, BAD, result.summary["run_id"])["valuation"].result
+    listed = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
+    reported = EXITED_BEFORE_ENTRY in listed and listed[EXITED_BEFORE_ENTRY]["flags"]
+    assert reported or any(e.startswith("JPM:") for e in valuation["skipped_positions"])
+
+
+# --- dates that are not sessions ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("--date", "2022-12-25"), ("--start", "2022-12-24", "--end", "2022-12-26")],
+                         ids=["christmas", "holiday-weekend-range"])
+def test_a_non_session_date_is_skipped_and_writes_nothing_but_the_run(seeded, engine, args) -> None:
+    result = seeded(*args, "--json")
+    assert_clean_exit(result)
+    assert result.code == 0
+    assert (result.summary["status"], result.summary["reason"], result.summary["as_of_dates"]) == \
+        ("skipped", "not_a_trading_day", [])
+    with Session(engine) as s:
+        for model in RESULT_TABLES + (MarketPrice, BatchJobResult):
+            assert s.scalar(select(func.count()).select_from(model)) == 0, model.__tablename__

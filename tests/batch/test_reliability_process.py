@@ -1,0 +1,283 @@
+"""Reliability of the job as a real process (SPEC §2 exit codes, §7 running safely): a SIGKILL
+mid-backfill leaves only whole (portfolio, date) units and the next run completes them to the same
+state as an uninterrupted run; concurrent runs are serialised by the run lock; `history` shows a
+killed run. Every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from batch import calendar, db
+from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
+from models import (
+    BatchJobResult,
+    BatchRun,
+    CompanyProfile,
+    CorrelationCluster,
+    CorrelationRun,
+    FactorCorrelation,
+    MarketPrice,
+    MarketRiskResult,
+    PairwiseCorrelation,
+    PortfolioFactorExposure,
+    PortfolioSnapshot,
+    PositionFactorExposure,
+    PositionGreeks,
+    StressTestResult,
+    SymbolFactorBeta,
+)
+
+PUBLIC_BOOKS = [demo_id("portfolio", k) for k in (INDIVIDUAL, HNW, HEDGE_FUND)]
+ALL_BOOKS = PUBLIC_BOOKS + [demo_id("portfolio", PRIVATE_ONLY)]
+PORTFOLIO_JOBS = {"valuation", "greeks", "factors", "market_risk", "stress_tests", "correlations", "snapshot"}
+# per-(portfolio, date) result tables; a non-private demo book has rows in each of the first four
+REQUIRED_TABLES = (PositionFactorExposure, MarketRiskResult, StressTestResult, CorrelationRun)
+PORTFOLIO_TABLES = REQUIRED_TABLES + (PortfolioFactorExposure, PositionGreeks, PairwiseCorrelation,
+                                      CorrelationCluster)
+RESULT_TABLES = PORTFOLIO_TABLES + (PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation,
+                                    MarketPrice, CompanyProfile)
+VOLATILE_COLUMNS = {"id", "updated_at"}  # surrogate keys and wall-clock stamps
+NATURAL_KEYS = {  # SPEC §4
+    "market_prices": ("symbol", "date"),
+    "symbol_factor_betas": ("symbol", "factor", "as_of_date"),
+    "position_factor_exposures": ("position_id", "factor", "as_of_date"),
+    "portfolio_factor_exposures": ("portfolio_id", "factor", "as_of_date"),
+    "position_greeks": ("position_id", "as_of_date"),
+    "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
+    "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),
+    "correlation_runs": ("portfolio_id", "as_of_date", "window_days"),
+    "pairwise_correlations": ("portfolio_id", "as_of_date", "symbol_1", "symbol_2"),
+    "correlation_clusters": ("portfolio_id", "as_of_date", "cluster_number"),
+    "factor_correlations": ("as_of_date", "factor_1", "factor_2"),
+    "portfolio_snapshots": ("portfolio_id", "snapshot_date"),
+}
+# short ranges keep the module's runtime modest: 5 sessions = 20 units; 7 for the race
+KILL_START, KILL_END = date(2022, 12, 21), date(2022, 12, 28)
+RACE_START, RACE_END = date(2022, 12, 19), date(2022, 12, 28)
+EXIT_LOCKED = 75
+
+
+def _env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
+    env.update(LOG_FORMAT="json", DATABASE_URL=database_url)
+    return env
+
+
+def _batch(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "batch", *args], cwd=cwd, env=_env(database_url),
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _start(database_url: str, cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "batch", *args], cwd=cwd, env=_env(database_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after(proc: subprocess.Popen, units: int, timeout: float = 60) -> int:
+    """Read the run's JSON log lines until `units` portfolios have committed, then SIGKILL it.
+    Returns how many `portfolio_succeeded` events were read."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    for line in proc.stdout:
+        try:
+            event = json.loads(line).get("event")
+        except json.JSONDecodeError:
+            continue
+        seen += event == "portfolio_succeeded"
+        if seen >= units or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert seen >= units, f"the run committed only {seen} units before the deadline"
+    return seen
+
+
+def _summary(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dump(engine) -> dict[str, list[tuple]]:
+    """Every row of every result table (plus prices and profiles), without surrogate ids and
+    wall-clock stamps, in a stable order."""
+    out = {}
+    with Session(engine) as s:
+        for model in RESULT_TABLES:
+            cols = [c for c in model.__table__.columns if c.name not in VOLATILE_COLUMNS]
+            rows = s.execute(select(*cols)).all()
+            out[model.__tablename__] = sorted(tuple(json.dumps(v, sort_keys=True, default=str) for v in r)
+                                              for r in rows)
+    return out
+
+
+def _units(engine, model) -> set[tuple]:
+    """The (portfolio_id, date) pairs a per-portfolio result table has rows for."""
+    day = model.snapshot_date if model is PortfolioSnapshot else model.as_of_date
+    with Session(engine) as s:
+        return set(s.execute(select(model.portfolio_id, day).distinct()).all())
+
+
+def _is_sqlite(database_url: str) -> bool:
+    return make_url(database_url).get_backend_name() == "sqlite"
+
+
+# --- 1. crash safety -----------------------------------------------------------------------------
+
+
+def test_sigkill_leaves_whole_units_and_a_rerun_completes_like_an_uninterrupted_run(
+        database_url, engine, seeded, tmp_path, request, monkeypatch):
+    sessions = calendar.trading_days(KILL_START, KILL_END)
+    assert len(sessions) == 5
+    span = ("--start", KILL_START.isoformat(), "--end", KILL_END.isoformat())
+    proc = _start(database_url, tmp_path, *span)
+    _kill_after(proc, units=3)
+
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        jobs = s.scalars(select(BatchJobResult).where(BatchJobResult.run_id == run.id,
+                                                      BatchJobResult.portfolio_id.is_not(None))).all()
+    # the killed run's record: still `running`, naming the dead process
+    assert (run.status, run.pid, run.hostname) == ("running", proc.pid, socket.gethostname())
+    assert run.finished_at is None and run.exit_code is None
+    assert run.total_units == 4 * len(sessions)
+
+    snapshots = _units(engine, PortfolioSnapshot)
+    assert 3 <= len(snapshots) < 4 * len(sessions)
+    # a unit with a snapshot is complete: every job of the killed run recorded, snapshot success ...
+    by_unit: dict[tuple, dict[str, str]] = {}
+    for j in jobs:
+        by_unit.setdefault((j.portfolio_id, j.as_of_date), {})[j.job] = j.status
+    assert set(by_unit) == snapshots  # ... and no unit without a snapshot has any job record
+    for unit in snapshots:
+        assert set(by_unit[unit]) == PORTFOLIO_JOBS, unit
+        assert by_unit[unit]["snapshot"] == "success", unit
+    # ... the public books have rows in every analytic table for it
+    for model in REQUIRED_TABLES:
+        have = _units(engine, model)
+        want = {u for u in snapshots if u[0] in PUBLIC_BOOKS}
+        assert want <= have, (model.__tablename__, want - have)
+    # ... and no (portfolio, date) without a snapshot has a row anywhere
+    for model in PORTFOLIO_TABLES:
+        assert _units(engine, model) <= snapshots, model.__tablename__
+    # its progress counter trails the commits by at most the unit in flight
+    assert run.completed_units in (len(snapshots), len(snapshots) - 1)
+
+    # the OS released the lock: the next run is not blocked and completes the range
+    with db.run_lock(engine):
+        pass
+    rerun = _batch(database_url, tmp_path, *span, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    summary = _summary(rerun)
+    assert summary["status"] == "success"
+    assert summary["portfolios"] == {"succeeded": 4 * len(sessions) - len(snapshots), "failed": 0,
+                                     "skipped": len(snapshots)}
+    resumed = dump(engine)
+    with Session(engine) as s:
+        dates = {p: set(s.scalars(select(PortfolioSnapshot.snapshot_date)
+                                  .where(PortfolioSnapshot.portfolio_id == p))) for p in ALL_BOOKS}
+    assert dates == {p: set(sessions) for p in ALL_BOOKS}
+
+    if _is_sqlite(database_url):  # an uninterrupted run into a second fresh database (in-process)
+        reference = tmp_path / "reference.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), reference)
+        ref_url = f"sqlite:///{reference}"
+        monkeypatch.setenv("DATABASE_URL", ref_url)
+        assert seeded("seed-demo").code == 0
+        full = seeded(*span, "--json")
+        assert full.code == 0, full.err
+        assert full.summary["portfolios"]["succeeded"] == 4 * len(sessions)
+        ref_engine = db.make_engine(ref_url)
+        try:
+            expected = dump(ref_engine)
+        finally:
+            ref_engine.dispose()
+    else:  # one fixture database on the server: recompute everything in place instead
+        forced = seeded(*span, "--force", "--json")
+        assert forced.code == 0, forced.err
+        assert forced.summary["portfolios"]["succeeded"] == 4 * len(sessions)
+        expected = dump(engine)
+    assert resumed.keys() == expected.keys()
+    for table in expected:
+        assert resumed[table] == expected[table], table
+
+
+# --- 2. no double runs ---------------------------------------------------------------------------
+
+
+def test_concurrent_runs_one_computes_the_others_exit_75_and_no_key_is_duplicated(
+        database_url, engine, seeded, tmp_path):
+    presync = seeded("--date", RACE_END.isoformat(), "--json")  # prices synced: the racers are alike
+    assert presync.code == 0, presync.err
+    sessions = calendar.trading_days(RACE_START, RACE_END)
+    # a 7-session forced backfill holds the lock for seconds, long after every racer has started
+    racers = [_start(database_url, tmp_path, "--start", RACE_START.isoformat(),
+                     "--end", RACE_END.isoformat(), "--force", "--json") for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in racers]
+    codes = [p.returncode for p in racers]
+    assert sorted(codes) == [0, EXIT_LOCKED, EXIT_LOCKED, EXIT_LOCKED], \
+        [(c, err[-500:]) for c, (_, err) in zip(codes, outputs, strict=True)]
+    for code, (out, err) in zip(codes, outputs, strict=True):
+        events = [json.loads(line).get("event") for line in out.splitlines() if line.startswith("{\"")]
+        if code == 0:
+            summary = json.loads(out.strip().splitlines()[-1])
+            assert summary["status"] == "success" and summary["exit_code"] == 0
+            assert summary["portfolios"] == {"succeeded": 4 * len(sessions), "failed": 0, "skipped": 0}
+        else:  # refused before doing anything: no run record, no work, a one-line reason
+            assert "run_lock_held" in events and "run_started" not in events, events
+            assert "another run holds" in err and len(err.strip().splitlines()) == 1, err
+
+    with Session(engine) as s:
+        runs = s.scalars(select(BatchRun).order_by(BatchRun.started_at)).all()
+    assert [(r.status, r.exit_code) for r in runs] == [("success", 0), ("success", 0)]  # presync, winner
+    with engine.connect() as conn:
+        for table, key in NATURAL_KEYS.items():
+            cols = ", ".join(key)
+            dupes = conn.execute(text(f"SELECT {cols}, COUNT(*) FROM {table} GROUP BY {cols} "
+                                      "HAVING COUNT(*) > 1")).all()
+            assert dupes == [], (table, dupes[:5])
+        snapshots = conn.execute(text("SELECT COUNT(*) FROM portfolio_snapshots")).scalar()
+    assert snapshots == 4 * len(sessions)
+
+
+# --- 3. a killed run in `history` ----------------------------------------------------------------
+
+
+def test_history_shows_a_live_run_as_running_and_a_killed_one_as_abandoned(database_url, engine, seeded,
+                                                                          tmp_path):
+    proc = _start(database_url, tmp_path, "--start", KILL_START.isoformat(), "--end", KILL_END.isoformat())
+    try:
+        for line in proc.stdout:  # the run record is written once the lock is held
+            if '"run_started"' in line:
+                break
+        alive = seeded("history", "--json")
+        assert proc.poll() is None, "the run ended before `history` looked at it"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    dead = seeded("history", "--json")
+    table = seeded("history")
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+    assert run.status == "running" and run.finished_at is None  # the record itself is left as it was
+    assert alive.code == dead.code == table.code == 0, dead.err
+    [before], [after] = alive.summary, dead.summary
+    host = f"{socket.gethostname()}:{proc.pid}"
+    assert (before["run_id"], before["status"], before["host"]) == (str(run.id), "running", host)
+    assert (after["run_id"], after["status"], after["host"]) == (str(run.id), "abandoned", host)
+    assert after["finished_at"] is None and after["exit_code"] is None
+    assert after["units"] == f"{run.completed_units}/{run.total_units}"
+    assert "abandoned" in table.out and str(run.id) in table.out
