@@ -80,6 +80,8 @@ class DateContext:
     outputs: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # global engine → error
     session: Session | None = None
+    # closes of every synced market symbol over HISTORY_SESSIONS sessions ending at as_of
+    market_closes: pd.DataFrame | None = None
 
 
 @dataclass
@@ -111,10 +113,20 @@ class UnitContext:
     @cached_property
     def closes(self) -> pd.DataFrame:
         """Closes of every symbol the positions reference (own symbol, option underlying) over
-        the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session."""
+        the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session. Market symbols
+        come from the date's shared frame (loaded once for all portfolios); the rest (option
+        contracts, private marks) are queried for this portfolio only."""
         symbols = {p.symbol for p in self.positions} | {
             p.underlying for p in self.positions if p.asset_class == OPTIONS and p.underlying}
-        return repository.session_closes(self.session, symbols, self.as_of, HISTORY_SESSIONS)
+        shared = self.shared.market_closes
+        if shared is None:
+            return repository.session_closes(self.session, symbols, self.as_of, HISTORY_SESSIONS)
+        own = sorted(symbols - set(shared.columns))
+        frame = shared.reindex(columns=sorted(symbols & set(shared.columns)))
+        if own:
+            extra = repository.session_closes(self.session, own, self.as_of, HISTORY_SESSIONS)
+            frame = pd.concat([frame, extra], axis=1)
+        return frame
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
         """Replace this portfolio's rows of `table` for the as-of date with `rows`."""
@@ -198,12 +210,14 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     proxies = repository.factor_proxies(s)
     proxy_symbols = sorted({p for p in proxies.values() if p})
     symbols = repository.symbols_held(s, ctx.as_of, ctx.as_of, ctx.portfolio_ids)
+    # one load of every market symbol's history for the date, shared by all portfolios
+    ctx.market_closes = repository.session_closes(s, set(symbols) | set(proxy_symbols), ctx.as_of,
+                                                  HISTORY_SESSIONS)
     stored = repository.stored_symbol_betas(s, symbols, ctx.as_of) if ctx.portfolio_ids else []
     reused = {r.symbol for r in stored}
     to_fit = [sym for sym in symbols if sym not in reused]
-    closes = repository.session_closes(s, set(to_fit) | set(proxy_symbols), ctx.as_of,
-                                       factors.BETA_WINDOW + 1)
-    returns = factors.simple_returns(closes)
+    closes = ctx.market_closes.reindex(columns=sorted(set(to_fit) | set(proxy_symbols)))
+    returns = factors.simple_returns(closes.iloc[-(factors.BETA_WINDOW + 1):])
     factor_frame, unavailable = usable_factors(*factors.factor_returns(returns[proxy_symbols], proxies))
     fit = factors.fit_symbol_betas(returns[to_fit], factor_frame, unavailable)
     all_unavailable = {**fit.unavailable, **unavailable}

@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from datetime import date
 
+import numpy as np
 import pandas as pd
 
 
 def latest_close(closes: pd.DataFrame, symbol: str | None, on: date) -> tuple[date, float] | None:
-    """The last finite close of `symbol` dated on or before `on`, or None if there is none."""
+    """The last finite close of `symbol` dated on or before `on`, or None if there is none.
+    Relies on the index being ascending (binary search, then a backwards scan for a value)."""
     if symbol is None or symbol not in closes.columns:
         return None
-    series = closes[symbol]
-    series = series[series.index <= on].dropna()
-    if series.empty:
+    index = closes.index
+    end = bisect_right(index, on)
+    values = closes[symbol].to_numpy(dtype=float, na_value=np.nan)[:end]
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size == 0:
         return None
-    return series.index[-1], float(series.iloc[-1])
+    last = finite[-1]
+    return index[last], float(values[last])
