@@ -15,13 +15,27 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from batch import db
 from batch.cli import main as cli_main
-from models import Base
+from models import (
+    Base,
+    CorrelationCluster,
+    CorrelationRun,
+    FactorCorrelation,
+    MarketRiskResult,
+    PairwiseCorrelation,
+    PortfolioFactorExposure,
+    PortfolioSnapshot,
+    PositionFactorExposure,
+    PositionGreeks,
+    StressTestResult,
+    SymbolFactorBeta,
+)
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sigmasight_test")
@@ -87,6 +101,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         url = request.getfixturevalue("postgres_ready")
         _truncate_all(url)
         yield url
+
+
+# Every result table (batch_runs / batch_job_results are run records, not results).
+RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
+                 StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster,
+                 PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
+
+
+def dump_results(engine, tables=RESULT_TABLES) -> dict[str, list[tuple]]:
+    """Every row of `tables` without surrogate ids, JSON-encoded, in a stable order: two dumps
+    are equal exactly when the tables hold the same rows with the same values."""
+    out = {}
+    with Session(engine) as s:
+        for model in tables:
+            cols = [c for c in model.__table__.columns if c.name != "id"]
+            rows = s.execute(select(*cols)).all()
+            out[model.__tablename__] = sorted(tuple(json.dumps(v, sort_keys=True, default=str) for v in r)
+                                              for r in rows)
+    return out
 
 
 class CliRun(NamedTuple):

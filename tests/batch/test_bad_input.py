@@ -28,27 +28,17 @@ from batch.sync import sync_market_data, validate_prices
 from models import (
     Base,
     BatchJobResult,
-    CorrelationCluster,
-    CorrelationRun,
-    FactorCorrelation,
     MarketPrice,
-    MarketRiskResult,
-    PairwiseCorrelation,
     Portfolio,
-    PortfolioFactorExposure,
     PortfolioSnapshot,
     Position,
     PositionFactorExposure,
     PositionGreeks,
-    StressTestResult,
-    SymbolFactorBeta,
 )
+from tests.conftest import RESULT_TABLES
 
 AS_OF = date(2022, 12, 28)
 NOW = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
-RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
-                 StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster,
-                 PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
 
 # NYSE sessions from 2022-12-19 to 2023-01-03, by hand: Christmas (observed Monday 12-26) and
 # New Year (observed Monday 2023-01-02) are holidays; weekends are not sessions.

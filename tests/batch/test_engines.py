@@ -19,7 +19,6 @@ from models import (
     BatchJobResult,
     CorrelationCluster,
     CorrelationRun,
-    FactorCorrelation,
     MarketPrice,
     MarketRiskResult,
     PairwiseCorrelation,
@@ -32,11 +31,11 @@ from models import (
     StressTestResult,
     SymbolFactorBeta,
 )
+from tests.conftest import dump_results
 
 AS_OF = date(2022, 12, 28)
 PORTFOLIO_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
                     StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster)
-RESULT_TABLES = PORTFOLIO_TABLES + (PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
 PORTFOLIO_JOBS = ("valuation", "greeks", "factors", "market_risk", "stress_tests", "correlations", "snapshot")
 ANALYTIC_JOBS = ("factors", "market_risk", "stress_tests", "correlations")
 
@@ -46,16 +45,6 @@ def cli_env(seeded):
     return seeded
 
 
-def dump(engine, tables=RESULT_TABLES) -> dict[str, list[tuple]]:
-    """Every row of every result table, without surrogate ids, in a stable order."""
-    out = {}
-    with Session(engine) as s:
-        for model in tables:
-            cols = [c for c in model.__table__.columns if c.name != "id"]
-            rows = s.execute(select(*cols)).all()
-            out[model.__tablename__] = sorted((tuple(json.dumps(v, sort_keys=True, default=str)
-                                                     for v in r) for r in rows))
-    return out
 
 
 def jobs_for(engine, portfolio_id) -> dict[str, BatchJobResult]:
@@ -192,7 +181,7 @@ def test_stored_betas_match_an_independent_least_squares(cli_env, engine):
 def test_no_look_ahead_later_prices_do_not_change_results(cli_env, engine):
     day = date(2022, 12, 27)
     assert cli_env("--date", "2022-12-27")[0] == 0
-    before = dump(engine)
+    before = dump_results(engine)
     later = [date(2022, 12, 28), date(2022, 12, 29), date(2022, 12, 30)]
     now = datetime(2023, 1, 1, tzinfo=UTC)
     with Session(engine) as s, s.begin():
@@ -201,14 +190,14 @@ def test_no_look_ahead_later_prices_do_not_change_results(cli_env, engine):
                                  "updated_at": now} for sym in symbols for i, d in enumerate(later)],
                key=("symbol", "date"))
     assert cli_env("--date", day.isoformat(), "--force", "--skip-sync")[0] == 0
-    assert dump(engine) == before
+    assert dump_results(engine) == before
 
 
 def test_rerun_with_force_changes_no_result_row(cli_env, engine):
     assert cli_env("--date", "2022-12-28")[0] == 0
-    first = dump(engine)
+    first = dump_results(engine)
     assert cli_env("--date", "2022-12-28", "--force")[0] == 0
-    assert dump(engine) == first
+    assert dump_results(engine) == first
 
 
 def test_portfolio_filter_changes_only_that_portfolios_rows(cli_env, engine):
@@ -218,9 +207,9 @@ def test_portfolio_filter_changes_only_that_portfolios_rows(cli_env, engine):
         pos = s.scalars(select(Position).where(Position.portfolio_id == target, Position.symbol == "KO")).one()
         pos.exit_date = date(2022, 12, 1)
         ko = pos.id
-    before = dump(engine, PORTFOLIO_TABLES + (PortfolioSnapshot,))
+    before = dump_results(engine, PORTFOLIO_TABLES + (PortfolioSnapshot,))
     assert cli_env("--date", "2022-12-28", "--force", "--portfolio", str(target))[0] == 0
-    after = dump(engine, PORTFOLIO_TABLES + (PortfolioSnapshot,))
+    after = dump_results(engine, PORTFOLIO_TABLES + (PortfolioSnapshot,))
     with Session(engine) as s:
         assert s.scalars(select(PositionFactorExposure).where(PositionFactorExposure.position_id == ko)).first() is None
     marker = json.dumps(str(target))  # every portfolio table carries portfolio_id

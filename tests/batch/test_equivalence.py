@@ -6,7 +6,6 @@ Each test runs on SQLite and PostgreSQL through the real entry point, on the dem
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from itertools import pairwise
 
@@ -15,40 +14,22 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from models import (
-    CorrelationCluster,
     CorrelationRun,
     FactorCorrelation,
     MarketPrice,
-    MarketRiskResult,
-    PairwiseCorrelation,
-    PortfolioFactorExposure,
     PortfolioSnapshot,
-    PositionFactorExposure,
     PositionGreeks,
     StressTestResult,
     SymbolFactorBeta,
 )
+from tests.conftest import RESULT_TABLES, dump_results
 
-# Every result table (batch_runs / batch_job_results are run records, not results).
-RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
-                 StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster,
-                 PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
 START, END = "2022-12-14", "2022-12-28"
 # NYSE sessions in [START, END], by hand: weekends and Monday 2022-12-26 (Christmas observed) out.
 SESSIONS = [date(2022, 12, d) for d in (14, 15, 16, 19, 20, 21, 22, 23, 27, 28)]
 MIDDLE = SESSIONS[4]  # 2022-12-20
 
 
-def dump(engine, tables=RESULT_TABLES) -> dict[str, list[tuple]]:
-    """Every row of every result table, without surrogate ids, in a stable order."""
-    out = {}
-    with Session(engine) as s:
-        for model in tables:
-            cols = [c for c in model.__table__.columns if c.name != "id"]
-            rows = s.execute(select(*cols)).all()
-            out[model.__tablename__] = sorted(tuple(json.dumps(v, sort_keys=True, default=str) for v in r)
-                                              for r in rows)
-    return out
 
 
 def snapshots(engine) -> dict[tuple, tuple[float, float]]:
@@ -66,7 +47,7 @@ def test_a_backfill_equals_single_date_runs_and_a_forced_rerun_changes_nothing(s
     assert code == 0, summary["failed_portfolios"]
     assert summary["as_of_dates"] == [d.isoformat() for d in SESSIONS]
     assert summary["portfolios"] == {"succeeded": 4 * len(SESSIONS), "failed": 0, "skipped": 0}
-    from_backfill = dump(engine)
+    from_backfill = dump_results(engine)
     assert all(from_backfill[m.__tablename__] for m in (PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation,
                                                         StressTestResult, PositionGreeks, CorrelationRun))
 
@@ -87,11 +68,11 @@ def test_a_backfill_equals_single_date_runs_and_a_forced_rerun_changes_nothing(s
     with Session(engine) as s, s.begin():
         for model in RESULT_TABLES:
             s.execute(delete(model))
-    assert not any(dump(engine).values())
+    assert not any(dump_results(engine).values())
     for day in SESSIONS:
         code, summary, *_ = seeded("--date", day.isoformat(), "--skip-sync", "--json")
         assert code == 0 and summary["portfolios"]["succeeded"] == 4, (day, summary["failed_portfolios"])
-    assert dump(engine) == from_backfill
+    assert dump_results(engine) == from_backfill
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(MarketPrice)) == prices
 
@@ -101,5 +82,5 @@ def test_a_backfill_equals_single_date_runs_and_a_forced_rerun_changes_nothing(s
     code, summary, *_ = seeded("--date", MIDDLE.isoformat(), "--force", "--json")
     assert code == 0 and summary["as_of_dates"] == [MIDDLE.isoformat()]
     assert summary["portfolios"] == {"succeeded": 4, "failed": 0, "skipped": 0}
-    assert dump(engine) == from_backfill
+    assert dump_results(engine) == from_backfill
     assert {k: v for k, v in snapshots(engine).items() if k[1] > MIDDLE} == later
