@@ -23,6 +23,7 @@ from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
@@ -598,18 +599,17 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
         "effective_positions": result.effective_positions, "positions_included": result.positions_included,
         "positions_excluded": result.positions_excluded, "status": "success"}])
     symbols = result.symbols
-    pairs = []
-    for i, a in enumerate(symbols):
-        for b in symbols[i + 1:]:
-            rho = result.matrix.loc[a, b]
-            pairs.append({"symbol_1": a, "symbol_2": b, "correlation": None if pd.isna(rho) else float(rho),
-                          "observations": int(result.observations.loc[a, b])})
+    # plain lists: element-wise .loc on the frames costs more than the statistics themselves
+    rhos = [[None if np.isnan(v) else float(v) for v in row]
+            for row in result.matrix.loc[symbols, symbols].to_numpy(dtype=float)]
+    counts = result.observations.loc[symbols, symbols].to_numpy().tolist()
+    pairs = [{"symbol_1": a, "symbol_2": symbols[j], "correlation": rhos[i][j], "observations": int(counts[i][j])}
+             for i, a in enumerate(symbols) for j in range(i + 1, len(symbols))]
     ctx.replace(PairwiseCorrelation, pairs)
     ctx.replace(CorrelationCluster, [{"cluster_number": c.number, "symbols": c.symbols,
                                       "avg_correlation": c.avg_correlation, "weight": c.weight}
                                      for c in result.clusters])
-    matrix = {a: {b: (None if pd.isna(result.matrix.loc[a, b]) else float(result.matrix.loc[a, b]))
-                  for b in symbols} for a in symbols}
+    matrix = {a: dict(zip(symbols, rhos[i], strict=True)) for i, a in enumerate(symbols)}
     return JobOutcome("success", {
         "status": "SUCCESS", "message": f"{len(symbols)} positions correlated",
         "correlation_matrix": matrix,
