@@ -205,11 +205,6 @@ def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:
         PortfolioSnapshot.snapshot_date == day)))
 
 
-def has_snapshot(session: Session, portfolio_id: uuid.UUID, day: date) -> bool:
-    return session.scalar(select(PortfolioSnapshot.id).where(
-        PortfolioSnapshot.portfolio_id == portfolio_id, PortfolioSnapshot.snapshot_date == day)) is not None
-
-
 def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -> list[SymbolFactorBeta]:
     """The `symbol_factor_betas` rows already stored for `as_of` for these symbols."""
     if not symbols:

@@ -144,13 +144,15 @@ class Runner:
                 self._set_progress(total_units=len(request.as_of_dates) * len(portfolios))
                 done = 0
                 for as_of in request.as_of_dates:
+                    with Session(self.engine) as s:  # once per date: which units are done
+                        complete = set() if request.force else repository.portfolios_with_snapshot(s, as_of)
                     t0 = self.monotonic()
-                    shared = self._date_step(request, as_of, portfolios, started, global_failures)
+                    shared = self._date_step(request, as_of, portfolios, complete, started, global_failures)
                     tally.add_time("global_engines", self.monotonic() - t0)
                     for portfolio in portfolios:
                         self._check_stop()
                         t0 = self.monotonic()
-                        self._run_unit_or_skip(request, as_of, portfolio, started, tally, shared)
+                        self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared)
                         tally.add_time("portfolios", self.monotonic() - t0)
                         done += 1
                         self._set_progress(completed_units=done,
@@ -214,15 +216,14 @@ class Runner:
         return {k: summary[k] for k in ("status", "total", "successful", "failed", "duration_seconds")}
 
     def _date_step(self, request: RunRequest, as_of: date, portfolios: Sequence[repository.PortfolioRow],
-                   started: float, global_failures: list[dict[str, str]]) -> DateContext | None:
+                   complete: set[uuid.UUID], started: float,
+                   global_failures: list[dict[str, str]]) -> DateContext | None:
         """Run the per-date global engines (symbol betas, factor covariance), each committing on
-        its own, unless no portfolio needs computing for `as_of` or the deadline has passed.
-        Returns the shared context the portfolio engines read, or None when skipped."""
+        its own, unless every portfolio is already `complete` for `as_of` or the deadline has
+        passed. Returns the shared context the portfolio engines read, or None when skipped."""
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
             return None
-        with Session(self.engine) as s:
-            complete = repository.portfolios_with_snapshot(s, as_of)
-        if not request.force and all(p.id in complete for p in portfolios):
+        if all(p.id in complete for p in portfolios):
             return None
         structlog.contextvars.bind_contextvars(as_of=as_of.isoformat())
         structlog.contextvars.unbind_contextvars("portfolio_id")
@@ -247,7 +248,7 @@ class Runner:
             self._record_jobs(as_of, None, [(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
         return shared
 
-    def _run_unit_or_skip(self, request: RunRequest, as_of: date, portfolio: repository.PortfolioRow,
+    def _run_unit_or_skip(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
                           started: float, tally: _Tally, shared: DateContext | None) -> None:
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
@@ -259,18 +260,15 @@ class Runner:
                 for e in self.engines])
             log.warning("unit_skipped", reason="deadline")
             return
-        if not request.force:
-            with Session(self.engine) as s:
-                complete = repository.has_snapshot(s, portfolio.id, as_of)
-            if complete:
-                tally.skipped += 1
-                self._record_jobs(as_of, portfolio.id, [
-                    (e.name, "skipped", 0, None, skipped_result(
-                        e.name, portfolio, as_of, None, "already_complete",
-                        "results exist for this date; use --force to recompute"))
-                    for e in self.engines])
-                log.info("unit_skipped", reason="already_complete")
-                return
+        if complete:  # results exist and no --force
+            tally.skipped += 1
+            self._record_jobs(as_of, portfolio.id, [
+                (e.name, "skipped", 0, None, skipped_result(
+                    e.name, portfolio, as_of, None, "already_complete",
+                    "results exist for this date; use --force to recompute"))
+                for e in self.engines])
+            log.info("unit_skipped", reason="already_complete")
+            return
         assert shared is not None, "the date step runs whenever a unit of the date needs computing"
         failure = self._run_unit(as_of, portfolio, shared)
         if failure is None:
