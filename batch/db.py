@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import json
+import math
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import JSON, Engine, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -127,6 +131,68 @@ def upsert(session: Session, table: Any, rows: Sequence[dict[str, Any]], key: Se
         stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=updated) if updated \
             else stmt.on_conflict_do_nothing(index_elements=list(key))
         session.execute(stmt)
+    return len(rows)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` made JSON-safe: non-finite floats → None, dates → ISO strings, UUIDs → str,
+    numpy scalars → Python numbers, mapping keys → str (through dicts, lists and tuples)."""
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # a numpy scalar
+        return jsonable(value.item())
+    return value
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text, with `jsonable`'s conversions. Fast path: one `json.dumps`; only a
+    value it refuses (NaN, a date, a UUID key...) takes the recursive conversion."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(jsonable(value), allow_nan=False)
+
+
+def _cell(value: Any) -> Any:
+    """A scalar column value with non-finite floats stored as NULL."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert `rows` (column → value; a missing column takes its scalar default, else NULL)
+    into `table` inside the session's transaction with the dialect's fastest path: `COPY` on
+    PostgreSQL, one `executemany` elsewhere. Non-finite floats are stored as NULL, in scalar
+    columns and inside JSON documents alike. Returns the row count."""
+    if not rows:
+        return 0
+    table = getattr(table, "__table__", table)
+    columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True
+                                                 and c.name not in rows[0])]
+    defaults = {c.name: c.default.arg if c.default is not None and c.default.is_scalar else None
+                for c in columns}
+    is_json = [isinstance(c.type, JSON) for c in columns]
+    names = [c.name for c in columns]
+    if session.get_bind().dialect.name == "postgresql":
+        cursor = session.connection().connection.driver_connection.cursor()
+        quoted = ", ".join(f'"{n}"' for n in names)
+        with cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+            for row in rows:  # JSON None is stored as JSON null, as SQLAlchemy's JSON type does
+                copy.write_row([json_text(v) if j else _cell(v) for n, j in zip(names, is_json, strict=True)
+                                for v in (row.get(n, defaults[n]),)])
+        return len(rows)
+    session.execute(table.insert(), [
+        {n: (jsonable(v) if j else _cell(v)) for n, j in zip(names, is_json, strict=True)
+         for v in (row.get(n, defaults[n]),)} for row in rows])
     return len(rows)
 
 

@@ -4,12 +4,13 @@ Two kinds, each registered as (name, function[, dependencies]):
 
 - **global engines** run once per as-of date before the portfolios (symbol betas, factor
   covariance); each commits on its own and leaves its in-memory output in a `DateContext`;
-- **portfolio engines** run for each (portfolio, as-of date) in registration order, each inside a
-  savepoint of that unit's single transaction. Dependencies may name engines of either kind.
+- **portfolio engines** run for each (portfolio, as-of date) in registration order, inside that
+  unit's single transaction. Dependencies may name engines of either kind.
 
 The run loop (batch/runner.py) knows nothing about what an engine computes: a new engine is a
 function plus a `register(...)` call here. An engine loads its inputs, calls the pure functions of
-`calculations/`, replaces its result rows for its natural key, and returns a `JobOutcome`; it
+`calculations/`, stages its result rows for its natural key (`UnitContext.replace`; the runner
+writes them in bulk once every engine of the unit has succeeded), and returns a `JobOutcome`; it
 raises on failure. "Nothing to compute" is a `skipped` outcome carrying the SPEC §8 payload.
 """
 
@@ -97,6 +98,8 @@ class UnitContext:
     positions: list[PositionInput]
     shared: DateContext
     outputs: dict[str, Any] = field(default_factory=dict)  # engine name → in-memory output
+    # table → (key, rows): what the unit writes once every engine has succeeded
+    writes: dict[type, tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=dict)
 
     @property
     def portfolio_id(self) -> uuid.UUID:
@@ -130,9 +133,11 @@ class UnitContext:
         return frame
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
-        """Replace this portfolio's rows of `table` for the as-of date with `rows`."""
-        key = {"portfolio_id": self.portfolio_id, date_column: self.as_of}
-        return repository.replace_rows(self.session, table, key, rows)
+        """Stage `rows` as this portfolio's rows of `table` for the as-of date (a later call for
+        the same table supersedes an earlier one). The runner writes every staged table in bulk,
+        replacing the stored rows, only when all the unit's engines have succeeded."""
+        self.writes[table] = ({"portfolio_id": self.portfolio_id, date_column: self.as_of}, list(rows))
+        return len(rows)
 
 
 @dataclass(frozen=True)

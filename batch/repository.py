@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,10 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from batch import calendar
+from batch.db import bulk_insert
 from calculations.positions import (
     OPTION_TYPES,
     OPTIONS,
@@ -179,14 +179,19 @@ def load_closes(session: Session, symbols: Iterable[str], start: date, end: date
     """Closes dated in [start, end] — never after `end` (no look-ahead) — as a DataFrame indexed
     by date (ascending), one float column per requested symbol (all-NaN if it has no rows)."""
     wanted = sorted(set(symbols))
-    query = select(MarketPrice.date, MarketPrice.symbol, MarketPrice.close).where(
+    query = select(MarketPrice.date, MarketPrice.symbol, cast(MarketPrice.close, Float)).where(
         MarketPrice.symbol.in_(wanted), MarketPrice.date >= start, MarketPrice.date <= end)
     rows = session.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["date", "symbol", "close"])
-    wide = frame.pivot(index="date", columns="symbol", values="close") if rows else pd.DataFrame()
-    wide = wide.reindex(columns=wanted).astype(float).sort_index()
-    wide.columns.name = None
-    return wide
+    if not rows:
+        return pd.DataFrame(columns=wanted, dtype=float)
+    days, names, closes = zip(*rows, strict=True)
+    # a numpy pivot: building a long frame from row objects costs more than the query
+    day_codes, day_index = pd.factorize(pd.Index(days), sort=True)
+    name_codes, name_index = pd.factorize(pd.Index(names, dtype=object), sort=True)
+    values = np.full((len(day_index), len(name_index)), np.nan)
+    values[day_codes, name_codes] = np.asarray(closes, dtype=float)
+    wide = pd.DataFrame(values, index=pd.Index(list(day_index), dtype=object), columns=list(name_index))
+    return wide.reindex(columns=wanted)
 
 
 def prior_snapshot(session: Session, portfolio_id: uuid.UUID, before: date) -> PriorSnapshot | None:
@@ -213,30 +218,17 @@ def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -
         SymbolFactorBeta.as_of_date == as_of, SymbolFactorBeta.symbol.in_(list(symbols)))))
 
 
-def finite(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, ±inf, numpy included) replaced by None, through
-    dicts and lists, so no non-finite number reaches a column or a JSON document."""
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def insert_rows(session: Session, table: type, rows: Sequence[dict]) -> int:
     """Bulk-insert `rows` (non-finite numbers stored as NULL). Returns the count."""
-    if rows:
-        session.execute(table.__table__.insert(), [finite(r) for r in rows])
-    return len(rows)
+    return bulk_insert(session, table, rows)
 
 
 def replace_rows(session: Session, table: type, key: dict[str, object], rows: Sequence[dict]) -> int:
     """Delete every row of `table` matching `key` (column → value), then insert `rows` with the
     key columns filled in. This is how a re-run replaces a (portfolio, date)'s results."""
-    session.execute(delete(table).where(and_(*(getattr(table, c) == v for c, v in key.items()))))
-    return insert_rows(session, table, [{**r, **key} for r in rows])
+    core = table.__table__
+    session.execute(core.delete().where(and_(*(core.c[c] == v for c, v in key.items()))))
+    return bulk_insert(session, table, [{**r, **key} for r in rows])
 
 
 def latest_marks(session: Session, symbols: Iterable[str], as_of: date) -> dict[str, tuple[date, float]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import math
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import run_lock
+from batch.db import bulk_insert, jsonable, run_lock
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -68,21 +67,6 @@ class _Tally:
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 3)
-
-
-def jsonable(value: Any) -> Any:
-    """Make a result JSON-safe: non-finite floats → None, dates → ISO, UUIDs → str."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
 
 
 class Runner:
@@ -142,7 +126,6 @@ class Runner:
                         profiles = self._profiles_step(request, last)
                     tally.add_time("sync", self.monotonic() - t0)
                 self._set_progress(total_units=len(request.as_of_dates) * len(portfolios))
-                done = 0
                 for as_of in request.as_of_dates:
                     with Session(self.engine) as s:  # once per date: which units are done
                         complete = set() if request.force else repository.portfolios_with_snapshot(s, as_of)
@@ -154,9 +137,6 @@ class Runner:
                         t0 = self.monotonic()
                         self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared)
                         tally.add_time("portfolios", self.monotonic() - t0)
-                        done += 1
-                        self._set_progress(completed_units=done,
-                                           current_unit=f"{portfolio.id}@{as_of.isoformat()}")
                 self._check_stop()
             else:
                 log.info(request.skip_reason, requested=request.requested_end.isoformat())
@@ -280,9 +260,12 @@ class Runner:
 
     def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow,
                   shared: DateContext) -> tuple[str, str] | None:
-        """One transaction for (portfolio, as_of): every engine in a savepoint; if any engine
-        fails, the whole unit rolls back. Records the jobs; returns the first failure, if any.
-        Engines depending on a failed global engine are skipped with `upstream_failed`."""
+        """One transaction for (portfolio, as_of). The engines run in order and stage their rows;
+        if they all succeed, every staged table is replaced in bulk and the job records and the
+        run's progress are written in the same transaction. The first failure stops the unit:
+        nothing of it is written, the engines after it are recorded `skipped` (`upstream_failed`
+        if they depend on it). Engines depending on a failed global engine are skipped with
+        `upstream_failed`. Returns the first failure, if any."""
         records: list[tuple] = []
         broken: dict[str, str] = {name: name for name in shared.failed}  # engine → root failure
         failure: tuple[str, str] | None = None
@@ -296,6 +279,11 @@ class Runner:
                 for engine in self.engines:
                     self._check_stop()
                     root = next((broken[d] for d in engine.depends_on if d in broken), None)
+                    if root is None and failure is not None:  # the unit is lost: do not compute
+                        records.append((engine.name, "skipped", 0, f"rolled_back: {failure[0]} failed",
+                                        skipped_result(engine.name, portfolio, as_of, len(ctx.held),
+                                                       "rolled_back", f"{failure[0]} failed")))
+                        continue
                     if root is not None:
                         broken[engine.name] = root
                         records.append((engine.name, "skipped", 0, f"upstream_failed: {root}",
@@ -308,8 +296,9 @@ class Runner:
                         continue
                     t0 = self.monotonic()
                     try:
-                        with s.begin_nested():
-                            outcome = engine.run(ctx)
+                        outcome = engine.run(ctx)
+                    except Interrupted:
+                        raise
                     except Exception as exc:
                         error = f"{type(exc).__name__}: {exc}"
                         log.exception("engine_failed", job=engine.name)
@@ -319,6 +308,17 @@ class Runner:
                         continue
                     records.append((engine.name, outcome.status, self._ms(t0), None, outcome.result))
                 if failure is None:  # results and their job records commit together
+                    t0 = self.monotonic()
+                    try:
+                        for table, (key, rows) in ctx.writes.items():
+                            repository.replace_rows(s, table, key, rows)
+                    except Exception as exc:  # e.g. a constraint the staged rows violate
+                        error = f"{type(exc).__name__}: {exc}"
+                        log.exception("unit_write_failed")
+                        failure = ("write", error)
+                        records.append(("write", "failed", self._ms(t0), error, None))
+                        s.rollback()
+                if failure is None:
                     self._add_job_records(s, as_of, portfolio.id, records)
                     self._check_stop()
                     s.commit()
@@ -373,13 +373,19 @@ class Runner:
 
     def _add_job_records(self, session: Session, as_of: date | None, portfolio_id: uuid.UUID | None,
                          records: Sequence[tuple]) -> None:
-        for job, status, duration_ms, error, result in records:
+        """Insert the job records; for a portfolio unit, also advance the run's progress in the
+        same transaction (an increment, so concurrent workers count correctly)."""
+        for job, status, _, _, _ in records:
             counts = self.job_counts.setdefault(job, {})
             counts[status] = counts.get(status, 0) + 1
-            session.add(BatchJobResult(
-                run_id=self.run_id, as_of_date=as_of, portfolio_id=portfolio_id, job=job,
-                status=status, duration_ms=int(duration_ms), error=error,
-                result=jsonable(result) if result is not None else None))
+        bulk_insert(session, BatchJobResult, [
+            {"run_id": self.run_id, "as_of_date": as_of, "portfolio_id": portfolio_id, "job": job,
+             "status": status, "duration_ms": int(duration_ms), "error": error, "result": result}
+            for job, status, duration_ms, error, result in records])
+        if portfolio_id is not None:
+            session.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
+                completed_units=BatchRun.completed_units + 1,
+                current_unit=f"{portfolio_id}@{as_of.isoformat() if as_of else None}"))
 
     def _finish_run_record(self, summary: dict[str, Any]) -> None:
         with Session(self.engine) as s, s.begin():

@@ -112,13 +112,18 @@ def conditional_moves(covariance: pd.DataFrame, shocked: Mapping[str, float]) ->
     """E[r_u | r_s = s] = Σ_us Σ_ss⁻¹ s for every factor u of `covariance` not in `shocked`.
     Shocked factors absent from the covariance are ignored. A singular Σ_ss uses the
     pseudo-inverse. Empty when nothing shocked is in the covariance."""
-    s_names = [f for f in covariance.index if f in shocked]
-    u_names = [f for f in covariance.index if f not in shocked]
-    if not s_names or not u_names:
+    names = list(covariance.index)
+    s_at = [i for i, f in enumerate(names) if f in shocked]
+    u_at = [i for i, f in enumerate(names) if f not in shocked]
+    if not s_at or not u_at:
         return {}
-    sigma_ss = covariance.loc[s_names, s_names].to_numpy()
-    sigma_us = covariance.loc[u_names, s_names].to_numpy()
-    s = np.array([shocked[f] for f in s_names])
+    # positional indexing: label lookups cost more than the algebra
+    same_order = list(covariance.columns) == names
+    sigma = (covariance if same_order else covariance.loc[names, names]).to_numpy()
+    sigma_ss = sigma[np.ix_(s_at, s_at)]
+    sigma_us = sigma[np.ix_(u_at, s_at)]
+    s = np.array([shocked[names[i]] for i in s_at])
+    u_names = [names[i] for i in u_at]
     moves = sigma_us @ (np.linalg.pinv(sigma_ss) @ s)
     return dict(zip(u_names, (float(m) for m in moves), strict=True))
 

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -48,16 +48,14 @@ def test_watchdog_ends_a_hung_engine(database_url, cli, tmp_path):
 
 
 def test_failing_statement_rolls_back_only_its_portfolio(seeded, engine, monkeypatch):
-    """A real constraint violation (a duplicate natural key) inside one portfolio's transaction."""
+    """A real constraint violation (a duplicate natural key) while one portfolio's staged rows
+    are written: that unit rolls back whole, the others commit."""
     victim = demo_id("portfolio", HEDGE_FUND)
 
     def duplicate_snapshot(ctx):
-        if ctx.portfolio_id == victim:
-            row = {"portfolio_id": victim, "snapshot_date": ctx.as_of, "total_value": 0.0, "cash_value": 0.0,
-                   "long_value": 0.0, "short_value": 0.0, "gross_exposure": 0.0, "net_exposure": 0.0,
-                   "private_value": 0.0, "daily_pnl": 0.0, "cumulative_pnl": 0.0, "num_positions": 0,
-                   "num_long": 0, "num_short": 0, "num_private": 0, "data_quality": {}}
-            ctx.session.execute(insert(PortfolioSnapshot), [row])  # the snapshot engine wrote one already
+        if ctx.portfolio_id == victim:  # the snapshot engine's row, staged twice
+            _, [row] = ctx.writes[PortfolioSnapshot]
+            ctx.replace(PortfolioSnapshot, [row, dict(row)], date_column="snapshot_date")
         return JobOutcome("success", {})
 
     monkeypatch.setattr(runner_module, "ENGINES",
@@ -66,11 +64,14 @@ def test_failing_statement_rolls_back_only_its_portfolio(seeded, engine, monkeyp
     assert result.code == 1
     assert result.summary["portfolios"] == {"succeeded": 3, "failed": 1, "skipped": 0}
     [failure] = result.summary["failed_portfolios"]
-    assert failure["portfolio_id"] == str(victim) and failure["job"] == "duplicate"
-    assert "IntegrityError" in failure["error"]
+    assert failure["portfolio_id"] == str(victim) and failure["job"] == "write"
+    assert "IntegrityError" in failure["error"] or "UniqueViolation" in failure["error"]
     with Session(engine) as s:
         owners = set(s.scalars(select(PortfolioSnapshot.portfolio_id)))
+        victim_jobs = {j.job: j.status for j in s.scalars(
+            select(BatchJobResult).where(BatchJobResult.portfolio_id == victim))}
     assert victim not in owners and len(owners) == 3
+    assert victim_jobs["write"] == "failed" and victim_jobs["snapshot"] == "skipped"
 
 
 @pytest.mark.postgresql
