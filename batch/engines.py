@@ -84,18 +84,18 @@ class DateContext:
     session: Session | None = None
     # closes of every synced market symbol over HISTORY_SESSIONS sessions ending at as_of
     market_closes: pd.DataFrame | None = None
+    stress_scenarios: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # active ones
 
 
 @dataclass
 class UnitContext:
-    """Everything a portfolio engine may use for one (portfolio, as-of date). Prices are loaded
-    lazily and never dated after `as_of` (no look-ahead)."""
+    """Everything a portfolio engine may use for one (portfolio, as-of date), loaded before the
+    engines run (no engine queries the database); nothing is dated after `as_of` (no look-ahead)."""
 
-    session: Session
     settings: Settings
     portfolio: repository.PortfolioRow
     as_of: date
-    positions: list[PositionInput]
+    inputs: repository.UnitInputs
     shared: DateContext
     outputs: dict[str, Any] = field(default_factory=dict)  # engine name → in-memory output
     # table → (key, rows): what the unit writes once every engine has succeeded
@@ -104,6 +104,10 @@ class UnitContext:
     @property
     def portfolio_id(self) -> uuid.UUID:
         return self.portfolio.id
+
+    @property
+    def positions(self) -> list[PositionInput]:
+        return self.inputs.positions
 
     @cached_property
     def held(self) -> list[PositionInput]:
@@ -117,20 +121,18 @@ class UnitContext:
     @cached_property
     def closes(self) -> pd.DataFrame:
         """Closes of every symbol the positions reference (own symbol, option underlying) over
-        the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session. Market symbols
-        come from the date's shared frame (loaded once for all portfolios); the rest (option
-        contracts, private marks) are queried for this portfolio only."""
+        the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session: the market
+        symbols from the date's shared frame, the rest (option contracts, private marks) from
+        the unit's prefetched inputs."""
         symbols = {p.symbol for p in self.positions} | {
             p.underlying for p in self.positions if p.asset_class == OPTIONS and p.underlying}
+        own = self.inputs.own_closes
         shared = self.shared.market_closes
         if shared is None:
-            return repository.session_closes(self.session, symbols, self.as_of, HISTORY_SESSIONS)
-        own = sorted(symbols - set(shared.columns))
+            return own.reindex(columns=sorted(symbols))
         frame = shared.reindex(columns=sorted(symbols & set(shared.columns)))
-        if own:
-            extra = repository.session_closes(self.session, own, self.as_of, HISTORY_SESSIONS)
-            frame = pd.concat([frame, extra], axis=1)
-        return frame
+        extra = [c for c in own.columns if c in symbols and c not in frame.columns]
+        return pd.concat([frame, own[extra]], axis=1) if extra else frame
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
         """Stage `rows` as this portfolio's rows of `table` for the as-of date (a later call for
@@ -393,10 +395,9 @@ def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date,
 
 def run_valuation(ctx: UnitContext) -> JobOutcome:
     stale_before = calendar.sessions_back(ctx.as_of, STALE_AFTER_SESSIONS + 1)[0]
-    marks = repository.latest_marks(ctx.session, {p.symbol for p in ctx.held if p.asset_class == PRIVATE},
-                                    ctx.as_of)
     v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
-                        stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate, marks=marks)
+                        stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate,
+                        marks=ctx.inputs.marks)
     ctx.outputs["valuation"] = v
     stale = [p.position.symbol for p in v.positions if "stale_prices" in p.flags]
     flag = "missing_prices" if v.skipped else ("stale_prices" if stale else "ok")
@@ -550,7 +551,7 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
         ctx.replace(StressTestResult, [])
         return JobOutcome("skipped", stress_payload(NO_PUBLIC, "Portfolio has no factor exposures", total,
                                                     ctx.portfolio_id, ctx.as_of, ctx.portfolio.name, info))
-    scenarios = repository.active_stress_scenarios(ctx.session)
+    scenarios = ctx.shared.stress_scenarios
     # A factor has data when its betas could be fitted; the covariance only drives propagation.
     available = [f for f in factors.FACTOR_ORDER if f not in symbol_betas.unavailable]
     results = [stress_test(sid, shocks, exposures.by_factor(), available, covariance.covariance,
@@ -637,8 +638,7 @@ def run_snapshot(ctx: UnitContext) -> JobOutcome:
     valuation: Valuation = ctx.outputs["valuation"]
     pnl = daily_pnl(ctx.positions, ctx.closes, ctx.as_of, ctx.previous_session,
                     risk_free_rate=ctx.settings.risk_free_rate)
-    prior = repository.prior_snapshot(ctx.session, ctx.portfolio_id, ctx.as_of)
-    row = build_snapshot(valuation, pnl, ctx.previous_session, prior)
+    row = build_snapshot(valuation, pnl, ctx.previous_session, ctx.inputs.prior)
     totals = greek_totals(ctx.outputs.get("greeks", {}))
     exposures: Exposures | None = ctx.outputs.get("factors")
     market = next((e for e in exposures.portfolio if e.factor == factors.MARKET), None) if exposures else None

@@ -113,23 +113,65 @@ def unknown_portfolio_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[uu
     return [i for i in ids if i not in known]
 
 
-def load_positions(session: Session, portfolio_id: uuid.UUID) -> list[PositionInput]:
-    """Every non-deleted position of the portfolio (engines decide which are held on a date).
-    Symbols are upper-cased and stripped, as the sync stores them."""
-    rows = session.scalars(select(Position).where(Position.portfolio_id == portfolio_id,
-                                                  Position.deleted_at.is_(None)).order_by(Position.id))
-    return [
-        PositionInput(
-            id=r.id, symbol=r.symbol.strip().upper(), position_type=r.position_type.strip().upper(),
-            quantity=float(r.quantity),
-            entry_price=float(r.entry_price), entry_date=r.entry_date, exit_date=r.exit_date,
-            investment_class=r.investment_class,
-            underlying_symbol=r.underlying_symbol.strip().upper() if r.underlying_symbol else None,
-            strike_price=None if r.strike_price is None else float(r.strike_price),
-            expiration_date=r.expiration_date, implied_volatility=r.implied_volatility,
-        )
-        for r in rows
-    ]
+def load_positions(session: Session, portfolio_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[PositionInput]]:
+    """Every non-deleted position of these portfolios (engines decide which are held on a
+    date), in one query, by portfolio (every requested id present, possibly with an empty list),
+    each list ordered by position id. Symbols are upper-cased and stripped, as the sync stores
+    them."""
+    found: dict[uuid.UUID, list[PositionInput]] = {pid: [] for pid in portfolio_ids}
+    if not portfolio_ids:
+        return found
+    p = Position
+    query = (select(p.id, p.portfolio_id, p.symbol, p.position_type, p.quantity, p.entry_price, p.entry_date,
+                    p.exit_date, p.investment_class, p.underlying_symbol, p.strike_price, p.expiration_date,
+                    p.implied_volatility)
+             .where(p.portfolio_id.in_(list(portfolio_ids)), p.deleted_at.is_(None))
+             .order_by(p.portfolio_id, p.id))
+    for (pos_id, portfolio_id, symbol, position_type, quantity, entry_price, entry_date, exit_date,
+         investment_class, underlying, strike, expiration, implied_vol) in session.execute(query):
+        found[portfolio_id].append(PositionInput(
+            id=pos_id, symbol=symbol.strip().upper(), position_type=position_type.strip().upper(),
+            quantity=float(quantity), entry_price=float(entry_price), entry_date=entry_date,
+            exit_date=exit_date, investment_class=investment_class,
+            underlying_symbol=underlying.strip().upper() if underlying else None,
+            strike_price=None if strike is None else float(strike),
+            expiration_date=expiration, implied_volatility=implied_vol))
+    return found
+
+
+@dataclass(frozen=True)
+class UnitInputs:
+    """What one (portfolio, as-of date) reads besides the date's shared market closes."""
+
+    positions: list[PositionInput]
+    prior: PriorSnapshot | None  # the latest snapshot before the as-of date
+    marks: dict[str, tuple[date, float]]  # PRIVATE symbol → (date, value) of its latest mark
+    own_closes: pd.DataFrame  # closes of its symbols outside the shared frame (option contracts...)
+
+
+def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of: date,
+                     shared_symbols: Iterable[str], sessions: int) -> dict[uuid.UUID, UnitInputs]:
+    """The inputs of many portfolios for `as_of` in four queries (positions, prior snapshots,
+    private marks, closes of symbols outside `shared_symbols` over `sessions` sessions), so the
+    per-portfolio work never waits on the database. Nothing dated after `as_of` is read."""
+    positions = load_positions(session, portfolio_ids)
+    priors = prior_snapshots(session, portfolio_ids, as_of)
+    shared = set(shared_symbols)
+    own: dict[uuid.UUID, list[str]] = {}
+    private: set[str] = set()
+    for pid, held in positions.items():
+        symbols = {p.symbol for p in held} | {p.underlying for p in held if p.asset_class == OPTIONS and p.underlying}
+        own[pid] = sorted(symbols - shared)
+        private |= {p.symbol for p in held if p.asset_class == PRIVATE}
+    wanted = sorted({s for symbols in own.values() for s in symbols})
+    closes = session_closes(session, wanted, as_of, sessions) if wanted else None
+    marks = latest_marks(session, private, as_of)
+    return {pid: UnitInputs(
+        positions[pid], priors.get(pid),
+        {p.symbol: marks[p.symbol] for p in positions[pid] if p.symbol in marks and p.asset_class == PRIVATE},
+        closes.reindex(columns=own[pid]) if closes is not None
+        else pd.DataFrame(index=pd.Index(calendar.sessions_back(as_of, sessions), dtype=object)))
+        for pid in portfolio_ids}
 
 
 def symbols_held(session: Session, start: date, end: date,
@@ -181,27 +223,32 @@ def load_closes(session: Session, symbols: Iterable[str], start: date, end: date
     wanted = sorted(set(symbols))
     query = select(MarketPrice.date, MarketPrice.symbol, cast(MarketPrice.close, Float)).where(
         MarketPrice.symbol.in_(wanted), MarketPrice.date >= start, MarketPrice.date <= end)
-    rows = session.execute(query).all()
+    rows = session.connection().execute(query).all()  # Core: no ORM row processing
     if not rows:
         return pd.DataFrame(columns=wanted, dtype=float)
     days, names, closes = zip(*rows, strict=True)
     # a numpy pivot: building a long frame from row objects costs more than the query
-    day_codes, day_index = pd.factorize(pd.Index(days), sort=True)
-    name_codes, name_index = pd.factorize(pd.Index(names, dtype=object), sort=True)
-    values = np.full((len(day_index), len(name_index)), np.nan)
-    values[day_codes, name_codes] = np.asarray(closes, dtype=float)
-    wide = pd.DataFrame(values, index=pd.Index(list(day_index), dtype=object), columns=list(name_index))
-    return wide.reindex(columns=wanted)
+    day_index = sorted(set(days))
+    day_at = {d: i for i, d in enumerate(day_index)}
+    name_at = {n: i for i, n in enumerate(wanted)}
+    values = np.full((len(day_index), len(wanted)), np.nan)
+    values[[day_at[d] for d in days], [name_at[n] for n in names]] = closes
+    wide = pd.DataFrame(values, index=pd.Index(day_index, dtype=object), columns=wanted)
+    return wide
 
 
-def prior_snapshot(session: Session, portfolio_id: uuid.UUID, before: date) -> PriorSnapshot | None:
-    row = session.execute(
-        select(PortfolioSnapshot.snapshot_date, PortfolioSnapshot.total_value,
-               PortfolioSnapshot.cumulative_pnl)
-        .where(PortfolioSnapshot.portfolio_id == portfolio_id, PortfolioSnapshot.snapshot_date < before)
-        .order_by(PortfolioSnapshot.snapshot_date.desc()).limit(1)
-    ).first()
-    return PriorSnapshot(row[0], float(row[1]), float(row[2])) if row else None
+def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID], before: date) -> dict[uuid.UUID, PriorSnapshot]:
+    """Each portfolio's latest snapshot dated before `before` (portfolios without one absent)."""
+    if not portfolio_ids:
+        return {}
+    snap = PortfolioSnapshot
+    latest = (select(snap.portfolio_id, func.max(snap.snapshot_date).label("d"))
+              .where(snap.portfolio_id.in_(list(portfolio_ids)), snap.snapshot_date < before)
+              .group_by(snap.portfolio_id).subquery())
+    rows = session.execute(select(snap.portfolio_id, snap.snapshot_date, snap.total_value, snap.cumulative_pnl)
+                           .join(latest, and_(snap.portfolio_id == latest.c.portfolio_id,
+                                              snap.snapshot_date == latest.c.d)))
+    return {pid: PriorSnapshot(day, float(total), float(cumulative)) for pid, day, total, cumulative in rows}
 
 
 def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:

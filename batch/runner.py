@@ -35,10 +35,12 @@ from batch.engines import Engine as CalcEngine
 from batch.errors import Interrupted
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
-from batch.sync import MarketDataResult, sync_company_profiles, sync_market_data
+from batch.sync import HISTORY_SESSIONS, MarketDataResult, sync_company_profiles, sync_market_data
 from models import BatchJobResult, BatchRun
 
 log = structlog.get_logger()
+
+UNIT_CHUNK = 200  # portfolios whose inputs are loaded together (bounds memory, amortises queries)
 
 
 @dataclass(frozen=True)
@@ -132,11 +134,11 @@ class Runner:
                     t0 = self.monotonic()
                     shared = self._date_step(request, as_of, portfolios, complete, started, global_failures)
                     tally.add_time("global_engines", self.monotonic() - t0)
-                    for portfolio in portfolios:
-                        self._check_stop()
-                        t0 = self.monotonic()
-                        self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared)
-                        tally.add_time("portfolios", self.monotonic() - t0)
+                    t0 = self.monotonic()
+                    for start in range(0, len(portfolios), UNIT_CHUNK):
+                        self._run_chunk(as_of, portfolios[start:start + UNIT_CHUNK], complete, started,
+                                        tally, shared)
+                    tally.add_time("portfolios", self.monotonic() - t0)
                 self._check_stop()
             else:
                 log.info(request.skip_reason, requested=request.requested_end.isoformat())
@@ -208,6 +210,8 @@ class Runner:
         structlog.contextvars.bind_contextvars(as_of=as_of.isoformat())
         structlog.contextvars.unbind_contextvars("portfolio_id")
         shared = DateContext(self.settings, as_of, [p.id for p in portfolios] if request.portfolio_ids else None)
+        with Session(self.engine) as s:
+            shared.stress_scenarios = repository.active_stress_scenarios(s)
         for engine in self.global_engines:
             self._check_stop()
             t0 = self.monotonic()
@@ -228,8 +232,29 @@ class Runner:
             self._record_jobs(as_of, None, [(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
         return shared
 
+    def _run_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
+                   started: float, tally: _Tally, shared: DateContext | None) -> None:
+        """Run (or skip) the units of `chunk` for `as_of`, their inputs loaded in one go."""
+        todo = [p.id for p in chunk if p.id not in complete]
+        inputs: dict[uuid.UUID, repository.UnitInputs] = {}
+        load_error = None
+        if todo and shared is not None and self.monotonic() - started <= self.settings.batch_timeout_seconds:
+            self._check_stop()
+            try:
+                with Session(self.engine) as s:
+                    market = [] if shared.market_closes is None else list(shared.market_closes.columns)
+                    inputs = repository.load_unit_inputs(s, todo, as_of, market, HISTORY_SESSIONS)
+            except Exception as exc:  # every unit of the chunk fails with it, the run goes on
+                log.exception("unit_inputs_failed")
+                load_error = f"{type(exc).__name__}: {exc}"
+        for portfolio in chunk:
+            self._check_stop()
+            self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared,
+                                   inputs.get(portfolio.id), load_error)
+
     def _run_unit_or_skip(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
-                          started: float, tally: _Tally, shared: DateContext | None) -> None:
+                          started: float, tally: _Tally, shared: DateContext | None,
+                          inputs: repository.UnitInputs | None, load_error: str | None) -> None:
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
             tally.skipped += 1
@@ -250,7 +275,7 @@ class Runner:
             log.info("unit_skipped", reason="already_complete")
             return
         assert shared is not None, "the date step runs whenever a unit of the date needs computing"
-        failure = self._run_unit(as_of, portfolio, shared)
+        failure = self._run_unit(as_of, portfolio, shared, inputs, load_error)
         if failure is None:
             tally.succeeded += 1
         else:
@@ -258,8 +283,8 @@ class Runner:
             tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
                                             "job": failure[0], "error": failure[1]})
 
-    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow,
-                  shared: DateContext) -> tuple[str, str] | None:
+    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow, shared: DateContext,
+                  inputs: repository.UnitInputs | None, load_error: str | None) -> tuple[str, str] | None:
         """One transaction for (portfolio, as_of). The engines run in order and stage their rows;
         if they all succeed, every staged table is replaced in bulk and the job records and the
         run's progress are written in the same transaction. The first failure stops the unit:
@@ -274,8 +299,9 @@ class Runner:
         with Session(self.engine) as s:
             s.begin()
             try:
-                ctx = UnitContext(s, self.settings, portfolio, as_of,
-                                  repository.load_positions(s, portfolio.id), shared)
+                if inputs is None:
+                    raise RuntimeError(f"inputs not loaded: {load_error}")
+                ctx = UnitContext(self.settings, portfolio, as_of, inputs, shared)
                 for engine in self.engines:
                     self._check_stop()
                     root = next((broken[d] for d in engine.depends_on if d in broken), None)
