@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from batch import calendar, db, repository
 from batch.check import as_dicts, run_checks
 from batch.demo import seed_demo
+from batch.executors import EXECUTORS, make_executor
 from batch.errors import (
     ConfigError,
     CoverageError,
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-sync", action="store_true", help="use prices and profiles already stored")
     run.add_argument("--skip-profiles", action="store_true", help="do not sync company profiles")
     run.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="run the per-portfolio stage on N local worker processes (default 1: in this "
+                          "process); with --executor dask and no DASK_SCHEDULER_ADDRESS, the size of a "
+                          "local Dask cluster")
+    run.add_argument("--executor", choices=EXECUTORS, default=None,
+                     help="where the per-portfolio stage runs (default: dask if DASK_SCHEDULER_ADDRESS "
+                          "is set, processes if --workers > 1, else serial)")
     run.add_argument("--trigger", choices=("manual", "cron"), default="manual", help=argparse.SUPPRESS)
     sub.add_parser("init-db", help="create or upgrade the schema (Alembic migrations)")
     sub.add_parser("seed-demo", help="load the four demo portfolios (idempotent)")
@@ -201,8 +209,9 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             unknown = repository.unknown_portfolio_ids(s, request.portfolio_ids)
         if unknown:
             raise ConfigError(f"unknown portfolio id(s): {', '.join(map(str, unknown))}")
+    executor = make_executor(args.executor, args.workers, settings.dask_scheduler_address)
     try:
-        summary = Runner(settings, engine, provider).run(request, run_id)
+        summary = Runner(settings, engine, provider, executor=executor).run(request, run_id)
     finally:
         close = getattr(provider, "close", None)  # network providers hold an HTTP client
         if close is not None:

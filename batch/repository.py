@@ -26,6 +26,7 @@ from calculations.positions import (
 )
 from calculations.snapshot import PriorSnapshot
 from models import (
+    BatchJobResult,
     FactorDefinition,
     MarketPrice,
     Portfolio,
@@ -255,6 +256,14 @@ def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:
     """Ids of portfolios that already have a snapshot (i.e. complete results) for `day`."""
     return set(session.scalars(select(PortfolioSnapshot.portfolio_id).where(
         PortfolioSnapshot.snapshot_date == day)))
+
+
+def portfolios_with_job_records(session: Session, run_id: uuid.UUID, as_of: date,
+                                portfolio_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these portfolios already have a job record of run `run_id` for `as_of`."""
+    return set(session.scalars(select(BatchJobResult.portfolio_id).distinct().where(
+        BatchJobResult.run_id == run_id, BatchJobResult.as_of_date == as_of,
+        BatchJobResult.portfolio_id.in_(list(portfolio_ids)))))
 
 
 def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -> list[SymbolFactorBeta]:

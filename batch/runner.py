@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import math
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import bulk_insert, jsonable, run_lock
+from batch.db import bulk_insert, jsonable, make_engine, run_lock
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -33,6 +34,7 @@ from batch.engines import (
 )
 from batch.engines import Engine as CalcEngine
 from batch.errors import Interrupted
+from batch.log import configure_logging
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
 from batch.sync import HISTORY_SESSIONS, MarketDataResult, sync_company_profiles, sync_market_data
@@ -65,22 +67,98 @@ class _Tally:
     skipped: int = 0
     deadline_skips: int = 0
     failed_portfolios: list[dict[str, str]] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # sync, global_engines, portfolios
+    # sync, global_engines, portfolios (wall); unit_writes: Σ over units of their bulk writes
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 3)
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def merge(self, other: _Tally) -> None:
+        """Add a worker's unit counts and its `unit_writes` seconds."""
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.deadline_skips += other.deadline_skips
+        self.failed_portfolios.extend(other.failed_portfolios)
+        for stage, seconds in other.stage_seconds.items():
+            self.add_time(stage, seconds)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """A chunk of portfolios for one as-of date, run by a worker (`run_chunk_task`)."""
+
+    settings: Settings
+    run_id: uuid.UUID
+    as_of: date
+    portfolios: list[repository.PortfolioRow]
+    complete: frozenset[uuid.UUID]  # portfolios with results for as_of (skipped unless --force)
+    deadline_at: float  # epoch seconds (time.time()) past which no unit is started
+
+
+@dataclass
+class ChunkOutcome:
+    tally: _Tally
+    job_counts: dict[str, dict[str, int]]
+
+
+class Executor:
+    """Runs chunk tasks somewhere else and yields (task, outcome or the exception that lost it),
+    in completion order. Implementations: batch/executors.py. Used as a context manager around
+    the run: leaving it with an exception (an interrupt) stops the workers."""
+
+    workers: int
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, tasks: Sequence[ChunkTask],
+            shared: DateContext) -> Iterator[tuple[ChunkTask, ChunkOutcome | BaseException]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop at once: cancel what has not started and end the units in progress (their
+        transactions roll back)."""
+        raise NotImplementedError
+
+
+_WORKER_ENGINES: dict[str, Engine] = {}  # one engine per database URL per worker process
+
+
+def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
+    """Worker entry point: run a chunk with this process's own engine, exactly as the serial
+    run does (one transaction per unit, job records and progress with it)."""
+    engine = _WORKER_ENGINES.get(task.settings.database_url)
+    if engine is None:
+        configure_logging(task.settings.log_format, task.settings.log_level)
+        engine = _WORKER_ENGINES[task.settings.database_url] = make_engine(task.settings.database_url)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(run_id=str(task.run_id))
+    runner = Runner(task.settings, engine, provider=None, monotonic=time.time)
+    runner.run_id = task.run_id
+    tally = _Tally()
+    runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
+                     task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
+    structlog.contextvars.clear_contextvars()
+    return ChunkOutcome(tally, runner.job_counts)
 
 
 class Runner:
     """Executes one RunRequest against a database. The clocks are injectable for tests."""
 
-    def __init__(self, settings: Settings, engine: Engine, provider: MarketDataProvider,
+    def __init__(self, settings: Settings, engine: Engine, provider: MarketDataProvider | None,
                  engines: Sequence[CalcEngine] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 utcnow: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 executor: Executor | None = None) -> None:
+        """`executor`: where the per-portfolio stage runs (None: in this process, serially)."""
         self.settings = settings
         self.engine = engine
         self.provider = provider
+        self.executor = executor
         self.engines = list(ENGINES if engines is None else engines)
         self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
         self.stop_signal: int | None = None
@@ -96,7 +174,10 @@ class Runner:
         run_id = run_id or uuid.uuid4()
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
         with run_lock(self.engine):
-            return self._run_locked(run_id, request)
+            if self.executor is None:
+                return self._run_locked(run_id, request)
+            with self.executor:
+                return self._run_locked(run_id, request)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -135,9 +216,12 @@ class Runner:
                     shared = self._date_step(request, as_of, portfolios, complete, started, global_failures)
                     tally.add_time("global_engines", self.monotonic() - t0)
                     t0 = self.monotonic()
-                    for start in range(0, len(portfolios), UNIT_CHUNK):
-                        self._run_chunk(as_of, portfolios[start:start + UNIT_CHUNK], complete, started,
-                                        tally, shared)
+                    if self.executor is None:
+                        for start in range(0, len(portfolios), UNIT_CHUNK):
+                            self.run_chunk(as_of, portfolios[start:start + UNIT_CHUNK], complete, started,
+                                           tally, shared)
+                    else:
+                        self._run_chunks_elsewhere(as_of, portfolios, complete, started, tally, shared)
                     tally.add_time("portfolios", self.monotonic() - t0)
                 self._check_stop()
             else:
@@ -232,8 +316,54 @@ class Runner:
             self._record_jobs(as_of, None, [(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
         return shared
 
-    def _run_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
-                   started: float, tally: _Tally, shared: DateContext | None) -> None:
+    def _run_chunks_elsewhere(self, as_of: date, portfolios: Sequence[repository.PortfolioRow],
+                              complete: set[uuid.UUID], started: float, tally: _Tally,
+                              shared: DateContext | None) -> None:
+        """The per-portfolio stage on the executor's workers: about four chunks per worker, so a
+        slow chunk does not leave the others idle. A chunk whose worker was lost (process killed,
+        task error) counts every unit of it as failed; units of it without a job record get one."""
+        assert self.executor is not None
+        size = max(1, min(UNIT_CHUNK, math.ceil(len(portfolios) / (4 * self.executor.workers))))
+        remaining = self.settings.batch_timeout_seconds - (self.monotonic() - started)
+        tasks = [ChunkTask(self.settings, self.run_id, as_of, list(portfolios[i:i + size]),
+                           frozenset(p.id for p in portfolios[i:i + size] if p.id in complete),
+                           time.time() + remaining)
+                 for i in range(0, len(portfolios), size)]
+        if shared is None:  # deadline passed or nothing to compute: the skips need no workers
+            for task in tasks:
+                self.run_chunk(as_of, task.portfolios, complete, started, tally, None)
+            return
+        try:
+            for task, outcome in self.executor.map(tasks, shared):
+                self._check_stop()
+                self._take_outcome(as_of, task, outcome, tally)
+        except BaseException:  # an interrupt: no unit is left running on a local worker
+            self.executor.stop()
+            raise
+
+    def _take_outcome(self, as_of: date, task: ChunkTask, outcome: ChunkOutcome | BaseException,
+                      tally: _Tally) -> None:
+        if isinstance(outcome, ChunkOutcome):
+            tally.merge(outcome.tally)
+            for job, counts in outcome.job_counts.items():
+                mine = self.job_counts.setdefault(job, {})
+                for status, n in counts.items():
+                    mine[status] = mine.get(status, 0) + n
+            return
+        error = f"worker lost: {type(outcome).__name__}: {outcome}"
+        log.error("chunk_failed", error=error, portfolios=len(task.portfolios))
+        with Session(self.engine) as s:
+            recorded = repository.portfolios_with_job_records(s, self.run_id, as_of,
+                                                              [p.id for p in task.portfolios])
+        for portfolio in task.portfolios:
+            tally.failed += 1
+            tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
+                                            "job": "worker", "error": error})
+            if portfolio.id not in recorded:
+                self._record_jobs(as_of, portfolio.id, [("worker", "failed", 0, error, None)])
+
+    def run_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
+                  started: float, tally: _Tally, shared: DateContext | None) -> None:
         """Run (or skip) the units of `chunk` for `as_of`, their inputs loaded in one go."""
         todo = [p.id for p in chunk if p.id not in complete]
         inputs: dict[uuid.UUID, repository.UnitInputs] = {}
@@ -275,7 +405,7 @@ class Runner:
             log.info("unit_skipped", reason="already_complete")
             return
         assert shared is not None, "the date step runs whenever a unit of the date needs computing"
-        failure = self._run_unit(as_of, portfolio, shared, inputs, load_error)
+        failure = self._run_unit(as_of, portfolio, shared, inputs, load_error, tally)
         if failure is None:
             tally.succeeded += 1
         else:
@@ -284,7 +414,8 @@ class Runner:
                                             "job": failure[0], "error": failure[1]})
 
     def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow, shared: DateContext,
-                  inputs: repository.UnitInputs | None, load_error: str | None) -> tuple[str, str] | None:
+                  inputs: repository.UnitInputs | None, load_error: str | None,
+                  tally: _Tally) -> tuple[str, str] | None:
         """One transaction for (portfolio, as_of). The engines run in order and stage their rows;
         if they all succeed, every staged table is replaced in bulk and the job records and the
         run's progress are written in the same transaction. The first failure stops the unit:
@@ -344,6 +475,7 @@ class Runner:
                         failure = ("write", error)
                         records.append(("write", "failed", self._ms(t0), error, None))
                         s.rollback()
+                    tally.add_time("unit_writes", self.monotonic() - t0)
                 if failure is None:
                     self._add_job_records(s, as_of, portfolio.id, records)
                     self._check_stop()
@@ -441,7 +573,7 @@ class Runner:
             "market_data": market,
             "company_profiles": profiles,
             "jobs": self.job_counts,
-            "stage_seconds": tally.stage_seconds,
+            "stage_seconds": {stage: round(seconds, 3) for stage, seconds in tally.stage_seconds.items()},
             "duration_seconds": round(duration, 3),
             "exit_code": exit_code,
         }

@@ -39,6 +39,7 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     sentry_dsn: str | None = None
+    dask_scheduler_address: str | None = None  # run the portfolio stage on this Dask cluster
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -79,6 +80,7 @@ class Settings:
             log_format=log_format,
             log_level=log_level,
             sentry_dsn=env.get("SENTRY_DSN") or None,
+            dask_scheduler_address=(env.get("DASK_SCHEDULER_ADDRESS") or "").strip() or None,
         )
 
     @property

@@ -6,14 +6,17 @@ factor structure over 300 sessions ending at the as-of date, `--portfolios` book
 process and one run, times:
 
 (a) the daily job for the as-of date end to end (sync skipped: prices are pre-loaded), split by
-    stage (global engines, portfolio engines; per-job totals from `batch_job_results`);
+    stage (global engines — symbol betas and factor covariance —, the portfolio stage, and within
+    it the bulk writes; per-job totals from `batch_job_results`), serially or with `--workers N`
+    / `--executor dask` exactly as the job takes them;
 (b) the floor: the same regression done as one batched numpy least-squares for every symbol, plus
     writing as many rows as the job wrote with the driver's fastest bulk path (PostgreSQL `COPY`,
     SQLite `executemany`).
 
 Prints a table, and with `--json` one JSON object on the last line. Usage:
 
-    python scripts/benchmark.py --portfolios 100 --positions 50 --symbols 2000 [--database-url URL] [--json]
+    python scripts/benchmark.py --portfolios 100 --positions 50 --symbols 2000 [--database-url URL]
+                                [--workers N] [--executor serial|processes|dask] [--json]
 
 The database named by --database-url is wiped (every table of the schema) before use.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -36,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from batch import calendar, db
 from batch.engines import ENGINES
+from batch.executors import EXECUTORS, make_executor
 from batch.providers import SampleProvider
 from batch.runner import Runner, RunRequest
 from batch.settings import Settings
@@ -136,11 +141,14 @@ def wipe(engine) -> None:
     db.migrate(engine)
 
 
-def run_job(engine, database_url: str) -> tuple[float, dict]:
-    settings = Settings.from_env({"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json"})
+def run_job(engine, database_url: str, executor: str | None, workers: int) -> tuple[float, dict]:
+    settings = Settings.from_env({"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
+                                  "DASK_SCHEDULER_ADDRESS": os.environ.get("DASK_SCHEDULER_ADDRESS", "")})
     request = RunRequest([AS_OF], AS_OF, AS_OF, force=True, skip_sync=True, trigger="manual")
-    started = time.perf_counter()
-    summary = Runner(settings, engine, SampleProvider()).run(request)
+    started = time.perf_counter()  # worker start-up (processes, a Dask cluster) is part of the wall
+    runner = Runner(settings, engine, SampleProvider(),
+                    executor=make_executor(executor, workers, settings.dask_scheduler_address))
+    summary = runner.run(request)
     return time.perf_counter() - started, summary
 
 
@@ -208,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=2000)
     parser.add_argument("--database-url", help="scratch database (wiped); default: a temporary SQLite file")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for the portfolio stage")
+    parser.add_argument("--executor", choices=EXECUTORS, help="as the job's --executor")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args(argv)
     if args.positions > args.symbols:
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         counts = build_universe(engine, args.portfolios, args.positions, args.symbols, args.seed)
         build_seconds = time.perf_counter() - t0
-        wall, summary = run_job(engine, url)
+        wall, summary = run_job(engine, url, args.executor, args.workers)
         if summary["exit_code"] != 0:
             print(json.dumps(summary), file=sys.stderr)
             raise SystemExit(f"the daily job failed (exit {summary['exit_code']})")
@@ -236,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             scratch.cleanup()
     floor_seconds = sum(floor_parts.values())
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # the largest worker process (0 for a serial run); ru_maxrss is in KiB on Linux
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     report = {
         "portfolios": counts["portfolios"], "positions": counts["positions"], "symbols": counts["symbols"],
         "database": engine.dialect.name, "wall_seconds": round(wall, 4),
@@ -245,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_floor": round(wall / floor_seconds, 2) if floor_seconds else None,
         "positions_per_second": round(counts["positions"] / wall, 1),
         "result_rows": rows_written, "build_seconds": round(build_seconds, 2),
-        "peak_rss_mb": round(peak_rss_mb, 1), "engines": [e.name for e in ENGINES],
+        "peak_rss_mb": round(peak_rss_mb, 1), "peak_worker_rss_mb": round(worker_rss_mb, 1),
+        "executor": args.executor or ("processes" if args.workers > 1 else "serial"), "workers": args.workers,
+        "engines": [e.name for e in ENGINES],
     }
     print(f"{'portfolios':<22}{report['portfolios']:>12}")
     print(f"{'positions':<22}{report['positions']:>12}")
@@ -258,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ratio to floor':<22}{report['ratio_to_floor']:>12}")
     print(f"{'positions / second':<22}{report['positions_per_second']:>12}")
     print(f"{'peak RSS (MB)':<22}{report['peak_rss_mb']:>12}")
+    print(f"{'peak worker RSS (MB)':<22}{report['peak_worker_rss_mb']:>12}")
     if args.json:
         print(json.dumps(report))
     return 0

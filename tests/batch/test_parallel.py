@@ -1,0 +1,116 @@
+"""The per-portfolio stage on local worker processes and on a Dask cluster gives the serial run's
+results, records and counts (issue #6); a lost worker is reported, never silent.
+
+Each test runs on SQLite and PostgreSQL through the real entry point, on the demo portfolios.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from batch import runner as runner_module
+from batch.engines import ENGINES
+from batch.runner import Executor, run_chunk_task
+from models import BatchJobResult, BatchRun, PortfolioSnapshot
+from tests.conftest import RESULT_TABLES, dump_results
+
+START, END = "2022-12-22", "2022-12-28"
+SESSIONS = ["2022-12-22", "2022-12-23", "2022-12-27", "2022-12-28"]  # 2022-12-26: Christmas observed
+
+
+def forget_results(engine) -> None:
+    with Session(engine) as s, s.begin():
+        for model in RESULT_TABLES:
+            s.execute(delete(model))
+
+
+def run_records(engine, run_id: str) -> tuple[BatchRun, dict[tuple, str]]:
+    """The run's record and its job records: (as_of, portfolio_id, job) → status."""
+    with Session(engine) as s:
+        run = s.get(BatchRun, uuid.UUID(run_id))
+        jobs = {(j.as_of_date, j.portfolio_id, j.job): j.status for j in s.scalars(
+            select(BatchJobResult).where(BatchJobResult.run_id == uuid.UUID(run_id)))}
+    return run, jobs
+
+
+def test_workers_and_dask_reproduce_the_serial_run(seeded, engine) -> None:
+    """Serial backfill → results A. Forget every result row, backfill again on 2 local worker
+    processes → B; forget again, on a 2-worker Dask LocalCluster → C. A == B == C, and every
+    run has the same counts and one record per (date, portfolio, job)."""
+    serial = seeded("--start", START, "--end", END, "--json")
+    assert serial.code == 0, serial.summary["failed_portfolios"]
+    assert serial.summary["portfolios"] == {"succeeded": 4 * len(SESSIONS), "failed": 0, "skipped": 0}
+    expected = dump_results(engine)
+    _, serial_jobs = run_records(engine, serial.summary["run_id"])
+    assert len(serial_jobs) == 4 * len(SESSIONS) * len(ENGINES) + 2 * len(SESSIONS) + 2
+
+    for flags in (["--workers", "2"], ["--executor", "dask", "--workers", "2"]):
+        forget_results(engine)
+        with Session(engine) as s:
+            assert s.scalar(select(func.count()).select_from(PortfolioSnapshot)) == 0
+        result = seeded("--start", START, "--end", END, "--skip-sync", "--json", *flags)
+        assert result.code == 0, (flags, result.summary["failed_portfolios"])
+        assert result.summary["portfolios"] == serial.summary["portfolios"]
+        for job in [e.name for e in ENGINES] + ["symbol_betas", "factor_correlations"]:
+            assert result.summary["jobs"][job] == serial.summary["jobs"][job], (flags, job)
+        assert dump_results(engine) == expected, flags
+        run, jobs = run_records(engine, result.summary["run_id"])
+        assert run.status == "success" and run.completed_units == run.total_units == 4 * len(SESSIONS)
+        assert {k: v for k, v in jobs.items() if k[1] is not None} == \
+            {k: v for k, v in serial_jobs.items() if k[1] is not None}, flags
+
+
+class LosesFirstChunk(Executor):
+    """Runs chunks in this process with the real worker entry point, except that the first
+    chunk's worker is 'lost' before doing anything."""
+
+    workers = 2
+
+    def map(self, tasks, shared):
+        for i, task in enumerate(tasks):
+            yield task, RuntimeError("worker process died") if i == 0 else run_chunk_task(task, shared)
+
+    def stop(self) -> None:
+        return None
+
+
+def test_a_lost_worker_fails_its_chunk_loudly_and_the_rest_commits(seeded, engine, monkeypatch) -> None:
+    real_runner = runner_module.Runner
+
+    def with_lossy_executor(*args, **kwargs):
+        kwargs["executor"] = LosesFirstChunk()
+        return real_runner(*args, **kwargs)
+
+    monkeypatch.setattr("batch.cli.Runner", with_lossy_executor)
+    result = seeded("--date", END, "--json")
+    assert result.code == 1 and result.summary["status"] == "partial"
+    # 4 portfolios, 2 workers → chunks of one portfolio; the first chunk is lost
+    failed = result.summary["failed_portfolios"]
+    assert result.summary["portfolios"] == {"succeeded": 3, "failed": 1, "skipped": 0}
+    assert len(failed) == 1 and failed[0]["job"] == "worker" and "worker process died" in failed[0]["error"]
+    lost = uuid.UUID(failed[0]["portfolio_id"])
+    _, jobs = run_records(engine, result.summary["run_id"])
+    assert jobs[(date(2022, 12, 28), lost, "worker")] == "failed"
+    with Session(engine) as s:
+        owners = set(s.scalars(select(PortfolioSnapshot.portfolio_id)))
+        run = s.get(BatchRun, uuid.UUID(result.summary["run_id"]))
+    assert lost not in owners and len(owners) == 3
+    assert run.status == "partial" and run.exit_code == 1
+    # the next (serial) run computes the lost portfolio; the others are complete
+    monkeypatch.setattr("batch.cli.Runner", real_runner)
+    again = seeded("--date", END, "--json")
+    assert again.code == 0 and again.summary["portfolios"] == {"succeeded": 1, "failed": 0, "skipped": 3}
+
+
+def test_impossible_executor_flags_exit_2(cli) -> None:
+    for flags, message in ((["--workers", "0"], "--workers 0"),
+                           (["--executor", "serial", "--workers", "3"], "cannot use --workers 3"),
+                           (["--executor", "threads"], "invalid choice")):
+        result = cli("--date", END, "--skip-sync", *flags)
+        assert result.code == 2, flags
+        assert message in result.err, (flags, result.err)
+
