@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, Engine, create_engine, event, inspect, text
+from sqlalchemy import JSON, Engine, Float, Numeric, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -161,39 +161,62 @@ def json_text(value: Any) -> str:
         return json.dumps(jsonable(value), allow_nan=False)
 
 
-def _cell(value: Any) -> Any:
-    """A scalar column value with non-finite floats stored as NULL."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert `rows` (column → value; a missing column takes its scalar default, else NULL)
-    into `table` inside the session's transaction with the dialect's fastest path: `COPY` on
-    PostgreSQL, one `executemany` elsewhere. Non-finite floats are stored as NULL, in scalar
-    columns and inside JSON documents alike. Returns the row count."""
+def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],
+                constants: dict[str, Any] | None = None) -> int:
+    """Insert `rows` (column → value; a missing column takes its scalar default, else NULL) with
+    the `constants` columns set on every row, inside the session's transaction, by the dialect's
+    fastest path: `COPY` on PostgreSQL, one `executemany` elsewhere. Non-finite floats are stored
+    as NULL, in numeric columns and inside JSON documents alike. Returns the row count."""
     if not rows:
         return 0
     table = getattr(table, "__table__", table)
+    constants = constants or {}
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True
-                                                 and c.name not in rows[0])]
-    defaults = {c.name: c.default.arg if c.default is not None and c.default.is_scalar else None
-                for c in columns}
-    is_json = [isinstance(c.type, JSON) for c in columns]
+                                                 and c.name not in rows[0] and c.name not in constants)]
     names = [c.name for c in columns]
-    if session.get_bind().dialect.name == "postgresql":
-        cursor = session.connection().connection.driver_connection.cursor()
+    fill = [constants[c.name] if c.name in constants else
+            c.default.arg if c.default is not None and c.default.is_scalar else None for c in columns]
+    from_row = [c.name not in constants for c in columns]
+    numeric = [i for i, c in enumerate(columns) if isinstance(c.type, (Float, Numeric))]
+    documents = [i for i, c in enumerate(columns) if isinstance(c.type, JSON)]
+    postgres = session.get_bind().dialect.name == "postgresql"
+
+    def values(row: dict[str, Any]) -> list[Any]:
+        out = [row.get(n, f) if r else f for n, f, r in zip(names, fill, from_row, strict=True)]
+        for i in numeric:
+            v = out[i]
+            if isinstance(v, float) and not math.isfinite(v):
+                out[i] = None
+        for i in documents:  # JSON None is stored as JSON null, as SQLAlchemy's JSON type does
+            out[i] = json_text(out[i]) if postgres else jsonable(out[i])
+        return out
+
+    if postgres:
         quoted = ", ".join(f'"{n}"' for n in names)
+        cursor = session.connection().connection.driver_connection.cursor()
         with cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-            for row in rows:  # JSON None is stored as JSON null, as SQLAlchemy's JSON type does
-                copy.write_row([json_text(v) if j else _cell(v) for n, j in zip(names, is_json, strict=True)
-                                for v in (row.get(n, defaults[n]),)])
-        return len(rows)
-    session.execute(table.insert(), [
-        {n: (jsonable(v) if j else _cell(v)) for n, j in zip(names, is_json, strict=True)
-         for v in (row.get(n, defaults[n]),)} for row in rows])
+            for row in rows:
+                copy.write_row(values(row))
+    else:
+        session.execute(table.insert(), [dict(zip(names, values(row), strict=True)) for row in rows])
     return len(rows)
+
+
+def bulk_replace(session: Session, replacements: Sequence[tuple[Any, dict[str, Any], Sequence[dict]]]) -> int:
+    """For each (table, key, rows): delete the rows of `table` matching `key` (column → value),
+    then insert `rows` with the key columns set (`bulk_insert`). On PostgreSQL the deletes go in
+    one pipelined round trip. Returns the number of rows inserted."""
+    tables = [(getattr(t, "__table__", t), key, rows) for t, key, rows in replacements]
+    if session.get_bind().dialect.name == "postgresql":
+        driver = session.connection().connection.driver_connection
+        with driver.pipeline(), driver.cursor() as cursor:
+            for table, key, _ in tables:
+                where = " AND ".join(f'"{column}" = %s' for column in key)
+                cursor.execute(f'DELETE FROM "{table.name}" WHERE {where}', list(key.values()))
+    else:
+        for table, key, _ in tables:
+            session.execute(table.delete().where(*(table.c[column] == v for column, v in key.items())))
+    return sum(bulk_insert(session, table, rows, key) for table, key, rows in tables)
 
 
 @contextmanager

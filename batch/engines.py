@@ -30,6 +30,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from batch import calendar, repository
+from batch.db import bulk_insert
 from batch.settings import Settings
 from batch.sync import HISTORY_SESSIONS
 from calculations import correlations as corr
@@ -243,7 +244,7 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     if ctx.portfolio_ids:
         stale = stale.where(SymbolFactorBeta.symbol.in_(to_fit))
     s.execute(stale)
-    repository.insert_rows(s, SymbolFactorBeta, rows)
+    bulk_insert(s, SymbolFactorBeta, rows)
     betas: dict[str, dict[str, float]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for r in stored + [SimpleNamespace(**row) for row in rows]:
@@ -294,7 +295,7 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
              "correlation": float(correlation.loc[a, b]), "observations": observations,
              "decay": factors.EWMA_LAMBDA}
             for i, a in enumerate(names) for b in names[i:]]
-    repository.insert_rows(s, FactorCorrelation, rows)
+    bulk_insert(s, FactorCorrelation, rows)
     ctx.outputs["factor_correlations"] = FactorCovariance(cov, observations, unavailable)
     return JobOutcome("success", {**result, "factors": names, "observations": observations,
                                   "rows_written": len(rows)})

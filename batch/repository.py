@@ -16,7 +16,6 @@ from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from batch import calendar
-from batch.db import bulk_insert
 from calculations.positions import (
     OPTION_TYPES,
     OPTIONS,
@@ -272,19 +271,6 @@ def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -
         return []
     return list(session.scalars(select(SymbolFactorBeta).where(
         SymbolFactorBeta.as_of_date == as_of, SymbolFactorBeta.symbol.in_(list(symbols)))))
-
-
-def insert_rows(session: Session, table: type, rows: Sequence[dict]) -> int:
-    """Bulk-insert `rows` (non-finite numbers stored as NULL). Returns the count."""
-    return bulk_insert(session, table, rows)
-
-
-def replace_rows(session: Session, table: type, key: dict[str, object], rows: Sequence[dict]) -> int:
-    """Delete every row of `table` matching `key` (column → value), then insert `rows` with the
-    key columns filled in. This is how a re-run replaces a (portfolio, date)'s results."""
-    core = table.__table__
-    session.execute(core.delete().where(and_(*(core.c[c] == v for c, v in key.items()))))
-    return bulk_insert(session, table, [{**r, **key} for r in rows])
 
 
 def latest_marks(session: Session, symbols: Iterable[str], as_of: date) -> dict[str, tuple[date, float]]:

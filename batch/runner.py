@@ -23,7 +23,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import bulk_insert, jsonable, make_engine, run_lock
+from batch.db import bulk_insert, bulk_replace, jsonable, make_engine, run_lock
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -467,8 +467,7 @@ class Runner:
                 if failure is None:  # results and their job records commit together
                     t0 = self.monotonic()
                     try:
-                        for table, (key, rows) in ctx.writes.items():
-                            repository.replace_rows(s, table, key, rows)
+                        bulk_replace(s, [(table, key, rows) for table, (key, rows) in ctx.writes.items()])
                     except Exception as exc:  # e.g. a constraint the staged rows violate
                         error = f"{type(exc).__name__}: {exc}"
                         log.exception("unit_write_failed")

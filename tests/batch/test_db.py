@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import uuid
 from datetime import UTC, date, datetime
 
 import pytest
@@ -11,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from batch import cli, db
 from batch.errors import LockHeld
-from models import Base, MarketPrice
+from models import Base, MarketPrice, Portfolio, StressScenario, StressTestResult
 
 SPEC_TABLES = {
     "portfolios", "positions", "market_prices", "company_profiles", "factor_definitions",
@@ -94,3 +96,43 @@ def test_unmigrated_database_needs_init_db(blank_database_url, monkeypatch, tmp_
         engine.dispose()
     assert factors == ["Market", "Value", "Growth", "Momentum", "Quality", "Size", "Low Volatility",
                        "Interest Rate"]
+
+
+def _scenario_rows(engine) -> dict:
+    with Session(engine) as s:
+        return {(r.portfolio_id, r.as_of_date, r.scenario_id): r for r in s.scalars(select(StressTestResult))}
+
+
+def test_bulk_replace_writes_nulls_for_non_finite_numbers_and_replaces_only_its_key(engine):
+    """The write path of every unit (COPY on PostgreSQL, executemany on SQLite): non-finite
+    floats become NULL in columns and null inside JSON, dates and UUIDs inside JSON become
+    strings, a missing column takes its default, the key columns are set on every row, and a
+    replacement deletes exactly the rows of its key."""
+    mine, other = uuid.UUID(int=1), uuid.UUID(int=2)
+    day = date(2022, 12, 28)
+    with Session(engine) as s, s.begin():
+        s.add_all([Portfolio(id=mine, name="mine", cash_balance=0.0), Portfolio(id=other, name="other", cash_balance=0.0)])
+        s.add(StressScenario(scenario_id="s1", name="s1", category="c", severity="mild", shocks={"Market": -0.1},
+                             is_active=True))
+        s.add(StressScenario(scenario_id="s2", name="s2", category="c", severity="mild", shocks={"Market": 0.1},
+                             is_active=True))
+    row = {"scenario_id": "s1", "direct_pnl": 1.5, "correlated_pnl": 2.0, "correlation_effect": 0.5,
+           "pnl_pct": math.nan, "factor_impacts": {"Market": {"pnl": math.nan, "on": day, "id": mine, 3: 1.0}}}
+    with Session(engine) as s, s.begin():
+        inserted = db.bulk_replace(s, [(StressTestResult, {"portfolio_id": mine, "as_of_date": day}, [row]),
+                                       (StressTestResult, {"portfolio_id": other, "as_of_date": day},
+                                        [{**row, "scenario_id": "s2", "pnl_pct": -math.inf, "factor_impacts": {}}])])
+    assert inserted == 2
+    stored = _scenario_rows(engine)
+    first = stored[(mine, day, "s1")]
+    assert (first.direct_pnl, first.correlated_pnl, first.correlation_effect) == (1.5, 2.0, 0.5)
+    assert first.pnl_pct is None and stored[(other, day, "s2")].pnl_pct is None  # NaN and -inf
+    assert first.exceeds_equity is False  # the column default
+    assert first.factor_impacts == {"Market": {"pnl": None, "on": "2022-12-28", "id": str(mine), "3": 1.0}}
+
+    with Session(engine) as s, s.begin():
+        db.bulk_replace(s, [(StressTestResult, {"portfolio_id": mine, "as_of_date": day},
+                             [{**row, "scenario_id": "s2", "direct_pnl": 7.0, "factor_impacts": {}}])])
+    stored = _scenario_rows(engine)
+    assert set(stored) == {(mine, day, "s2"), (other, day, "s2")}  # mine replaced, other untouched
+    assert stored[(mine, day, "s2")].direct_pnl == 7.0 and stored[(other, day, "s2")].direct_pnl == 1.5
