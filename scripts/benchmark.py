@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from models import (
 
 AS_OF = date(2022, 12, 28)
 SESSIONS = 300
+BUILD_BATCH = 250  # portfolios inserted per transaction while building
 PROXIES = {"Market": "^GSPC", "Value": "VLUE", "Growth": "VUG", "Momentum": "MTUM", "Quality": "QUAL",
            "Size": "SIZE", "Low Volatility": "USMV", "Interest Rate": "TLT"}
 RESULT_TABLES = ("position_factor_exposures", "portfolio_factor_exposures", "position_greeks",
@@ -75,12 +77,18 @@ def build_universe(engine, portfolios: int, positions: int, symbols: int, seed: 
     stock_prices = 50.0 * np.exp(np.cumsum(returns, axis=0))
     proxy_prices = 100.0 * np.exp(np.cumsum(factor_returns, axis=0))
     now = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
-    price_rows = [(sym, d, float(stock_prices[i, j])) for j, sym in enumerate(names) for i, d in enumerate(days)]
-    price_rows += [(proxy, d, float(proxy_prices[i, k])) for k, proxy in enumerate(PROXIES.values())
-                   for i, d in enumerate(days)]
-    _bulk_prices(engine, price_rows, now)
+    series = [(sym, stock_prices[:, j]) for j, sym in enumerate(names)]
+    series += [(proxy, proxy_prices[:, k]) for k, proxy in enumerate(PROXIES.values())]
+    _bulk_prices(engine, ((sym, d, float(v)) for sym, values in series for d, v in zip(days, values, strict=True)),
+                 now)
+    price_rows = len(series) * len(days)
     last_price = {sym: float(stock_prices[-1, j]) for j, sym in enumerate(names)}
+    with Session(engine) as s, s.begin():
+        for order, (name, proxy) in enumerate(PROXIES.items(), start=1):
+            s.add(FactorDefinition(name=name, proxy_symbol=proxy, kind={"Market": "market", "Interest Rate": "rates"}
+                                   .get(name, "style"), is_active=True, display_order=order))
     portfolio_rows, position_rows = [], []
+    total_positions = 0
     for p in range(portfolios):
         pid = uuid.UUID(int=(1 << 64) + p)
         portfolio_rows.append({"id": pid, "name": f"Bench {p:05d}", "cash_balance": 10_000.0, "currency": "USD"})
@@ -106,17 +114,16 @@ def build_universe(engine, portfolios: int, positions: int, symbols: int, seed: 
             elif kind < 0.25:  # short
                 row.update(position_type="SHORT", quantity=-row["quantity"])
             position_rows.append(row)
-    with Session(engine) as s, s.begin():
-        for order, (name, proxy) in enumerate(PROXIES.items(), start=1):
-            s.add(FactorDefinition(name=name, proxy_symbol=proxy, kind={"Market": "market", "Interest Rate": "rates"}
-                                   .get(name, "style"), is_active=True, display_order=order))
-        s.execute(Portfolio.__table__.insert(), portfolio_rows)
-        s.execute(Position.__table__.insert(), position_rows)
-    return {"portfolios": portfolios, "positions": len(position_rows), "symbols": symbols,
-            "price_rows": len(price_rows)}
+        if len(portfolio_rows) == BUILD_BATCH or p == portfolios - 1:  # streamed: bounded memory
+            with Session(engine) as s, s.begin():
+                s.execute(Portfolio.__table__.insert(), portfolio_rows)
+                s.execute(Position.__table__.insert(), position_rows)
+            total_positions += len(position_rows)
+            portfolio_rows, position_rows = [], []
+    return {"portfolios": portfolios, "positions": total_positions, "symbols": symbols, "price_rows": price_rows}
 
 
-def _bulk_prices(engine, rows: list[tuple], now: datetime) -> None:
+def _bulk_prices(engine, rows: Iterator[tuple], now: datetime) -> None:
     if engine.dialect.name == "postgresql":
         raw = engine.raw_connection()
         try:
@@ -129,8 +136,21 @@ def _bulk_prices(engine, rows: list[tuple], now: datetime) -> None:
             raw.close()
         return
     with Session(engine) as s, s.begin():
-        s.execute(MarketPrice.__table__.insert(),
-                  [{"symbol": sym, "date": d, "close": c, "source": "bench", "updated_at": now} for sym, d, c in rows])
+        for batch in _batched(rows, 50_000):
+            s.execute(MarketPrice.__table__.insert(),
+                      [{"symbol": sym, "date": d, "close": c, "source": "bench", "updated_at": now}
+                       for sym, d, c in batch])
+
+
+def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def wipe(engine) -> None:
