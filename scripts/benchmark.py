@@ -193,7 +193,7 @@ def floor(engine, symbols: int, rows_to_write: int) -> dict[str, float]:
     coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
     solve = time.perf_counter() - started
     started = time.perf_counter()
-    payload = [(i, 1.2345 * i, 0.5, "x") for i in range(rows_to_write)]
+    payload = ((i, 1.2345 * i, 0.5, "x") for i in range(rows_to_write))  # streamed, like the job's writes
     if engine.dialect.name == "postgresql":
         raw_conn = engine.raw_connection()
         try:
@@ -208,10 +208,16 @@ def floor(engine, symbols: int, rows_to_write: int) -> dict[str, float]:
         finally:
             raw_conn.close()
     else:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE TABLE IF NOT EXISTS bench_floor (a INTEGER, b REAL, c REAL, d TEXT)"))
-            conn.execute(text("DELETE FROM bench_floor"))
-            conn.exec_driver_sql("INSERT INTO bench_floor (a, b, c, d) VALUES (?, ?, ?, ?)", payload)
+        raw_conn = engine.raw_connection()
+        try:
+            cur = raw_conn.cursor()
+            cur.execute("CREATE TABLE IF NOT EXISTS bench_floor (a INTEGER, b REAL, c REAL, d TEXT)")
+            cur.execute("DELETE FROM bench_floor")
+            cur.execute("BEGIN")  # the engine's connections run in autocommit mode (see db.make_engine)
+            cur.executemany("INSERT INTO bench_floor (a, b, c, d) VALUES (?, ?, ?, ?)", payload)
+            raw_conn.commit()
+        finally:
+            raw_conn.close()
     write = time.perf_counter() - started
     assert coef.shape[1] == targets.shape[1] == symbols
     return {"regression": solve, "bulk_write": write}
