@@ -42,6 +42,7 @@ from calculations.scenarios import (
     DEFAULT_DURATION,
     OptionRevaluation,
     market_risk,
+    scenario_propagation,
     stress_summary,
     stress_test,
 )
@@ -87,6 +88,11 @@ class DateContext:
     market_closes: pd.DataFrame | None = None
     stress_scenarios: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # active ones
 
+    @cached_property
+    def market_symbols(self) -> frozenset[str]:
+        """The columns of `market_closes` (set once the symbol-betas engine has loaded them)."""
+        return frozenset() if self.market_closes is None else frozenset(self.market_closes.columns)
+
 
 @dataclass
 class UnitContext:
@@ -131,7 +137,7 @@ class UnitContext:
         shared = self.shared.market_closes
         if shared is None:
             return own.reindex(columns=sorted(symbols))
-        frame = shared.reindex(columns=sorted(symbols & set(shared.columns)))
+        frame = shared.reindex(columns=sorted(symbols & self.shared.market_symbols))
         extra = [c for c in own.columns if c in symbols and c not in frame.columns]
         return pd.concat([frame, own[extra]], axis=1) if extra else frame
 
@@ -555,8 +561,13 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
     scenarios = ctx.shared.stress_scenarios
     # A factor has data when its betas could be fitted; the covariance only drives propagation.
     available = [f for f in factors.FACTOR_ORDER if f not in symbol_betas.unavailable]
-    results = [stress_test(sid, shocks, exposures.by_factor(), available, covariance.covariance,
-                           valuation.total_value) for sid, shocks in scenarios]
+    propagation = ctx.shared.outputs.get("stress_propagation")  # per date: no portfolio in it
+    if propagation is None:
+        propagation = ctx.shared.outputs["stress_propagation"] = {
+            sid: scenario_propagation(shocks, available, covariance.covariance) for sid, shocks in scenarios}
+    by_factor = exposures.by_factor()
+    results = [stress_test(sid, shocks, by_factor, available, covariance.covariance, valuation.total_value,
+                           propagation=propagation[sid]) for sid, shocks in scenarios]
     ctx.replace(StressTestResult, [
         {"scenario_id": r.scenario_id, "direct_pnl": r.direct_pnl, "correlated_pnl": r.correlated_pnl,
          "correlation_effect": r.correlation_effect, "pnl_pct": r.pnl_pct,
@@ -608,8 +619,8 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     symbols = result.symbols
     # plain lists: element-wise .loc on the frames costs more than the statistics themselves
     rhos = [[None if np.isnan(v) else float(v) for v in row]
-            for row in result.matrix.loc[symbols, symbols].to_numpy(dtype=float)]
-    counts = result.observations.loc[symbols, symbols].to_numpy().tolist()
+            for row in result.matrix.reindex(index=symbols, columns=symbols).to_numpy(dtype=float)]
+    counts = result.observations.reindex(index=symbols, columns=symbols).to_numpy().tolist()
     pairs = [{"symbol_1": a, "symbol_2": symbols[j], "correlation": rhos[i][j], "observations": int(counts[i][j])}
              for i, a in enumerate(symbols) for j in range(i + 1, len(symbols))]
     ctx.replace(PairwiseCorrelation, pairs)

@@ -372,8 +372,7 @@ class Runner:
             self._check_stop()
             try:
                 with Session(self.engine) as s:
-                    market = [] if shared.market_closes is None else list(shared.market_closes.columns)
-                    inputs = repository.load_unit_inputs(s, todo, as_of, market, HISTORY_SESSIONS)
+                    inputs = repository.load_unit_inputs(s, todo, as_of, shared.market_symbols, HISTORY_SESSIONS)
             except Exception as exc:  # every unit of the chunk fails with it, the run goes on
                 log.exception("unit_inputs_failed")
                 load_error = f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from datetime import date
 
 import numpy as np
@@ -16,8 +15,11 @@ def latest_close(closes: pd.DataFrame, symbol: str | None, on: date) -> tuple[da
     if symbol is None or symbol not in closes.columns:
         return None
     index = closes.index
-    end = bisect_right(index, on)
-    values = closes[symbol].to_numpy(dtype=float, na_value=np.nan)[:end]
+    end = int(index.searchsorted(on, side="right"))
+    column = closes[symbol]
+    # float64 columns (what the loaders build) as a view; anything else converted, NA → NaN
+    values = (column.to_numpy() if column.dtype == np.float64
+              else column.to_numpy(dtype=float, na_value=np.nan))[:end]
     finite = np.flatnonzero(np.isfinite(values))
     if finite.size == 0:
         return None

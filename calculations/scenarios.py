@@ -128,15 +128,34 @@ def conditional_moves(covariance: pd.DataFrame, shocked: Mapping[str, float]) ->
     return dict(zip(u_names, (float(m) for m in moves), strict=True))
 
 
+def factor_moves(shocks: Mapping[str, float], duration: float = DEFAULT_DURATION) -> dict[str, float]:
+    """A scenario's shocks as factor returns (Interest Rate: a yield change, mapped by duration)."""
+    return {f: rate_shock_to_return(v, duration) if f == RATES else v for f, v in shocks.items()}
+
+
+def scenario_propagation(shocks: Mapping[str, float], available_factors: Sequence[str],
+                         covariance: pd.DataFrame | None,
+                         duration: float = DEFAULT_DURATION) -> dict[str, float]:
+    """The unshocked factors' conditional moves for a scenario: `conditional_moves` given the
+    shocked factors that have data. It depends on no portfolio, so one computation per
+    scenario and date serves every portfolio (`stress_test(..., propagation=...)`). Empty
+    without a covariance."""
+    if covariance is None:
+        return {}
+    usable = {f: m for f, m in factor_moves(shocks, duration).items() if f in available_factors}
+    return conditional_moves(covariance, usable)
+
+
 def stress_test(scenario_id: str, shocks: Mapping[str, float], exposures: Mapping[str, float],
                 available_factors: Sequence[str], covariance: pd.DataFrame | None, equity: float,
-                duration: float = DEFAULT_DURATION) -> StressResult:
+                duration: float = DEFAULT_DURATION,
+                propagation: Mapping[str, float] | None = None) -> StressResult:
     """Direct P&L = Σ shocked factors of exposure × shock (Interest Rate shocks are yield changes,
     converted by the duration mapping). Correlated P&L adds the unshocked factors moved to their
-    conditional expectation given the shocked ones (`conditional_moves`). A shocked factor
-    without data or without exposure contributes 0 and says why. No clipping: a loss larger
-    than equity sets `exceeds_equity`."""
-    moves = {f: rate_shock_to_return(v, duration) if f == RATES else v for f, v in shocks.items()}
+    conditional expectation given the shocked ones (`scenario_propagation`, computed here unless
+    the caller passes it as `propagation`). A shocked factor without data or without exposure
+    contributes 0 and says why. No clipping: a loss larger than equity sets `exceeds_equity`."""
+    moves = factor_moves(shocks, duration)
     impacts: dict[str, dict[str, Any]] = {}
     direct = 0.0
     for factor, move in moves.items():
@@ -151,9 +170,10 @@ def stress_test(scenario_id: str, shocks: Mapping[str, float], exposures: Mappin
             direct += entry["pnl"]
         impacts[factor] = entry
     propagated = 0.0
+    if propagation is None:
+        propagation = scenario_propagation(shocks, available_factors, covariance, duration)
     if covariance is not None:
-        usable = {f: m for f, m in moves.items() if f in available_factors}
-        for factor, move in conditional_moves(covariance, usable).items():
+        for factor, move in propagation.items():
             if factor in moves:  # shocked but without data: contributes 0, never propagated
                 continue
             pnl = exposures.get(factor, 0.0) * move

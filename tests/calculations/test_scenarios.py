@@ -32,6 +32,7 @@ from calculations.scenarios import (
     market_risk,
     rate_shock_to_return,
     scenario_name,
+    scenario_propagation,
     stress_summary,
     stress_test,
 )
@@ -601,3 +602,21 @@ def test_market_scenarios_are_left_out_when_the_market_factor_has_no_data():
     assert {r.scenario for r in results} == {"rates_up_100bp", "rates_down_100bp", "rates_up_200bp",
                                              "rates_down_200bp"}
     assert unavailable == {f"market_{d}_{n}": "factor_unavailable" for d in ("up", "down") for n in (5, 10, 20)}
+
+
+def test_scenario_propagation_matches_numpy_and_a_precomputed_one_changes_nothing() -> None:
+    """The per-date propagation (shared by every portfolio) equals the direct formula, and
+    stress_test gives the same result with it as when it computes it itself. A rate shock is a
+    yield change: it enters as −duration × Δy, and only factors with data are conditioned on."""
+    shocks = {"Market": -0.20, "Size": -0.10, RATES: 0.01}
+    available = ["Market", "Value", "Size"]  # no Interest Rate data
+    propagation = scenario_propagation(shocks, available, COV)
+    assert propagation == pytest.approx(_numpy_conditional(COV, {"Market": -0.20, "Size": -0.10}), rel=1e-10)
+    exposures = {"Market": 1_000_000.0, "Value": -250_000.0, "Size": 400_000.0, RATES: 50_000.0}
+    computed = stress_test("s", shocks, exposures, available, COV, 2_000_000.0)
+    shared = stress_test("s", shocks, exposures, available, COV, 2_000_000.0, propagation=propagation)
+    assert shared == computed
+    # Value moves to Σ_us Σ_ss⁻¹ s; the direct part is Market and Size only (rates unavailable)
+    assert computed.direct_pnl == pytest.approx(1_000_000.0 * -0.20 + 400_000.0 * -0.10)
+    assert computed.correlation_effect == pytest.approx(-250_000.0 * propagation["Value"])
+    assert scenario_propagation(shocks, available, None) == {}
