@@ -6,12 +6,19 @@ Each test runs on SQLite and PostgreSQL through the real entry point, on the dem
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import date
+from pathlib import Path
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from batch import db
 from batch import runner as runner_module
 from batch.engines import ENGINES
 from batch.runner import Executor, run_chunk_task
@@ -114,3 +121,71 @@ def test_impossible_executor_flags_exit_2(cli) -> None:
         assert result.code == 2, flags
         assert message in result.err, (flags, result.err)
 
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pids: set[int], wait: float = 5.0) -> dict[int, str]:
+    """The command lines of the processes in `pids` still running after `wait` seconds."""
+    until = time.monotonic() + wait
+    while True:
+        alive = {}
+        for pid in pids:
+            try:
+                if "State:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+                    alive[pid] = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+            except OSError:
+                continue
+        if not alive or time.monotonic() > until:
+            return alive
+        time.sleep(0.2)
+
+
+def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engine, tmp_path) -> None:
+    """A backfill on 2 local workers, SIGTERM once a few units committed: exit 143, the run is
+    `interrupted`, no worker process outlives the job, exactly the units recorded successful
+    were committed, and the lock is free."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
+    env.update(LOG_FORMAT="json", DATABASE_URL=database_url)
+    seed = subprocess.run([sys.executable, "-m", "batch", "seed-demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert seed.returncode == 0, seed.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28",
+                             "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    seen = 0
+    for line in proc.stdout:  # the workers log on the job's stdout
+        seen += '"portfolio_succeeded"' in line
+        if seen >= 6 or time.monotonic() > deadline:
+            break
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, "the job should be running worker processes"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    survivors = _alive(workers)
+    assert not survivors, f"outlived the job: {survivors}"
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        snapshots = s.scalars(select(PortfolioSnapshot)).all()
+        succeeded = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "snapshot",
+                                                           BatchJobResult.status == "success")).all()
+    assert run.status == "interrupted" and run.exit_code == 143 and run.finished_at is not None
+    assert {(x.portfolio_id, x.snapshot_date) for x in snapshots} == \
+        {(j.portfolio_id, j.as_of_date) for j in succeeded}
+    assert 6 <= len(snapshots) < 4 * 250
+    with db.run_lock(engine):  # released
+        pass
