@@ -41,6 +41,8 @@ def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
         checks += [Check("migrations", "failed", "not checked: database unreachable"),
                    Check("run_lock", "failed", "not checked: database unreachable")]
     checks += [_provider(settings, as_of), _calendar(as_of)]
+    if settings.dask_scheduler_address:
+        checks.append(_dask(settings.dask_scheduler_address))
     return checks
 
 
@@ -105,6 +107,23 @@ def _provider(settings: Settings, as_of: date) -> Check:
                      f"{detail}: offline data covers {coverage[0]}..{coverage[1]} only; runs dated {as_of} "
                      "exit 2 — set MARKET_DATA_PROVIDER=yfinance|fmp|polygon for current prices")
     return Check("provider", "ok", detail)
+
+
+def _dask(address: str, timeout_seconds: float = 10.0) -> Check:
+    """The Dask scheduler of DASK_SCHEDULER_ADDRESS answers and has workers."""
+    try:
+        from distributed import Client  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return Check("dask", "failed", "DASK_SCHEDULER_ADDRESS is set but the distributed package is "
+                                       "missing: pip install 'sigmasight-batch[dask]'")
+    try:
+        with Client(address, timeout=timeout_seconds) as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError) as exc:
+        return Check("dask", "failed", f"scheduler {address} unreachable: {type(exc).__name__}")
+    if workers == 0:
+        return Check("dask", "failed", f"scheduler {address} has no workers")
+    return Check("dask", "ok", f"scheduler {address}: {workers} workers")
 
 
 def _calendar(as_of: date) -> Check:

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from batch import calendar, db, repository
 from batch.check import as_dicts, run_checks
 from batch.demo import seed_demo
-from batch.executors import EXECUTORS, make_executor
 from batch.errors import (
     ConfigError,
     CoverageError,
@@ -27,6 +26,7 @@ from batch.errors import (
     Interrupted,
     LockHeld,
 )
+from batch.executors import EXECUTORS, make_executor
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider, get_provider
 from batch.runner import Runner, RunRequest

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
-from typing import Any
 
 import numpy as np
 import pandas as pd

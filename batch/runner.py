@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -37,7 +38,12 @@ from batch.errors import Interrupted
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
-from batch.sync import HISTORY_SESSIONS, MarketDataResult, sync_company_profiles, sync_market_data
+from batch.sync import (
+    HISTORY_SESSIONS,
+    MarketDataResult,
+    sync_company_profiles,
+    sync_market_data,
+)
 from models import BatchJobResult, BatchRun
 
 log = structlog.get_logger()
@@ -102,7 +108,7 @@ class ChunkOutcome:
     job_counts: dict[str, dict[str, int]]
 
 
-class Executor:
+class Executor(ABC):
     """Runs chunk tasks somewhere else and yields (task, outcome or the exception that lost it),
     in completion order. Implementations: batch/executors.py. Used as a context manager around
     the run: leaving it with an exception (an interrupt) stops the workers."""
@@ -115,14 +121,15 @@ class Executor:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    @abstractmethod
     def map(self, tasks: Sequence[ChunkTask],
             shared: DateContext) -> Iterator[tuple[ChunkTask, ChunkOutcome | BaseException]]:
-        raise NotImplementedError
+        """Run every task (each with `run_chunk_task(task, shared)`) and yield as they finish."""
 
+    @abstractmethod
     def stop(self) -> None:
         """Stop at once: cancel what has not started and end the units in progress (their
         transactions roll back)."""
-        raise NotImplementedError
 
 
 _WORKER_ENGINES: dict[str, Engine] = {}  # one engine per database URL per worker process
@@ -140,9 +147,15 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     runner = Runner(task.settings, engine, provider=None, monotonic=time.time)
     runner.run_id = task.run_id
     tally = _Tally()
-    runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
-                     task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
-    structlog.contextvars.clear_contextvars()
+    # the worker's own watchdog: a hung chunk ends its process as a hung serial run would
+    faulthandler.dump_traceback_later(max(1.0, task.deadline_at - time.time())
+                                      + task.settings.watchdog_grace_seconds, exit=True, file=sys.__stderr__)
+    try:
+        runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
+                         task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        structlog.contextvars.clear_contextvars()
     return ChunkOutcome(tally, runner.job_counts)
 
 
@@ -154,7 +167,10 @@ class Runner:
                  monotonic: Callable[[], float] = time.monotonic,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
                  executor: Executor | None = None) -> None:
-        """`executor`: where the per-portfolio stage runs (None: in this process, serially)."""
+        """`executor`: where the per-portfolio stage runs (None: in this process, serially).
+        Workers run the registered engines, so a custom `engines` list needs the serial run."""
+        if executor is not None and engines is not None:
+            raise ValueError("a custom engine list runs only in-process (executor=None)")
         self.settings = settings
         self.engine = engine
         self.provider = provider

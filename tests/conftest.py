@@ -24,6 +24,8 @@ from batch import db
 from batch.cli import main as cli_main
 from models import (
     Base,
+    BatchJobResult,
+    BatchRun,
     CorrelationCluster,
     CorrelationRun,
     FactorCorrelation,
@@ -167,6 +169,31 @@ def engine(database_url: str):
     engine = db.make_engine(database_url)
     yield engine
     engine.dispose()
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment for running the job as a subprocess: this one without DATABASE_URL and
+    MARKET_DATA_PROVIDER, JSON logs, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
+    env.update(LOG_FORMAT="json", **extra)
+    return env
+
+
+def assert_interrupted_with_whole_units(engine, at_least: int) -> None:
+    """After a SIGTERM: the run is recorded `interrupted` (exit 143, finished), exactly the units
+    recorded successful were committed (none half-written, none lost), at least `at_least` of
+    them, and the run lock is free."""
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        snapshots = s.scalars(select(PortfolioSnapshot)).all()
+        succeeded = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "snapshot",
+                                                           BatchJobResult.status == "success")).all()
+    assert run.status == "interrupted" and run.exit_code == 143 and run.finished_at is not None
+    assert {(x.portfolio_id, x.snapshot_date) for x in snapshots} == \
+        {(j.portfolio_id, j.as_of_date) for j in succeeded}
+    assert at_least <= len(snapshots) < 4 * 250
+    with db.run_lock(engine):  # released
+        pass
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

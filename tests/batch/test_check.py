@@ -65,3 +65,21 @@ def test_fails_when_a_run_holds_the_lock_or_the_schema_is_behind(check, database
     blank = f"sqlite:///{tmp_path / 'blank.db'}"
     code, out, _ = check(DATABASE_URL=blank)
     assert code == 1 and "init-db" in out
+
+
+def test_dask_scheduler_is_checked_when_configured(check):
+    """With DASK_SCHEDULER_ADDRESS set, the preflight connects to the scheduler: a live local
+    cluster with 2 workers passes, an address nobody listens on fails the preflight."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        code, out, _ = check("--json", DASK_SCHEDULER_ADDRESS=cluster.scheduler_address)
+    report = json.loads(out.strip().splitlines()[-1])
+    dask = {c["name"]: c for c in report["checks"]}["dask"]
+    assert code == 0 and dask["status"] == "ok" and "2 workers" in dask["detail"]
+
+    code, out, _ = check("--json", DASK_SCHEDULER_ADDRESS="tcp://127.0.0.1:9")
+    report = json.loads(out.strip().splitlines()[-1])
+    dask = {c["name"]: c for c in report["checks"]}["dask"]
+    assert code == 1 and report["ok"] is False
+    assert dask["status"] == "failed" and "unreachable" in dask["detail"]

@@ -6,7 +6,6 @@ Each test runs on SQLite and PostgreSQL through the real entry point, on the dem
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,12 +17,16 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from batch import db
 from batch import runner as runner_module
 from batch.engines import ENGINES
 from batch.runner import Executor, run_chunk_task
 from models import BatchJobResult, BatchRun, PortfolioSnapshot
-from tests.conftest import RESULT_TABLES, dump_results
+from tests.conftest import (
+    RESULT_TABLES,
+    assert_interrupted_with_whole_units,
+    dump_results,
+    process_env,
+)
 
 START, END = "2022-12-22", "2022-12-28"
 SESSIONS = ["2022-12-22", "2022-12-23", "2022-12-27", "2022-12-28"]  # 2022-12-26: Christmas observed
@@ -157,8 +160,7 @@ def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engi
     """A backfill on 2 local workers, SIGTERM once a few units committed: exit 143, the run is
     `interrupted`, no worker process outlives the job, exactly the units recorded successful
     were committed, and the lock is free."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
-    env.update(LOG_FORMAT="json", DATABASE_URL=database_url)
+    env = process_env(DATABASE_URL=database_url)
     seed = subprocess.run([sys.executable, "-m", "batch", "seed-demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert seed.returncode == 0, seed.stderr
@@ -178,14 +180,4 @@ def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engi
     assert proc.returncode == 143, err
     survivors = _alive(workers)
     assert not survivors, f"outlived the job: {survivors}"
-    with Session(engine) as s:
-        run = s.scalars(select(BatchRun)).one()
-        snapshots = s.scalars(select(PortfolioSnapshot)).all()
-        succeeded = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "snapshot",
-                                                           BatchJobResult.status == "success")).all()
-    assert run.status == "interrupted" and run.exit_code == 143 and run.finished_at is not None
-    assert {(x.portfolio_id, x.snapshot_date) for x in snapshots} == \
-        {(j.portfolio_id, j.as_of_date) for j in succeeded}
-    assert 6 <= len(snapshots) < 4 * 250
-    with db.run_lock(engine):  # released
-        pass
+    assert_interrupted_with_whole_units(engine, at_least=6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,20 +12,15 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batch import cli, db
+from batch import cli
 from models import BatchJobResult, BatchRun, PortfolioSnapshot
+from tests.conftest import assert_interrupted_with_whole_units, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MARKET_DATA_PROVIDER")}
-    env.update(LOG_FORMAT="json", **extra)
-    return env
-
-
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(**env), capture_output=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=process_env(**env), capture_output=True,
                           text=True, timeout=300)
 
 
@@ -62,7 +56,7 @@ def test_unreachable_database_exits_2_naming_host_not_password(tmp_path):
 def test_sigterm_rolls_back_records_interrupted_and_releases_the_lock(database_url, engine, tmp_path):
     assert _run(["-m", "batch", "seed-demo"], tmp_path, DATABASE_URL=database_url).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28"],
-                            cwd=tmp_path, env=_env(DATABASE_URL=database_url), stdout=subprocess.PIPE,
+                            cwd=tmp_path, env=process_env(DATABASE_URL=database_url), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     seen = 0
@@ -73,18 +67,8 @@ def test_sigterm_rolls_back_records_interrupted_and_releases_the_lock(database_u
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    with Session(engine) as s:
-        run = s.scalars(select(BatchRun)).one()
-        snapshots = s.scalars(select(PortfolioSnapshot)).all()
-        succeeded = s.scalars(select(BatchJobResult).where(BatchJobResult.job == "snapshot",
-                                                           BatchJobResult.status == "success")).all()
-    assert run.status == "interrupted" and run.exit_code == 143 and run.finished_at is not None
     # exactly the units recorded successful were committed; the one in progress rolled back
-    assert {(x.portfolio_id, x.snapshot_date) for x in snapshots} == \
-        {(j.portfolio_id, j.as_of_date) for j in succeeded}
-    assert 3 <= len(snapshots) < 4 * 250
-    with db.run_lock(engine):  # released
-        pass
+    assert_interrupted_with_whole_units(engine, at_least=3)
 
 
 def test_deadline_stops_starting_portfolios(database_url, engine, monkeypatch, tmp_path, capsys):
