@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from batch import calendar, db
 from batch.engines import ENGINES
 from batch.executors import EXECUTORS, make_executor
+from batch.log import configure_logging
 from batch.providers import SampleProvider
 from batch.runner import Runner, RunRequest
 from batch.settings import Settings
@@ -164,6 +165,7 @@ def wipe(engine) -> None:
 def run_job(engine, database_url: str, executor: str | None, workers: int) -> tuple[float, dict]:
     settings = Settings.from_env({"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
                                   "DASK_SCHEDULER_ADDRESS": os.environ.get("DASK_SCHEDULER_ADDRESS", "")})
+    configure_logging(settings.log_format, settings.log_level)  # the table and JSON line stay readable
     request = RunRequest([AS_OF], AS_OF, AS_OF, force=True, skip_sync=True, trigger="manual")
     started = time.perf_counter()  # worker start-up (processes, a Dask cluster) is part of the wall
     runner = Runner(settings, engine, SampleProvider(),
