@@ -19,10 +19,11 @@ def load_benchmark():
     return module
 
 
-def test_benchmark_json_line_parses_with_the_contract_keys(database_url, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_benchmark_json_line_parses_with_the_contract_keys(database_url, capsys, workers):
     benchmark = load_benchmark()
     assert benchmark.main(["--portfolios", "3", "--positions", "8", "--symbols", "30",
-                           "--database-url", database_url, "--json"]) == 0
+                           "--database-url", database_url, "--workers", workers, "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"portfolios", "positions", "symbols", "database", "wall_seconds", "stage_seconds", "floor_seconds",
             "ratio_to_floor", "positions_per_second", "peak_rss_mb"} <= set(report)
@@ -30,3 +31,4 @@ def test_benchmark_json_line_parses_with_the_contract_keys(database_url, capsys)
     assert report["database"] == database_url.split(":")[0].split("+")[0]
     assert report["ratio_to_floor"] == pytest.approx(report["wall_seconds"] / report["floor_seconds"], rel=0.01)
     assert report["result_rows"] > 0 and report["stage_seconds"]["jobs"]["snapshot"] >= 0
+    assert report["workers"] == int(workers) and report["executor"] == ("serial" if workers == "1" else "processes")
