@@ -232,8 +232,7 @@ def load_closes(session: Session, symbols: Iterable[str], start: date, end: date
     name_at = {n: i for i, n in enumerate(wanted)}
     values = np.full((len(day_index), len(wanted)), np.nan)
     values[[day_at[d] for d in days], [name_at[n] for n in names]] = closes
-    wide = pd.DataFrame(values, index=pd.Index(day_index, dtype=object), columns=wanted)
-    return wide
+    return pd.DataFrame(values, index=pd.Index(day_index, dtype=object), columns=wanted)
 
 
 def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID], before: date) -> dict[uuid.UUID, PriorSnapshot]:
