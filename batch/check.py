@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from batch import calendar, db
 from batch.errors import ConfigError, DatabaseUnavailable, LockHeld
+from batch.executors import CONNECT_TIMEOUT_SECONDS
 from batch.providers import get_provider
 from batch.settings import Settings
 
@@ -109,7 +110,7 @@ def _provider(settings: Settings, as_of: date) -> Check:
     return Check("provider", "ok", detail)
 
 
-def _dask(address: str, timeout_seconds: float = 10.0) -> Check:
+def _dask(address: str, timeout_seconds: float = CONNECT_TIMEOUT_SECONDS) -> Check:
     """The Dask scheduler of DASK_SCHEDULER_ADDRESS answers and has workers."""
     try:
         from distributed import Client  # noqa: PLC0415 - optional dependency

@@ -25,6 +25,7 @@ from batch.runner import ChunkOutcome, ChunkTask, Executor, run_chunk_task
 
 EXECUTORS = ("serial", "processes", "dask")
 MAX_WORKERS = 256
+CONNECT_TIMEOUT_SECONDS = 10.0  # reaching a Dask scheduler
 
 
 def make_executor(kind: str | None, workers: int, scheduler_address: str | None) -> Executor | None:
@@ -119,7 +120,11 @@ class DaskCluster(Executor):
         from distributed import Client, LocalCluster  # noqa: PLC0415 - optional dependency
 
         if self.address:
-            self._client = Client(self.address, timeout=30)
+            try:
+                self._client = Client(self.address, timeout=CONNECT_TIMEOUT_SECONDS)
+            except (OSError, TimeoutError) as exc:  # before anything is computed: a config error
+                raise ConfigError(f"Dask scheduler {self.address} (DASK_SCHEDULER_ADDRESS) unreachable: "
+                                  f"{type(exc).__name__}") from None
             self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
         else:
             self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,

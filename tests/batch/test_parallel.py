@@ -181,3 +181,13 @@ def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engi
     survivors = _alive(workers)
     assert not survivors, f"outlived the job: {survivors}"
     assert_interrupted_with_whole_units(engine, at_least=6)
+
+
+def test_unreachable_dask_scheduler_exits_2_having_computed_nothing(seeded, engine, monkeypatch) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
+    result = seeded("--date", END, "--skip-sync")
+    assert result.code == 2
+    assert "Dask scheduler tcp://127.0.0.1:9 (DASK_SCHEDULER_ADDRESS) unreachable" in result.err
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(PortfolioSnapshot)) == 0
+        assert s.scalar(select(func.count()).select_from(BatchRun)) == 0
