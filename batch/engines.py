@@ -8,7 +8,8 @@ Two kinds, each registered as (name, function[, dependencies]):
   unit's single transaction. Dependencies may name engines of either kind.
 
 The run loop (batch/runner.py) knows nothing about what an engine computes: a new engine is a
-function plus a `register(...)` call here. An engine loads its inputs, calls the pure functions of
+function plus a `register(...)` call here. A portfolio engine reads its inputs from its
+`UnitContext` (loaded beforehand, many portfolios at a time), calls the pure functions of
 `calculations/`, stages its result rows for its natural key (`UnitContext.replace`; the runner
 writes them in bulk once every engine of the unit has succeeded), and returns a `JobOutcome`; it
 raises on failure. "Nothing to compute" is a `skipped` outcome carrying the SPEC §8 payload.
