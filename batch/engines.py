@@ -38,7 +38,13 @@ from calculations import correlations as corr
 from calculations import factors
 from calculations.exposures import ExposureInput, Exposures, factor_exposures
 from calculations.greeks import PositionGreeks, option_greeks
-from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
+from calculations.positions import (
+    OPTIONS,
+    PRIVATE,
+    PUBLIC,
+    PositionInput,
+    price_symbols,
+)
 from calculations.scenarios import (
     DEFAULT_DURATION,
     OptionRevaluation,
@@ -132,8 +138,7 @@ class UnitContext:
         the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session: the market
         symbols from the date's shared frame, the rest (option contracts, private marks) from
         the unit's prefetched inputs."""
-        symbols = {p.symbol for p in self.positions} | {
-            p.underlying for p in self.positions if p.asset_class == OPTIONS and p.underlying}
+        symbols = price_symbols(self.positions)
         own = self.inputs.own_closes
         shared = self.shared.market_closes
         if shared is None:

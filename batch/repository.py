@@ -21,6 +21,7 @@ from calculations.positions import (
     PRIVATE,
     PositionInput,
     option_root,
+    price_symbols,
 )
 from calculations.snapshot import PriorSnapshot
 from models import (
@@ -159,8 +160,7 @@ def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of
     own: dict[uuid.UUID, list[str]] = {}
     private: set[str] = set()
     for pid, held in positions.items():
-        symbols = {p.symbol for p in held} | {p.underlying for p in held if p.asset_class == OPTIONS and p.underlying}
-        own[pid] = sorted(symbols - shared)
+        own[pid] = sorted(price_symbols(held) - shared)
         private |= {p.symbol for p in held if p.asset_class == PRIVATE}
     wanted = sorted({s for symbols in own.values() for s in symbols})
     closes = session_closes(session, wanted, as_of, sessions) if wanted else None

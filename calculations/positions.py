@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -136,3 +137,10 @@ class PositionInput:
         if self.position_type not in SHORT_TYPES and self.quantity < 0:
             return f"{self.position_type} with negative quantity {self.quantity}"
         return None
+
+
+def price_symbols(positions: Sequence[PositionInput]) -> set[str]:
+    """Every symbol whose closes pricing these positions may read: each position's own symbol,
+    and an option's underlying."""
+    return {p.symbol for p in positions} | {
+        p.underlying for p in positions if p.asset_class == OPTIONS and p.underlying}

@@ -21,6 +21,7 @@ from calculations.positions import (
     PUBLIC,
     PositionInput,
     classify_symbol,
+    price_symbols,
 )
 
 
@@ -251,3 +252,11 @@ def test_option_terms_fall_back_to_the_occ_symbol():
     stock = PositionInput(id=uuid.UUID(int=3), symbol="AAPL", position_type="LONG", quantity=1.0,
                           entry_price=1.0, entry_date=date(2022, 1, 3))
     assert stock.contract is None
+
+
+def test_price_symbols_are_own_symbols_plus_option_underlyings() -> None:
+    positions = [make_position("LONG", 100.0, symbol="MSFT"),
+                 make_position("LC", 2.0, symbol="AAPL230120C00150000", underlying_symbol="AAPL"),
+                 make_position("LONG", 1.0, symbol="BX_PRIVATE_EQUITY", investment_class=PRIVATE)]
+    assert price_symbols(positions) == {"MSFT", "AAPL230120C00150000", "AAPL", "BX_PRIVATE_EQUITY"}
+    assert price_symbols([]) == set()
