@@ -11,7 +11,7 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Float, and_, cast, func, or_, select
+from sqlalchemy import Float, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from batch import calendar
@@ -23,7 +23,7 @@ from calculations.positions import (
     option_root,
     price_symbols,
 )
-from calculations.snapshot import PriorSnapshot
+from calculations.snapshot import CHAIN_FLAGS, ChainLink, PriorSnapshot, rechain
 from models import (
     BatchJobResult,
     FactorDefinition,
@@ -247,6 +247,44 @@ def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID], before
                            .join(latest, and_(snap.portfolio_id == latest.c.portfolio_id,
                                               snap.snapshot_date == latest.c.d)))
     return {pid: PriorSnapshot(day, float(total), float(cumulative)) for pid, day, total, cumulative in rows}
+
+
+def rechain_later_snapshots(session: Session, portfolio_id: uuid.UUID, written: PriorSnapshot) -> int:
+    """Re-chain every stored snapshot of `portfolio_id` dated after `written` (the snapshot just
+    written in this transaction) so the series equals one built from scratch (SPEC §6.7): each
+    later row's `daily_return`, `cumulative_pnl` and chain flag are recomputed from its own
+    `daily_pnl` and `total_value`. Only rows whose values change are updated. Returns that count."""
+    snap = PortfolioSnapshot
+    rows = session.execute(
+        select(snap.snapshot_date, snap.total_value, snap.daily_pnl, snap.daily_return,
+               snap.cumulative_pnl, snap.data_quality)
+        .where(snap.portfolio_id == portfolio_id, snap.snapshot_date > written.snapshot_date)
+        .order_by(snap.snapshot_date)).all()
+    if not rows:
+        return 0
+    links = [ChainLink(r.snapshot_date, calendar.previous_session(r.snapshot_date), float(r.total_value),
+                       float(r.daily_pnl)) for r in rows]
+    changes = []
+    for row, chained in zip(rows, rechain(written, links), strict=True):
+        quality = dict(row.data_quality or {})
+        kept = [f for f in quality.get("flags", []) if f not in CHAIN_FLAGS]
+        flags = ([chained.chain_flag] if chained.chain_flag else []) + kept
+        if (row.daily_return == chained.daily_return and row.cumulative_pnl == chained.cumulative_pnl
+                and quality.get("flags", []) == flags):
+            continue
+        quality["flags"] = flags
+        changes.append({"b_date": row.snapshot_date, "b_return": chained.daily_return,
+                        "b_cumulative": chained.cumulative_pnl, "b_quality": quality})
+    if changes:
+        table = snap.__table__
+        session.connection().execute(
+            update(table).where(table.c.portfolio_id == portfolio_id,
+                                table.c.snapshot_date == bindparam("b_date", type_=table.c.snapshot_date.type))
+            .values(daily_return=bindparam("b_return", type_=table.c.daily_return.type),
+                    cumulative_pnl=bindparam("b_cumulative", type_=table.c.cumulative_pnl.type),
+                    data_quality=bindparam("b_quality", type_=table.c.data_quality.type)),
+            changes)
+    return len(changes)
 
 
 def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:

@@ -44,7 +44,8 @@ from batch.sync import (
     sync_company_profiles,
     sync_market_data,
 )
-from models import BatchJobResult, BatchRun
+from calculations.snapshot import PriorSnapshot
+from models import BatchJobResult, BatchRun, PortfolioSnapshot
 
 log = structlog.get_logger()
 
@@ -483,6 +484,10 @@ class Runner:
                     t0 = self.monotonic()
                     try:
                         bulk_replace(s, [(table, key, rows) for table, (key, rows) in ctx.writes.items()])
+                        if PortfolioSnapshot in ctx.writes:  # the series always chains (SPEC §6.7)
+                            written = ctx.writes[PortfolioSnapshot][1][0]
+                            repository.rechain_later_snapshots(s, portfolio.id, PriorSnapshot(
+                                as_of, written["total_value"], written["cumulative_pnl"]))
                     except Exception as exc:  # e.g. a constraint the staged rows violate
                         error = f"{type(exc).__name__}: {exc}"
                         log.exception("unit_write_failed")

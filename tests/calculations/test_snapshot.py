@@ -216,3 +216,31 @@ def test_stale_price_sets_quality_flag() -> None:
     assert s["short_value"] == approx(-50 * 108.00)  # valued at its last (D1) close
     # XOM unchanged (108 -> 108): P&L from AAPL and MSFT only.
     assert s["daily_pnl"] == approx(100 * (130.00 - 131.50) + 20 * (236.00 - 240.00))
+
+
+# --- re-chaining (SPEC §6.7 "The series always chains") ------------------------------------
+
+
+def test_rechain_recomputes_returns_and_cumulative_from_the_prior_by_hand():
+    from calculations.snapshot import ChainLink, rechain
+
+    prior = PriorSnapshot(D0, 1_000.0, 50.0)
+    links = [ChainLink(D1, D0, 1_010.0, 10.0), ChainLink(D2, D1, 1_000.0, -10.0),
+             ChainLink(D3, D2, 1_030.0, 30.0)]
+    out = rechain(prior, links)
+    assert [c.daily_return for c in out] == [approx(10 / 1_000), approx(-10 / 1_010), approx(30 / 1_000)]
+    assert [c.cumulative_pnl for c in out] == [approx(60.0), approx(50.0), approx(80.0)]
+    assert [c.chain_flag for c in out] == [None, None, None]
+
+
+def test_rechain_flags_gaps_and_zero_values_and_starts_from_nothing():
+    from calculations.snapshot import ChainLink, rechain
+
+    # no prior: the first link starts the series; D3's previous session D2 is missing (a gap)
+    out = rechain(None, [ChainLink(D1, D0, 0.0, 5.0), ChainLink(D3, D2, 100.0, 7.0)])
+    assert [(c.daily_return, c.cumulative_pnl, c.chain_flag) for c in out] == [
+        (None, 5.0, "no_previous_snapshot"), (None, 12.0, "no_previous_snapshot")]
+    # the prior on the previous session but worth 0: no return, flagged
+    out = rechain(PriorSnapshot(D0, 0.0, 1.0), [ChainLink(D1, D0, 10.0, 2.0)])
+    assert [(c.daily_return, c.cumulative_pnl, c.chain_flag) for c in out] == [(None, 3.0, "zero_previous_value")]
+    assert rechain(PriorSnapshot(D0, 1.0, 0.0), []) == []
