@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
+from batch.repository import symbols_held
 from batch.sync import sync_market_data, validate_prices
 from models import (
     Base,
@@ -519,3 +520,69 @@ def test_a_bad_input_row_fails_only_its_portfolio(seeded, engine) -> None:
     # the demo books, in the same chunk, computed exactly what they computed without the bad rows
     assert dump_without(engine, set(expected), set()) == before
     assert all(jobs(engine, pid, result.summary["run_id"])["snapshot"].status == "success" for pid in DEMO)
+
+
+def set_class(engine, position_id: uuid.UUID, value: str) -> None:
+    """Set investment_class as an operator would, in raw SQL."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE positions SET investment_class = :v WHERE id = :row").bindparams(
+            bindparam("row", type_=Uuid())), {"v": value, "row": position_id})
+
+
+def test_investment_class_is_read_whatever_its_case_and_whitespace(seeded, engine) -> None:
+    """Issue #10 item 26: ' private ' was read as PUBLIC, so a 250,000 holding dropped out of NAV
+    as missing_price; 'public' and 'Options' are read as PUBLIC and OPTIONS."""
+    pid, holding, ko, option = (uuid.UUID(int=0xC1A55 + k) for k in range(4))
+    with Session(engine) as s, s.begin():
+        s.add(Portfolio(id=pid, name="lower-case classes", cash_balance=1000.0, currency="USD"))
+        s.flush()
+        s.add(Position(id=holding, portfolio_id=pid, symbol="ACME_HOLDINGS", position_type="LONG", quantity=1.0,
+                       entry_price=250_000.0, entry_date=date(2021, 6, 30), investment_class="PRIVATE"))
+        s.add(Position(id=ko, portfolio_id=pid, symbol="KO", position_type="LONG", quantity=100.0,
+                       entry_price=60.0, entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+        s.add(Position(id=option, portfolio_id=pid, symbol="KO230317C00060000", position_type="LC", quantity=2.0,
+                       entry_price=3.0, entry_date=date(2022, 11, 15), investment_class="OPTIONS",
+                       underlying_symbol="KO", strike_price=60.0, expiration_date=date(2023, 3, 17)))
+    set_class(engine, holding, " private ")
+    set_class(engine, ko, "public")
+    set_class(engine, option, "Options")
+
+    result = seeded("--date", "2022-12-28", "--json")
+
+    assert result.code == 0, result.err
+    with Session(engine) as s:
+        snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == pid)).one()
+        ko_close = s.scalar(select(MarketPrice.close).where(MarketPrice.symbol == "KO", MarketPrice.date == AS_OF))
+        greeks = dict(s.execute(select(PositionGreeks.position_id, PositionGreeks.status).where(
+            PositionGreeks.portfolio_id == pid)).all())
+    valuation = jobs(engine, pid, result.summary["run_id"])["valuation"].result
+    by_id = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
+    assert valuation["skipped_positions"] == []
+    assert (snapshot.private_value, snapshot.num_private) == (250_000.0, 1)  # at its entry value (no mark)
+    assert by_id[ko]["market_value"] == pytest.approx(100 * ko_close)
+    assert list(greeks) == [option]  # modelled as an option
+    option_value = by_id[option]["market_value"]
+    assert option_value is not None and option_value > 0
+    assert snapshot.total_value == pytest.approx(1000.0 + 250_000.0 + 100 * ko_close + option_value)
+
+
+def test_the_sync_excludes_private_whatever_its_case_and_includes_null(engine) -> None:
+    """SPEC §5.2: PRIVATE excluded NULL-safely, with the class compared as the engines read it."""
+    pid = uuid.uuid4()
+    classes = {"ACME_HOLDINGS": " private ", "OTHER_ASSET": "Private", "MSFT": None, "KO": "public"}
+    with Session(engine) as s, s.begin():
+        s.add(Portfolio(id=pid, name="classes", cash_balance=0.0, currency="USD"))
+        s.flush()
+        ids = {symbol: uuid.uuid4() for symbol in classes}
+        for symbol, row in ids.items():
+            s.add(Position(id=row, portfolio_id=pid, symbol=symbol, position_type="LONG", quantity=1.0,
+                           entry_price=1.0, entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+    for symbol, value in classes.items():
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE positions SET investment_class = :v WHERE id = :row").bindparams(
+                bindparam("row", type_=Uuid())), {"v": value, "row": ids[symbol]})
+
+    with Session(engine) as s:
+        held = symbols_held(s, AS_OF, AS_OF)
+
+    assert held == ["KO", "MSFT"]
