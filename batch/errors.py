@@ -28,3 +28,16 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class InvalidInputRow(ValueError):
+    """A stored input row the batch cannot use (a value of the wrong type, NaN, an infinite
+    date...). It fails its portfolio alone (SPEC §7). `where` names the row (`position <id>`),
+    `column` the column, `value` the stored value as read."""
+
+    def __init__(self, where: str, column: str, value: object, problem: str) -> None:
+        super().__init__(where, column, value, problem)  # all in args: the exception pickles
+        self.where, self.column, self.value, self.problem = where, column, value, problem
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.column} {str(self.value)!r} {self.problem}"

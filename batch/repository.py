@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,14 +12,18 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Float, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import Float, Text, and_, bindparam, cast, func, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType
 
 from batch import calendar
+from batch.errors import InvalidInputRow
 from calculations.positions import (
     OPTION_TYPES,
     OPTIONS,
     PRIVATE,
+    PUBLIC,
     PositionInput,
     option_root,
     price_symbols,
@@ -49,7 +54,61 @@ SAMPLE_PROXIES = {**DEFAULT_PROXIES, "Market": "^GSPC", "Value": "VLUE", "Size":
 class PortfolioRow:
     id: uuid.UUID
     name: str
-    cash_balance: float
+    cash_balance: float  # NaN when `invalid`
+    invalid: InvalidInputRow | None = None  # a stored value that fails this portfolio alone
+
+
+# --- reading stored input rows ---------------------------------------------------------------
+# Input tables are edited by people and other programs, so a value may be anything the database
+# holds: text in a NUMERIC column on SQLite ('ten'), NaN or ±Infinity in a PostgreSQL numeric,
+# 'infinity' in a PostgreSQL date (which the driver cannot turn into a Python date). Such columns
+# are read as the driver returns them (numbers) or as text (dates), and each row is checked
+# here, so a bad row fails only its own portfolio, with a one-line InvalidInputRow naming the
+# row, the column and the value (SPEC §7).
+
+INVESTMENT_CLASSES = (PUBLIC, OPTIONS, PRIVATE)
+
+
+def _raw(column: ColumnElement) -> ColumnElement:
+    """The column as the driver returns it, without SQLAlchemy's conversion (which raises)."""
+    return type_coerce(column, NullType())
+
+
+def _as_text(column: ColumnElement) -> ColumnElement:
+    return cast(column, Text)
+
+
+def _number(raw: object, where: str, column: str) -> float | None:
+    """A stored number as a finite float; None for NULL. Raises InvalidInputRow for a value
+    that is not a number or is NaN/±infinity."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)  # float, int, Decimal, or numeric text
+    except (TypeError, ValueError):
+        raise InvalidInputRow(where, column, raw, "is not a number") from None
+    if not math.isfinite(value):
+        raise InvalidInputRow(where, column, raw, "is not a finite number")
+    return value
+
+
+def _date(raw: str | None, where: str, column: str) -> date | None:
+    """A date read as ISO text (`_as_text`); None for NULL. Raises InvalidInputRow for
+    anything else ('infinity', a year past 9999, garbage text)."""
+    if raw is None:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except (TypeError, ValueError):
+        raise InvalidInputRow(where, column, raw, "is not a date") from None
+
+
+def investment_class(raw: str | None) -> str | None:
+    """`investment_class` as every reader compares it: stripped and upper-cased (' private ' is
+    PRIVATE); NULL or blank is None (not PRIVATE)."""
+    if raw is None:
+        return None
+    return raw.strip().upper() or None
 
 
 def ensure_factor_definitions(session: Session, provider_name: str) -> int:
@@ -100,11 +159,19 @@ def active_factor_proxies(session: Session) -> list[str]:
 
 
 def active_portfolios(session: Session, only: Sequence[uuid.UUID] | None = None) -> list[PortfolioRow]:
-    """Portfolios not deleted, ordered by id (a stable processing order)."""
-    query = select(Portfolio).where(Portfolio.deleted_at.is_(None)).order_by(Portfolio.id)
+    """Portfolios not deleted, ordered by id (a stable processing order). A portfolio whose
+    cash_balance is not a finite number is returned `invalid` (cash NaN): it fails alone."""
+    query = (select(Portfolio.id, Portfolio.name, _raw(Portfolio.cash_balance))
+             .where(Portfolio.deleted_at.is_(None)).order_by(Portfolio.id))
     if only:
         query = query.where(Portfolio.id.in_(list(only)))
-    return [PortfolioRow(p.id, p.name, float(p.cash_balance or 0.0)) for p in session.scalars(query)]
+    rows = []
+    for pid, name, cash in session.execute(query):
+        try:
+            rows.append(PortfolioRow(pid, name, _number(cash, f"portfolio {pid}", "cash_balance") or 0.0))
+        except InvalidInputRow as exc:
+            rows.append(PortfolioRow(pid, name, math.nan, exc))
+    return rows
 
 
 def unknown_portfolio_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -113,30 +180,51 @@ def unknown_portfolio_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[uu
     return [i for i in ids if i not in known]
 
 
-def load_positions(session: Session, portfolio_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[PositionInput]]:
+def load_positions(session: Session,
+                   portfolio_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[PositionInput] | InvalidInputRow]:
     """Every non-deleted position of these portfolios (engines decide which are held on a
     date), in one query, by portfolio (every requested id present, possibly with an empty list),
-    each list ordered by position id. Symbols are upper-cased and stripped, as the sync stores
-    them."""
-    found: dict[uuid.UUID, list[PositionInput]] = {pid: [] for pid in portfolio_ids}
+    each list ordered by position id. Symbols, position types and investment classes are
+    stripped and upper-cased (symbols as the sync stores them). A portfolio with a row that
+    cannot be read maps to the InvalidInputRow of its first such row (by position id)."""
+    found: dict[uuid.UUID, list[PositionInput] | InvalidInputRow] = {pid: [] for pid in portfolio_ids}
     if not portfolio_ids:
         return found
     p = Position
-    query = (select(p.id, p.portfolio_id, p.symbol, p.position_type, p.quantity, p.entry_price, p.entry_date,
-                    p.exit_date, p.investment_class, p.underlying_symbol, p.strike_price, p.expiration_date,
-                    p.implied_volatility)
+    query = (select(p.id, p.portfolio_id, p.symbol, p.position_type, _raw(p.quantity), _raw(p.entry_price),
+                    _as_text(p.entry_date), _as_text(p.exit_date), p.investment_class, p.underlying_symbol,
+                    _raw(p.strike_price), _as_text(p.expiration_date), _raw(p.implied_volatility))
              .where(p.portfolio_id.in_(list(portfolio_ids)), p.deleted_at.is_(None))
              .order_by(p.portfolio_id, p.id))
-    for (pos_id, portfolio_id, symbol, position_type, quantity, entry_price, entry_date, exit_date,
-         investment_class, underlying, strike, expiration, implied_vol) in session.execute(query):
-        found[portfolio_id].append(PositionInput(
-            id=pos_id, symbol=symbol.strip().upper(), position_type=position_type.strip().upper(),
-            quantity=float(quantity), entry_price=float(entry_price), entry_date=entry_date,
-            exit_date=exit_date, investment_class=investment_class,
-            underlying_symbol=underlying.strip().upper() if underlying else None,
-            strike_price=None if strike is None else float(strike),
-            expiration_date=expiration, implied_volatility=implied_vol))
+    for row in session.execute(query):
+        held = found[row[1]]
+        if isinstance(held, InvalidInputRow):
+            continue
+        try:
+            held.append(_position(row))
+        except InvalidInputRow as exc:
+            found[row[1]] = exc
     return found
+
+
+def _position(row: Sequence) -> PositionInput:
+    """One `load_positions` row, checked. Raises InvalidInputRow naming the position."""
+    (pos_id, _, symbol, position_type, quantity, entry_price, entry_date, exit_date,
+     raw_class, underlying, strike, expiration, implied_vol) = row
+    where = f"position {pos_id}"
+    asset_class = investment_class(raw_class)
+    if asset_class is not None and asset_class not in INVESTMENT_CLASSES:
+        raise InvalidInputRow(where, "investment_class", raw_class,
+                              f"is not one of {', '.join(INVESTMENT_CLASSES)} or NULL")
+    return PositionInput(
+        id=pos_id, symbol=symbol.strip().upper(), position_type=position_type.strip().upper(),
+        quantity=_number(quantity, where, "quantity"), entry_price=_number(entry_price, where, "entry_price"),
+        entry_date=_date(entry_date, where, "entry_date"), exit_date=_date(exit_date, where, "exit_date"),
+        investment_class=asset_class,
+        underlying_symbol=underlying.strip().upper() if underlying else None,
+        strike_price=_number(strike, where, "strike_price"),
+        expiration_date=_date(expiration, where, "expiration_date"),
+        implied_volatility=_number(implied_vol, where, "implied_volatility"))
 
 
 @dataclass(frozen=True)
@@ -150,49 +238,68 @@ class UnitInputs:
 
 
 def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of: date,
-                     shared_symbols: Iterable[str], sessions: int) -> dict[uuid.UUID, UnitInputs]:
+                     shared_symbols: Iterable[str],
+                     sessions: int) -> dict[uuid.UUID, UnitInputs | InvalidInputRow]:
     """The inputs of many portfolios for `as_of` in four queries (positions, prior snapshots,
     private marks, closes of symbols outside `shared_symbols` over `sessions` sessions), so the
-    per-portfolio work never waits on the database. Nothing dated after `as_of` is read."""
+    per-portfolio work never waits on the database. Nothing dated after `as_of` is read.
+    A portfolio with a stored row that cannot be used (one of its positions, its prior snapshot,
+    the mark of a PRIVATE symbol it holds) maps to that row's InvalidInputRow; the others load."""
     positions = load_positions(session, portfolio_ids)
     priors = prior_snapshots(session, portfolio_ids, as_of)
     shared = set(shared_symbols)
     own: dict[uuid.UUID, list[str]] = {}
     private: set[str] = set()
     for pid, held in positions.items():
+        if isinstance(held, InvalidInputRow):
+            continue
         own[pid] = sorted(price_symbols(held) - shared)
         private |= {p.symbol for p in held if p.asset_class == PRIVATE}
     wanted = sorted({s for symbols in own.values() for s in symbols})
     closes = session_closes(session, wanted, as_of, sessions) if wanted else None
     marks = latest_marks(session, private, as_of)
-    return {pid: UnitInputs(
-        positions[pid], priors.get(pid),
-        {p.symbol: marks[p.symbol] for p in positions[pid] if p.symbol in marks and p.asset_class == PRIVATE},
-        closes.reindex(columns=own[pid]) if closes is not None
-        else pd.DataFrame(index=pd.Index(calendar.sessions_back(as_of, sessions), dtype=object)))
-        for pid in portfolio_ids}
+    loaded: dict[uuid.UUID, UnitInputs | InvalidInputRow] = {}
+    for pid in portfolio_ids:
+        held, prior = positions[pid], priors.get(pid)
+        if isinstance(held, InvalidInputRow) or isinstance(prior, InvalidInputRow):
+            loaded[pid] = held if isinstance(held, InvalidInputRow) else prior
+            continue
+        own_marks = {p.symbol: marks[p.symbol] for p in held if p.symbol in marks and p.asset_class == PRIVATE}
+        bad_mark = next((m for _, m in sorted(own_marks.items()) if isinstance(m, InvalidInputRow)), None)
+        if bad_mark is not None:
+            loaded[pid] = bad_mark
+            continue
+        loaded[pid] = UnitInputs(
+            held, prior, own_marks,
+            closes.reindex(columns=own[pid]) if closes is not None
+            else pd.DataFrame(index=pd.Index(calendar.sessions_back(as_of, sessions), dtype=object)))
+    return loaded
 
 
 def symbols_held(session: Session, start: date, end: date,
                  portfolio_ids: Sequence[uuid.UUID] | None = None) -> list[str]:
     """Market symbols of positions held at some close in [start, end] in active portfolios:
-    PRIVATE excluded NULL-safely (a NULL investment_class is included), options contribute their
-    underlying, zero quantities and deleted rows ignored (SPEC §5.2)."""
-    is_option = or_(Position.investment_class == OPTIONS, Position.position_type.in_(OPTION_TYPES))
+    PRIVATE excluded NULL-safely (a NULL investment_class is included; the class is compared
+    normalised, `investment_class`), options contribute their underlying, zero quantities and
+    deleted rows ignored (SPEC §5.2). Reads no numeric or date value into Python, so a row that
+    fails its portfolio (`load_positions`) does not stop the sync for everyone else."""
     query = (
-        select(Position.symbol, Position.underlying_symbol, is_option)
+        select(Position.symbol, Position.underlying_symbol, Position.investment_class, Position.position_type)
         .join(Portfolio, Portfolio.id == Position.portfolio_id)
         .where(
             Portfolio.deleted_at.is_(None), Position.deleted_at.is_(None), Position.quantity != 0,
             Position.entry_date <= end,
             or_(Position.exit_date.is_(None), Position.exit_date > start),
-            or_(Position.investment_class.is_(None), Position.investment_class != PRIVATE),
         )
     )
     if portfolio_ids:
         query = query.where(Position.portfolio_id.in_(list(portfolio_ids)))
     symbols = set()
-    for symbol, underlying, option in session.execute(query):
+    for symbol, underlying, raw_class, position_type in session.execute(query):
+        asset_class = investment_class(raw_class)
+        if asset_class == PRIVATE:
+            continue
+        option = asset_class == OPTIONS or position_type.strip().upper() in OPTION_TYPES
         target = (underlying or option_root(symbol)) if option else symbol
         if target:
             symbols.add(target.strip().upper())
@@ -235,18 +342,29 @@ def load_closes(session: Session, symbols: Iterable[str], start: date, end: date
     return pd.DataFrame(values, index=pd.Index(day_index, dtype=object), columns=wanted)
 
 
-def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID], before: date) -> dict[uuid.UUID, PriorSnapshot]:
-    """Each portfolio's latest snapshot dated before `before` (portfolios without one absent)."""
+def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],
+                    before: date) -> dict[uuid.UUID, PriorSnapshot | InvalidInputRow]:
+    """Each portfolio's latest snapshot dated before `before` (portfolios without one absent;
+    one whose values cannot be read maps to its InvalidInputRow)."""
     if not portfolio_ids:
         return {}
     snap = PortfolioSnapshot
     latest = (select(snap.portfolio_id, func.max(snap.snapshot_date).label("d"))
               .where(snap.portfolio_id.in_(list(portfolio_ids)), snap.snapshot_date < before)
               .group_by(snap.portfolio_id).subquery())
-    rows = session.execute(select(snap.portfolio_id, snap.snapshot_date, snap.total_value, snap.cumulative_pnl)
+    rows = session.execute(select(snap.portfolio_id, _as_text(snap.snapshot_date), _raw(snap.total_value),
+                                  _raw(snap.cumulative_pnl))
                            .join(latest, and_(snap.portfolio_id == latest.c.portfolio_id,
                                               snap.snapshot_date == latest.c.d)))
-    return {pid: PriorSnapshot(day, float(total), float(cumulative)) for pid, day, total, cumulative in rows}
+    found: dict[uuid.UUID, PriorSnapshot | InvalidInputRow] = {}
+    for pid, day, total, cumulative in rows:
+        where = f"portfolio_snapshots {pid} {day}"
+        try:
+            found[pid] = PriorSnapshot(_date(day, where, "snapshot_date"), _number(total, where, "total_value"),
+                                       _number(cumulative, where, "cumulative_pnl"))
+        except InvalidInputRow as exc:
+            found[pid] = exc
+    return found
 
 
 def rechain_later_snapshots(session: Session, portfolio_id: uuid.UUID, written: PriorSnapshot) -> int:
@@ -309,15 +427,24 @@ def stored_symbol_betas(session: Session, symbols: Sequence[str], as_of: date) -
         SymbolFactorBeta.as_of_date == as_of, SymbolFactorBeta.symbol.in_(list(symbols)))))
 
 
-def latest_marks(session: Session, symbols: Iterable[str], as_of: date) -> dict[str, tuple[date, float]]:
+def latest_marks(session: Session, symbols: Iterable[str],
+                 as_of: date) -> dict[str, tuple[date, float] | InvalidInputRow]:
     """The latest price row on or before `as_of` for each symbol that has one, at any age and on
-    any date (private marks need not fall on sessions)."""
+    any date (private marks need not fall on sessions). A row whose close is not a finite
+    number maps to its InvalidInputRow (it fails the portfolios holding the symbol)."""
     wanted = sorted(set(symbols))
     if not wanted:
         return {}
     latest = (select(MarketPrice.symbol, func.max(MarketPrice.date).label("d"))
               .where(MarketPrice.symbol.in_(wanted), MarketPrice.date <= as_of)
               .group_by(MarketPrice.symbol).subquery())
-    rows = session.execute(select(MarketPrice.symbol, MarketPrice.date, MarketPrice.close).join(
+    rows = session.execute(select(MarketPrice.symbol, _as_text(MarketPrice.date), _raw(MarketPrice.close)).join(
         latest, and_(MarketPrice.symbol == latest.c.symbol, MarketPrice.date == latest.c.d)))
-    return {symbol: (day, float(close)) for symbol, day, close in rows}
+    found: dict[str, tuple[date, float] | InvalidInputRow] = {}
+    for symbol, day, close in rows:
+        where = f"market_prices {symbol} {day}"
+        try:
+            found[symbol] = (_date(day, where, "date"), _number(close, where, "close"))
+        except InvalidInputRow as exc:
+            found[symbol] = exc
+    return found

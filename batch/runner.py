@@ -34,7 +34,7 @@ from batch.engines import (
     skipped_result,
 )
 from batch.engines import Engine as CalcEngine
-from batch.errors import Interrupted
+from batch.errors import Interrupted, InvalidInputRow
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
@@ -383,7 +383,7 @@ class Runner:
                   started: float, tally: _Tally, shared: DateContext | None) -> None:
         """Run (or skip) the units of `chunk` for `as_of`, their inputs loaded in one go."""
         todo = [p.id for p in chunk if p.id not in complete]
-        inputs: dict[uuid.UUID, repository.UnitInputs] = {}
+        inputs: dict[uuid.UUID, repository.UnitInputs | InvalidInputRow] = {}
         load_error = None
         if todo and shared is not None and self.monotonic() - started <= self.settings.batch_timeout_seconds:
             self._check_stop()
@@ -400,7 +400,7 @@ class Runner:
 
     def _run_unit_or_skip(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
                           started: float, tally: _Tally, shared: DateContext | None,
-                          inputs: repository.UnitInputs | None, load_error: str | None) -> None:
+                          inputs: repository.UnitInputs | InvalidInputRow | None, load_error: str | None) -> None:
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
             tally.skipped += 1
@@ -430,14 +430,22 @@ class Runner:
                                             "job": failure[0], "error": failure[1]})
 
     def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow, shared: DateContext,
-                  inputs: repository.UnitInputs | None, load_error: str | None,
+                  inputs: repository.UnitInputs | InvalidInputRow | None, load_error: str | None,
                   tally: _Tally) -> tuple[str, str] | None:
         """One transaction for (portfolio, as_of). The engines run in order and stage their rows;
         if they all succeed, every staged table is replaced in bulk and the job records and the
         run's progress are written in the same transaction. The first failure stops the unit:
         nothing of it is written, the engines after it are recorded `skipped` (`upstream_failed`
         if they depend on it). Engines depending on a failed global engine are skipped with
-        `upstream_failed`. Returns the first failure, if any."""
+        `upstream_failed`. A stored input row that cannot be used (`InvalidInputRow`) fails the
+        unit as job `inputs` with its one-line message, nothing computed. Returns the first
+        failure, if any."""
+        invalid = inputs if isinstance(inputs, InvalidInputRow) else portfolio.invalid
+        if invalid is not None:
+            failure = ("inputs", str(invalid))
+            self._record_jobs(as_of, portfolio.id, [("inputs", "failed", 0, failure[1], None)])
+            log.error("portfolio_failed", job=failure[0], error=failure[1])
+            return failure
         records: list[tuple] = []
         broken: dict[str, str] = {name: name for name in shared.failed}  # engine → root failure
         failure: tuple[str, str] | None = None

@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Float, Numeric, func, inspect, select
+from sqlalchemy import Float, Numeric, Uuid, bindparam, func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
+from batch.repository import symbols_held
 from batch.sync import sync_market_data, validate_prices
 from models import (
     Base,
@@ -402,3 +403,186 @@ def test_a_non_session_date_is_skipped_and_writes_nothing_but_the_run(seeded, en
     with Session(engine) as s:
         for model in RESULT_TABLES + (MarketPrice, BatchJobResult):
             assert s.scalar(select(func.count()).select_from(model)) == 0, model.__tablename__
+
+
+# --- stored input rows the driver or the engines cannot use (issue #10 items 15, 26) -------------
+# Each case is one portfolio holding 100 KO (a symbol the demo books hold too), broken by one
+# statement written as an operator would type it in psql / sqlite3. The portfolio must fail alone
+# with job `inputs` and a one-line error naming the row, the column and the value; the demo books,
+# loaded in the same chunk, must compute exactly what they compute without it.
+
+MARKED = "ACME_MARKED_HOLDING"  # a PRIVATE symbol with a bad mark (only its book holds it)
+# case → (dialects, statement with :row (the bad row's id), expected error with {row})
+BAD_ROWS = {
+    "pg-exit-infinity": ({"postgresql"}, "UPDATE positions SET exit_date = 'infinity' WHERE id = :row",
+                         "position {row}: exit_date 'infinity' is not a date"),
+    "pg-expiration-minus-infinity": (
+        {"postgresql"}, "UPDATE positions SET expiration_date = '-infinity' WHERE id = :row",
+        "position {row}: expiration_date '-infinity' is not a date"),
+    "pg-quantity-nan": ({"postgresql"}, "UPDATE positions SET quantity = 'NaN' WHERE id = :row",
+                        "position {row}: quantity 'NaN' is not a finite number"),
+    "pg-strike-nan": ({"postgresql"}, "UPDATE positions SET strike_price = 'NaN' WHERE id = :row",
+                      "position {row}: strike_price 'NaN' is not a finite number"),
+    "pg-iv-infinity": ({"postgresql"}, "UPDATE positions SET implied_volatility = 'Infinity' WHERE id = :row",
+                       "position {row}: implied_volatility 'inf' is not a finite number"),
+    "pg-cash-nan": ({"postgresql"}, "UPDATE portfolios SET cash_balance = 'NaN' WHERE id = :row",
+                    "portfolio {row}: cash_balance 'NaN' is not a finite number"),
+    "pg-prior-snapshot-nan": (
+        {"postgresql"}, "UPDATE portfolio_snapshots SET total_value = 'NaN' WHERE portfolio_id = :row",
+        "portfolio_snapshots {row} 2022-12-27: total_value 'nan' is not a finite number"),
+    "pg-mark-nan": ({"postgresql"}, f"UPDATE market_prices SET close = 'NaN' WHERE symbol = '{MARKED}'",
+                    f"market_prices {MARKED} 2022-12-20: close 'NaN' is not a finite number"),
+    "sqlite-quantity-text": ({"sqlite"}, "UPDATE positions SET quantity = 'ten' WHERE id = :row",
+                             "position {row}: quantity 'ten' is not a number"),
+    "sqlite-quantity-nan-text": ({"sqlite"}, "UPDATE positions SET quantity = 'NaN' WHERE id = :row",
+                                 "position {row}: quantity 'NaN' is not a finite number"),
+    "sqlite-strike-overflow": ({"sqlite"}, "UPDATE positions SET strike_price = 1e999 WHERE id = :row",
+                               "position {row}: strike_price 'inf' is not a finite number"),
+    "sqlite-entry-date-text": ({"sqlite"}, "UPDATE positions SET entry_date = 'soon' WHERE id = :row",
+                               "position {row}: entry_date 'soon' is not a date"),
+    "sqlite-cash-text": ({"sqlite"}, "UPDATE portfolios SET cash_balance = 'ten' WHERE id = :row",
+                         "portfolio {row}: cash_balance 'ten' is not a number"),
+    "sqlite-prior-snapshot-text": (
+        {"sqlite"}, "UPDATE portfolio_snapshots SET cumulative_pnl = 'lots' WHERE portfolio_id = :row",
+        "portfolio_snapshots {row} 2022-12-27: cumulative_pnl 'lots' is not a number"),
+    "sqlite-mark-text": ({"sqlite"}, f"UPDATE market_prices SET close = 'ten' WHERE symbol = '{MARKED}'",
+                         f"market_prices {MARKED} 2022-12-20: close 'ten' is not a number"),
+    "unknown-investment-class": (
+        {"sqlite", "postgresql"}, "UPDATE positions SET investment_class = 'EQUITY' WHERE id = :row",
+        "position {row}: investment_class 'EQUITY' is not one of PUBLIC, OPTIONS, PRIVATE or NULL"),
+}
+
+
+def add_broken_books(engine) -> dict[uuid.UUID, str]:
+    """One book per BAD_ROWS case of this dialect, broken by its raw statement; returns
+    portfolio id → the error it must fail with."""
+    dialect = engine.dialect.name
+    cases = {name: case for name, case in BAD_ROWS.items() if dialect in case[0]}
+    expected = {}
+    with Session(engine) as s, s.begin():
+        for n, (name, (_, statement, error)) in enumerate(sorted(cases.items()), start=1):
+            pid, bad_row = uuid.UUID(int=0xB00C00 + n), uuid.UUID(int=0xB00C00 + 100 + n)
+            s.add(Portfolio(id=pid, name=name, cash_balance=1000.0, currency="USD"))
+            s.flush()
+            s.add(Position(id=uuid.UUID(int=0xB00C00 + 200 + n), portfolio_id=pid, symbol="KO",
+                           position_type="LONG", quantity=100.0, entry_price=60.0,
+                           entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+            s.add(Position(id=bad_row, portfolio_id=pid, symbol="KO230317C00060000", position_type="LC",
+                           quantity=2.0, entry_price=3.0, entry_date=date(2022, 11, 15), investment_class="OPTIONS",
+                           underlying_symbol="KO", strike_price=60.0, expiration_date=date(2023, 3, 17)))
+            if "snapshot" in name:
+                s.add(PortfolioSnapshot(
+                    portfolio_id=pid, snapshot_date=date(2022, 12, 27), total_value=7000.0, cash_value=1000.0,
+                    long_value=6000.0, short_value=0.0, gross_exposure=6000.0, net_exposure=6000.0,
+                    private_value=0.0, daily_pnl=0.0, cumulative_pnl=0.0, num_positions=2, num_long=2,
+                    num_short=0, num_private=0, data_quality={}))
+            if "mark" in name:
+                s.add(Position(id=uuid.UUID(int=0xB00C00 + 300 + n), portfolio_id=pid, symbol=MARKED,
+                               position_type="LONG", quantity=1.0, entry_price=250_000.0,
+                               entry_date=date(2021, 6, 30), investment_class="PRIVATE"))
+                s.add(MarketPrice(symbol=MARKED, date=date(2022, 12, 20), close=260_000.0, source="manual",
+                                  updated_at=NOW))
+            s.flush()
+            target = pid if ("cash" in name or "snapshot" in name) else bad_row
+            s.execute(text(statement).bindparams(bindparam("row", type_=Uuid())) if ":row" in statement
+                      else text(statement), {"row": target} if ":row" in statement else {})
+            expected[pid] = error.format(row=target)
+    return expected
+
+
+def test_a_bad_input_row_fails_only_its_portfolio(seeded, engine) -> None:
+    """Issue #10 item 15 / 26: before, one such row failed every portfolio of the chunk
+    ('inputs not loaded: DataError: date too large', "could not convert string to float: 'ten'")
+    or failed its unit with a raw NotNullViolation (NaN quantity or cash)."""
+    first = seeded("--date", "2022-12-28", "--json")
+    assert first.code == 0, first.err
+    before = dump_without(engine, set(), set())
+    expected = add_broken_books(engine)
+    assert len(expected) >= 8
+
+    result = seeded("--date", "2022-12-28", "--force", "--json")
+
+    assert result.code == 1 and result.summary["exit_code"] == 1
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+    assert result.summary["portfolios"] == {"succeeded": len(DEMO), "failed": len(expected), "skipped": 0}
+    assert {uuid.UUID(f["portfolio_id"]): (f["job"], f["error"]) for f in result.summary["failed_portfolios"]} \
+        == {pid: ("inputs", error) for pid, error in expected.items()}
+    for pid, error in expected.items():  # one job record: the one-line error; nothing else written
+        recorded = jobs(engine, pid, result.summary["run_id"])
+        assert {j: (r.status, r.error) for j, r in recorded.items()} == {"inputs": ("failed", error)}
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(PortfolioSnapshot).where(
+            PortfolioSnapshot.portfolio_id.in_(list(expected)),
+            PortfolioSnapshot.snapshot_date == AS_OF)) == 0
+        market_data = s.scalars(select(BatchJobResult).where(
+            BatchJobResult.run_id == uuid.UUID(result.summary["run_id"]), BatchJobResult.job == "market_data")).one()
+    assert market_data.status == "success"  # the sync read the same positions and carried on
+    # the demo books, in the same chunk, computed exactly what they computed without the bad rows
+    assert dump_without(engine, set(expected), set()) == before
+    assert all(jobs(engine, pid, result.summary["run_id"])["snapshot"].status == "success" for pid in DEMO)
+
+
+def set_class(engine, position_id: uuid.UUID, value: str) -> None:
+    """Set investment_class as an operator would, in raw SQL."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE positions SET investment_class = :v WHERE id = :row").bindparams(
+            bindparam("row", type_=Uuid())), {"v": value, "row": position_id})
+
+
+def test_investment_class_is_read_whatever_its_case_and_whitespace(seeded, engine) -> None:
+    """Issue #10 item 26: ' private ' was read as PUBLIC, so a 250,000 holding dropped out of NAV
+    as missing_price; 'public' and 'Options' are read as PUBLIC and OPTIONS."""
+    pid, holding, ko, option = (uuid.UUID(int=0xC1A55 + k) for k in range(4))
+    with Session(engine) as s, s.begin():
+        s.add(Portfolio(id=pid, name="lower-case classes", cash_balance=1000.0, currency="USD"))
+        s.flush()
+        s.add(Position(id=holding, portfolio_id=pid, symbol="ACME_HOLDINGS", position_type="LONG", quantity=1.0,
+                       entry_price=250_000.0, entry_date=date(2021, 6, 30), investment_class="PRIVATE"))
+        s.add(Position(id=ko, portfolio_id=pid, symbol="KO", position_type="LONG", quantity=100.0,
+                       entry_price=60.0, entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+        s.add(Position(id=option, portfolio_id=pid, symbol="KO230317C00060000", position_type="LC", quantity=2.0,
+                       entry_price=3.0, entry_date=date(2022, 11, 15), investment_class="OPTIONS",
+                       underlying_symbol="KO", strike_price=60.0, expiration_date=date(2023, 3, 17)))
+    set_class(engine, holding, " private ")
+    set_class(engine, ko, "public")
+    set_class(engine, option, "Options")
+
+    result = seeded("--date", "2022-12-28", "--json")
+
+    assert result.code == 0, result.err
+    with Session(engine) as s:
+        snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == pid)).one()
+        ko_close = s.scalar(select(MarketPrice.close).where(MarketPrice.symbol == "KO", MarketPrice.date == AS_OF))
+        greeks = dict(s.execute(select(PositionGreeks.position_id, PositionGreeks.status).where(
+            PositionGreeks.portfolio_id == pid)).all())
+    valuation = jobs(engine, pid, result.summary["run_id"])["valuation"].result
+    by_id = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
+    assert valuation["skipped_positions"] == []
+    assert (snapshot.private_value, snapshot.num_private) == (250_000.0, 1)  # at its entry value (no mark)
+    assert by_id[ko]["market_value"] == pytest.approx(100 * ko_close)
+    assert list(greeks) == [option]  # modelled as an option
+    option_value = by_id[option]["market_value"]
+    assert option_value is not None and option_value > 0
+    assert snapshot.total_value == pytest.approx(1000.0 + 250_000.0 + 100 * ko_close + option_value)
+
+
+def test_the_sync_excludes_private_whatever_its_case_and_includes_null(engine) -> None:
+    """SPEC §5.2: PRIVATE excluded NULL-safely, with the class compared as the engines read it."""
+    pid = uuid.uuid4()
+    classes = {"ACME_HOLDINGS": " private ", "OTHER_ASSET": "Private", "MSFT": None, "KO": "public"}
+    with Session(engine) as s, s.begin():
+        s.add(Portfolio(id=pid, name="classes", cash_balance=0.0, currency="USD"))
+        s.flush()
+        ids = {symbol: uuid.uuid4() for symbol in classes}
+        for symbol, row in ids.items():
+            s.add(Position(id=row, portfolio_id=pid, symbol=symbol, position_type="LONG", quantity=1.0,
+                           entry_price=1.0, entry_date=date(2022, 1, 3), investment_class="PUBLIC"))
+    for symbol, value in classes.items():
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE positions SET investment_class = :v WHERE id = :row").bindparams(
+                bindparam("row", type_=Uuid())), {"v": value, "row": ids[symbol]})
+
+    with Session(engine) as s:
+        held = symbols_held(s, AS_OF, AS_OF)
+
+    assert held == ["KO", "MSFT"]
