@@ -216,3 +216,15 @@ def test_stale_price_sets_quality_flag() -> None:
     assert s["short_value"] == approx(-50 * 108.00)  # valued at its last (D1) close
     # XOM unchanged (108 -> 108): P&L from AAPL and MSFT only.
     assert s["daily_pnl"] == approx(100 * (130.00 - 131.50) + 20 * (236.00 - 240.00))
+
+
+def test_a_malformed_option_is_named_in_the_snapshot_quality() -> None:
+    malformed = PositionInput(id=uuid.UUID(int=7001), symbol="AAPL_CALL_150", position_type="LC",
+                              quantity=2.0, entry_price=5.0, entry_date=date(2022, 12, 1),
+                              underlying_symbol="AAPL")
+    s = snapshot([AAPL_LONG, malformed], D2, 0.0, prior=None)
+    dq = s["data_quality"]
+    assert (dq["flag"], dq["message"]) == ("missing_prices", "1 position(s) could not be valued")
+    assert dq["skipped_positions"] == ["AAPL_CALL_150: invalid_contract"]
+    assert (dq["positions_analyzed"], dq["positions_skipped"]) == (1, 1)
+    assert s["total_value"] == approx(100 * 131.50)  # the option adds nothing, not 2 × 100 × 5
