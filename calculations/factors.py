@@ -40,6 +40,11 @@ EWMA_LAMBDA, COVARIANCE_WINDOW = 0.94, 252
 FACTOR_UNAVAILABLE = "factor_unavailable"
 INSUFFICIENT_HISTORY = "insufficient_history"
 COLLINEAR_FACTORS = "collinear_factors"
+ZERO_VARIANCE = "zero_variance"
+EXACT_FIT = "exact_fit"
+
+# A fit is degenerate when one sum of squares is this small relative to another (SPEC §6.3).
+DEGENERATE_RATIO = 1e-20
 
 _NOTHING_UNAVAILABLE: Mapping[str, str] = MappingProxyType({})
 
@@ -134,17 +139,23 @@ class BetaEstimate:
     `std_error` and `t_stat` are the uncapped fit's (t = uncapped β / se). `r_squared` is the
     R² of the regression the beta came from: the joint model for Market and styles, the
     univariate model for Interest Rate. `observations` is the number of sessions in that fit.
-    `t_stat` is ±inf (or NaN) for an exact fit (se = 0); `r_squared` is NaN when the symbol's
-    returns are constant over the fitted rows (TSS = 0)."""
+
+    A degenerate fit (SPEC §6.3) says so in `quality` instead of carrying noise as statistics:
+      - `zero_variance`: the symbol's returns are constant over the fitted rows (TSS ≤ 1e-20 ×
+        Σr², e.g. a constant price) — beta, std_error, t_stat and r_squared are all None;
+      - `exact_fit`: RSS ≤ 1e-20 × TSS (e.g. a factor proxy regressed on its own factor) — the
+        beta and R² stand, std_error and t_stat (rounding noise) are None.
+    `quality` is None for an ordinary fit."""
 
     symbol: str
     factor: str
-    beta: float
-    std_error: float
-    t_stat: float
-    r_squared: float
+    beta: float | None
+    std_error: float | None
+    t_stat: float | None
+    r_squared: float | None
     observations: int
     capped: bool
+    quality: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,13 +178,16 @@ class BetaFit:
 @dataclass(frozen=True)
 class _Ols:
     """Batched OLS results for one design: params/bse/tvalues are k × g (row 0 the
-    intercept), rsquared has g entries, `nobs` the rows used."""
+    intercept), rsquared has g entries, `nobs` the rows used. `zero_variance` and `exact_fit`
+    (g booleans, never both) mark the degenerate columns (see `BetaEstimate`)."""
 
     params: np.ndarray
     bse: np.ndarray
     tvalues: np.ndarray
     rsquared: np.ndarray
     nobs: int
+    zero_variance: np.ndarray
+    exact_fit: np.ndarray
 
 
 def _ols(regressors: np.ndarray, targets: np.ndarray) -> _Ols | None:
@@ -194,10 +208,13 @@ def _ols(regressors: np.ndarray, targets: np.ndarray) -> _Ols | None:
     # diag((X'X)⁻¹) = diag(pinv · pinvᵀ)
     unscaled_var = np.einsum("ij,ij->i", pinv, pinv)
     bse = np.sqrt(np.outer(unscaled_var, rss / (n - k)))
-    with np.errstate(divide="ignore", invalid="ignore"):  # se = 0 / TSS = 0: documented inf/NaN
+    with np.errstate(divide="ignore", invalid="ignore"):  # se = 0 / TSS = 0: flagged below
         tvalues = params / bse
         rsquared = 1.0 - rss / tss
-    return _Ols(params=params, bse=bse, tvalues=tvalues, rsquared=rsquared, nobs=n)
+    zero_variance = tss <= DEGENERATE_RATIO * np.einsum("ij,ij->j", targets, targets)
+    exact_fit = ~zero_variance & (rss <= DEGENERATE_RATIO * tss)
+    return _Ols(params=params, bse=bse, tvalues=tvalues, rsquared=rsquared, nobs=n,
+                zero_variance=zero_variance, exact_fit=exact_fit)
 
 
 def _groups_by_mask(valid: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -256,6 +273,9 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
     Cap: |β| > `cap` → β = ±`cap`, `capped=True`; std_error and t_stat stay those of the
     uncapped fit, so the t-stat still describes the estimate that was actually found.
 
+    Degenerate fits are estimates with `quality` set (`zero_variance`: no beta or statistics;
+    `exact_fit`: beta and R² without std_error/t_stat — see `BetaEstimate`), never skipped.
+
     `vif` covers Market and styles over the window's complete factor rows; it is NaN for every
     factor when fewer than `min_obs` such rows exist (no symbol can be fitted then either).
     With no factor columns at all, nothing is fitted and nothing is skipped.
@@ -299,14 +319,20 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
         for g, col in enumerate(columns):
             per_symbol = fitted.setdefault(int(col), {})
             for p, name in enumerate(names, start=1):
+                if result.zero_variance[g]:
+                    per_symbol[name] = BetaEstimate(symbols[col], name, None, None, None, None,
+                                                    result.nobs, False, ZERO_VARIANCE)
+                    continue
                 beta = float(result.params[p, g])
                 capped = abs(beta) > cap
+                exact = bool(result.exact_fit[g])
                 per_symbol[name] = BetaEstimate(
                     symbol=symbols[col], factor=name,
                     beta=float(np.copysign(cap, beta)) if capped else beta,
-                    std_error=float(result.bse[p, g]), t_stat=float(result.tvalues[p, g]),
+                    std_error=None if exact else float(result.bse[p, g]),
+                    t_stat=None if exact else float(result.tvalues[p, g]),
                     r_squared=float(result.rsquared[g]), observations=result.nobs,
-                    capped=bool(capped))
+                    capped=bool(capped), quality=EXACT_FIT if exact else None)
 
     def fit(regressors: np.ndarray, regressor_valid: np.ndarray, columns: np.ndarray,
             names: list[str], skip: bool) -> None:

@@ -21,6 +21,8 @@ from calculations.prices import latest_close
 
 # Price sources
 MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", "model"
+# Position flag: a non-positive or non-finite stored close of its symbols was read as missing.
+BAD_CLOSES_IGNORED = "bad_closes_ignored"
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,15 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
 
     PUBLIC: latest close on or before `on`. PRIVATE: its mark from `marks` (symbol → (date,
     value), any date on or before `on`) or else from `closes` under its own symbol, else its
-    entry price. OPTIONS: a traded price under the option symbol if any;
-    once expired (expiration ≤ on), intrinsic value at the underlying's close on expiry; else the
-    entry price flagged `model_price_unavailable` (model pricing arrives with the Greeks engine).
-    An expired option with no underlying price at expiry is unpriced. A market price dated
-    before `stale_before` is flagged `stale_prices`.
+    entry price. OPTIONS: a traded price under the option symbol if any; else, when its terms
+    (right, strike, expiration: `PositionInput.contract`) cannot be read — e.g. a malformed OCC
+    symbol without strike/expiration columns — unpriced with `invalid_contract` (reported, never
+    guessed); once expired (expiration ≤ on), intrinsic value at the underlying's close on
+    expiry; else its Black–Scholes model price (`price_source = "model"`, `calculations.greeks.
+    option_greeks` at `risk_free_rate`), or, when the model cannot run (no underlying close, no
+    volatility), the entry price flagged `model_price_unavailable`. An expired option with no
+    underlying price at expiry is unpriced. A market price dated before `stale_before` is flagged
+    `stale_prices`.
     """
     pos = position
     flags: list[str] = []
@@ -79,6 +85,8 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     if cls == PRIVATE:
         quote = (marks or {}).get(pos.symbol) or quote
         price, when, source = (quote[1], quote[0], MARK) if quote else (pos.entry_price, None, ENTRY)
+    elif cls == OPTIONS and quote is None and terms is None:
+        return PricedPosition(pos, None, None, None, None, ("invalid_contract",))
     elif expired:
         underlying = latest_close(closes, pos.underlying, terms.expiration)
         if underlying is None:

@@ -258,6 +258,7 @@ BAD_POSITIONS = {
     uuid.UUID(int=0xBAD08): (SQL_SYMBOL, "LONG", 10.0, {}),
 }
 EXITED_BEFORE_ENTRY = uuid.UUID(int=0xBAD03)
+MALFORMED_OPTION = uuid.UUID(int=0xBAD05)
 MARKET_PRICED_BAD = [i for i in BAD_POSITIONS if i != EXITED_BEFORE_ENTRY]  # held on the as-of date
 OPTION_STATUS = {uuid.UUID(int=0xBAD04): "missing_underlying_price", uuid.UUID(int=0xBAD05): "invalid_contract"}
 BAD_ONLY_SYMBOLS = {"NOPRC", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL, SQL_SYMBOL.upper(), "AAPL_CALL_150"}
@@ -359,11 +360,14 @@ def test_bad_positions_are_skipped_and_flagged_and_change_nobody_else(seeded, en
     assert exposed == {GOOD_ID}
     assert greeks == OPTION_STATUS
     skipped_symbols = {entry.split(":")[0] for entry in valuation["skipped_positions"]}
-    # symbols are read upper-cased (as the sync stores them); JPM exited before it entered
-    assert skipped_symbols == {"AAPL", "MSFT", "JPM", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL.upper()}
+    # symbols are read upper-cased (as the sync stores them); JPM exited before it entered; the
+    # malformed option is reported, never valued at its entry price (SPEC §6.2)
+    assert skipped_symbols == {"AAPL", "MSFT", "JPM", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL.upper(),
+                               "AAPL_CALL_150"}
+    assert (by_id[MALFORMED_OPTION]["market_value"], by_id[MALFORMED_OPTION]["flags"]) == (None, ["invalid_contract"])
     assert valuation["data_quality"]["flag"] == "missing_prices"
     assert snapshot.data_quality["flag"] == "missing_prices"
-    assert snapshot.data_quality["positions_skipped"] == 6
+    assert snapshot.data_quality["positions_skipped"] == 7
     assert set(snapshot.data_quality["skipped_positions"]) == set(valuation["skipped_positions"])
     assert {"model_price_unavailable", "pnl_incomplete"} <= set(snapshot.data_quality["flags"])
     assert snapshot.num_short == 0  # the SHORT with a positive quantity is not counted as anything

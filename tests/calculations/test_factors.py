@@ -529,3 +529,51 @@ def test_correlation_of_zero_variance_factor_is_nan() -> None:
     corr = correlation_from_covariance(cov)
     assert corr.loc["Market", "Market"] == 1.0
     assert corr.loc["Size"].isna().all() and corr["Size"].isna().all()
+
+
+# --------------------------------------------------------------------------------------------
+# degenerate fits (SPEC §6.3)
+# --------------------------------------------------------------------------------------------
+
+def test_a_proxy_regressed_on_its_own_factor_is_an_exact_fit_without_statistics() -> None:
+    rng = np.random.default_rng(31)
+    factors = random_factors(rng, 90)
+    # the Value proxy's own return is Market + (Value − Market): exactly explained
+    proxy = factors["Market"] + factors["Value"]
+    noisy = proxy + rng.normal(0.0, 0.002, size=90)
+    returns = pd.DataFrame({"VLUE": proxy, "NOISY": noisy}, index=factors.index)
+
+    est = by_key(fit_symbol_betas(returns, factors).estimates)
+
+    for factor in JOINT:
+        e = est["VLUE", factor]
+        expected = 1.0 if factor in ("Market", "Value") else 0.0
+        assert e.beta == pytest.approx(expected, abs=1e-12), factor
+        assert (e.std_error, e.t_stat, e.quality) == (None, None, "exact_fit"), factor
+        assert e.r_squared == pytest.approx(1.0, abs=1e-12)
+    # its rate fit is an ordinary one; so is every fit of the noisy copy
+    assert est["VLUE", RATES].quality is None and est["VLUE", RATES].t_stat is not None
+    reference = _statsmodels_fit(returns["NOISY"], factors[JOINT])
+    for factor in JOINT:
+        assert est["NOISY", factor].quality is None
+        assert est["NOISY", factor].t_stat == pytest.approx(reference.tvalues[factor], rel=1e-8)
+
+
+def test_constant_returns_have_zero_variance_and_no_beta_or_statistics() -> None:
+    rng = np.random.default_rng(37)
+    factors = random_factors(rng, 90)
+    returns = pd.DataFrame({"FLAT": np.zeros(90),           # a constant price
+                            "DRIFT": np.full(90, 0.0004),   # a constant return
+                            "LIVE": rng.normal(0.0, 0.01, size=90)}, index=factors.index)
+
+    fit = fit_symbol_betas(returns, factors)
+
+    est = by_key(fit.estimates)
+    for symbol in ("FLAT", "DRIFT"):
+        for factor in FACTOR_ORDER:
+            e = est[symbol, factor]
+            assert (e.beta, e.std_error, e.t_stat, e.r_squared, e.quality, e.capped) == (
+                None, None, None, None, "zero_variance", False), (symbol, factor)
+            assert e.observations == 90
+    assert {est["LIVE", f].quality for f in FACTOR_ORDER} == {None}
+    assert fit.skipped == {}

@@ -244,3 +244,15 @@ def test_rechain_flags_gaps_and_zero_values_and_starts_from_nothing():
     out = rechain(PriorSnapshot(D0, 0.0, 1.0), [ChainLink(D1, D0, 10.0, 2.0)])
     assert [(c.daily_return, c.cumulative_pnl, c.chain_flag) for c in out] == [(None, 3.0, "zero_previous_value")]
     assert rechain(PriorSnapshot(D0, 1.0, 0.0), []) == []
+
+
+def test_a_malformed_option_is_named_in_the_snapshot_quality() -> None:
+    malformed = PositionInput(id=uuid.UUID(int=7001), symbol="AAPL_CALL_150", position_type="LC",
+                              quantity=2.0, entry_price=5.0, entry_date=date(2022, 12, 1),
+                              underlying_symbol="AAPL")
+    s = snapshot([AAPL_LONG, malformed], D2, 0.0, prior=None)
+    dq = s["data_quality"]
+    assert (dq["flag"], dq["message"]) == ("missing_prices", "1 position(s) could not be valued")
+    assert dq["skipped_positions"] == ["AAPL_CALL_150: invalid_contract"]
+    assert (dq["positions_analyzed"], dq["positions_skipped"]) == (1, 1)
+    assert s["total_value"] == approx(100 * 131.50)  # the option adds nothing, not 2 × 100 × 5

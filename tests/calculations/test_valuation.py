@@ -520,3 +520,18 @@ def test_expired_option_without_an_expiration_column_uses_its_occ_expiry():
     priced = price_position(call, closes, D28, risk_free_rate=RATE)
     assert priced.price_source == "intrinsic" and "expired" in priced.flags
     assert priced.market_value == approx(3 * 100 * (63.5 - 60.0))  # KO's close on 2022-12-16
+
+
+def test_an_option_whose_terms_cannot_be_read_is_not_valued_at_its_entry_price():
+    # SPEC §6.2: a malformed OCC symbol without strike/expiration columns is reported, not guessed
+    malformed = PositionInput(id=uuid.UUID(int=1002), symbol="AAPL_CALL_150", position_type="LC",
+                              quantity=2.0, entry_price=5.0, entry_date=ENTRY, investment_class=None,
+                              underlying_symbol="AAPL")
+    priced = price_position(malformed, CLOSES, AS_OF, risk_free_rate=RATE)
+    assert (priced.price, priced.market_value, priced.price_source) == (None, None, None)
+    assert priced.flags == ("invalid_contract",)
+
+    v = value_portfolio([AAPL_LONG, malformed], CLOSES, AS_OF, cash=CASH, risk_free_rate=RATE)
+    assert v.skipped == ("AAPL_CALL_150: invalid_contract",)
+    assert v.long_value == approx(AAPL_MV)  # 12,600: nothing for the option
+    assert v.total_value == approx(AAPL_MV + CASH)
