@@ -1,0 +1,3 @@
+"""sigmasight-batch: the nightly portfolio-risk batch worker (the shell: CLI, settings, I/O)."""
+
+__version__ = "0.1.0"

@@ -19,8 +19,8 @@ from batch.executors import CONNECT_TIMEOUT_SECONDS
 from batch.providers import get_provider
 from batch.settings import Settings
 
-REQUIRED_PACKAGES = ("sqlalchemy", "psycopg", "pandas", "numpy", "scipy", "statsmodels",
-                     "pandas_market_calendars", "structlog", "tenacity", "alembic", "httpx")
+REQUIRED_PACKAGES = ("sqlalchemy", "psycopg", "pandas", "numpy", "scipy", "pandas_market_calendars",
+                     "structlog", "tenacity", "alembic", "httpx")
 KEY_VARIABLES = {"fmp": "FMP_API_KEY", "polygon": "POLYGON_API_KEY"}
 
 
@@ -34,6 +34,14 @@ class Check:
 def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
     """All preflight checks, in order. Never raises for a failing check."""
     checks = [_python(), _packages(settings)]
+    new_file = settings.embedded_database
+    if new_file is not None and not new_file.exists():  # not created here: check only reads
+        return checks + [
+            Check("database", "ok", f"sqlite file {new_file} does not exist yet: the first run creates it"),
+            Check("migrations", "ok", f"new embedded database: the first run creates the schema "
+                                      f"({db.head_revision()})"),
+            Check("run_lock", "ok", "free"),
+            *_rest(settings, as_of)]
     database = _database(engine)
     checks.append(database)
     if database.status == "ok":
@@ -41,7 +49,12 @@ def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
     else:
         checks += [Check("migrations", "failed", "not checked: database unreachable"),
                    Check("run_lock", "failed", "not checked: database unreachable")]
-    checks += [_provider(settings, as_of), _calendar(as_of)]
+    return checks + _rest(settings, as_of)
+
+
+def _rest(settings: Settings, as_of: date) -> list[Check]:
+    """The checks that do not need the database."""
+    checks = [_provider(settings, as_of), _calendar(as_of)]
     if settings.dask_scheduler_address:
         checks.append(_dask(settings.dask_scheduler_address))
     return checks

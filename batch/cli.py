@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from batch import calendar, db, repository
+from batch import __version__, calendar, db, repository
 from batch.check import as_dicts, run_checks
 from batch.demo import seed_demo
 from batch.errors import (
@@ -28,13 +29,20 @@ from batch.errors import (
 )
 from batch.executors import EXECUTORS, make_executor
 from batch.log import configure_logging
-from batch.providers import MarketDataProvider, get_provider
+from batch.providers import MarketDataProvider, NotFetching, get_provider
 from batch.runner import Runner, RunRequest
 from batch.settings import Settings
 from models import BatchRun
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 COMMANDS = ("run", "init-db", "seed-demo", "check", "history")
+EXIT_CODES_HELP = """exit codes:
+  0        every selected portfolio succeeded, or the run was skipped (not an NYSE session)
+  1        the run finished but a portfolio or a global step failed; the summary names them
+  2        usage or configuration error (bad flag, bad date, unknown portfolio id,
+           unreachable database): nothing was computed
+  75       another run holds the run lock: nothing was done
+  130/143  interrupted by SIGINT/SIGTERM: the portfolio in progress was rolled back"""
 log = structlog.get_logger()
 
 
@@ -54,16 +62,32 @@ def _uuid(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a portfolio UUID") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; each command's parser is in its namespace as `command_parser`."""
     parser = argparse.ArgumentParser(
-        prog="sigmasight-batch",
-        description="Nightly portfolio-risk batch: sync market data, then value and snapshot every "
+        prog="sigmasight-batch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Nightly portfolio-risk batch: sync market data, then value and snapshot every\n"
                     "portfolio. `run` is the default command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the daily job (default)")
-    run.add_argument("--date", type=_iso_date, help="as-of date (default: today in America/New_York)")
-    run.add_argument("--start", type=_iso_date, help="backfill: first date (with --end)")
-    run.add_argument("--end", type=_iso_date, help="backfill: last date (with --start)")
+    run = sub.add_parser("run", help="run the daily job (default)", epilog=EXIT_CODES_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD",
+                     help="as-of date (default: today in America/New_York)")
+    run.add_argument("--start", type=_iso_date, metavar="YYYY-MM-DD",
+                     help="backfill: first date (with --end)")
+    run.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD",
+                     help="backfill: last date (with --start)")
     run.add_argument("--force", action="store_true",
                      help="run on a non-session date (as of the previous session) and recompute "
                           "dates that already have results")
@@ -85,20 +109,44 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="preflight checks")
     check.add_argument("--json", action="store_true")
     history = sub.add_parser("history", help="recent runs and their outcome")
-    history.add_argument("--limit", type=int, default=10)
+    history.add_argument("--limit", type=_positive_int, default=10, metavar="N",
+                         help="the N latest runs (default 10)")
     history.add_argument("--json", action="store_true")
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
+    parser.epilog = f"`run` is the default command: `sigmasight-batch [run] [options]`.\n\n{run.format_help()}"
     return parser
+
+
+def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """' (did you mean --date?)' for the first unknown word close to an option of `parser` (or,
+    for a word without dashes, to a command); '' when none is close."""
+    actions = parser._actions  # noqa: SLF001 - argparse has no public list of a parser's options
+    options = [o for a in actions if a.help != argparse.SUPPRESS for o in a.option_strings]
+    for word in unknown:
+        name = word.split("=", 1)[0]
+        close = difflib.get_close_matches(name, options if name.startswith("-") else COMMANDS, n=1)
+        if close:
+            return f" (did you mean {close[0]}?)" if name.startswith("-") else \
+                f" (did you mean the command {close[0]!r}?)"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (SPEC §2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["run", *argv]
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+            parser.error(f"unknown command {argv[0]!r}{_did_you_mean(argv[:1], parser)}; "
+                         f"commands: {', '.join(COMMANDS)}")
+        if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+            argv = ["run", *argv]
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported under the command's own usage, with the closest option
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+                                      f"{_did_you_mean(unknown, args.command_parser)}")
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help and --version exit 0
         return int(exc.code or 0)
     try:
         settings = Settings.from_env()
@@ -107,8 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.clear_contextvars()
     engine: Engine | None = None
+    # Only commands that write may create a SQLite file: init-db always, run and seed-demo the
+    # embedded default ("created on first use"). check and history never create a database.
+    creates = args.command == "init-db" or (settings.embedded_database is not None
+                                            and args.command in ("run", "seed-demo"))
     try:
-        engine = db.make_engine(settings.database_url)
+        engine = db.make_engine(settings.database_url, create=creates)
         if args.command == "run":
             return _run(args, settings, engine)
         if args.command == "check":
@@ -121,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repository.ensure_stress_scenarios(s)
             print(f"schema at migration {db.head_revision()} on {db.describe(engine)}")
             return EXIT_OK
-        _open_database(settings, engine)
+        if args.command == "history" and settings.embedded_database is not None \
+                and not settings.embedded_database.exists():
+            print("[]" if args.json else f"no runs recorded: {settings.embedded_database} does not exist yet")
+            return EXIT_OK
+        _open_database(settings, engine, create=creates)
         if args.command == "seed-demo":
             with Session(engine) as s, s.begin():
                 counts = seed_demo(s)
@@ -150,10 +206,11 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _open_database(settings: Settings, engine: Engine) -> None:
-    """Reach the database; create the schema of a brand-new embedded file; else require head."""
+def _open_database(settings: Settings, engine: Engine, create: bool = True) -> None:
+    """Reach the database; with `create`, create the schema of a brand-new embedded file; else
+    require head."""
     db.check_reachable(engine)
-    if settings.embedded_database is not None and db.is_empty(engine):
+    if create and settings.embedded_database is not None and db.is_empty(engine):
         db.migrate(engine)
         log.info("database_created", path=str(settings.embedded_database), revision=db.head_revision())
         return
@@ -201,9 +258,12 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
         request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
     except ValueError as exc:  # calendar input errors (e.g. a date beyond its coverage)
         raise ConfigError(str(exc)) from None
-    provider = get_provider(settings)
+    if request.skip_sync and settings.market_data_provider != "sample":
+        provider: MarketDataProvider = NotFetching(settings.market_data_provider)  # no key needed
+    else:
+        provider = get_provider(settings)
     check_coverage(provider, request.as_of_dates)
-    _open_database(settings, engine)
+    _open_database(settings, engine, create=settings.embedded_database is not None)
     if request.portfolio_ids:
         with Session(engine) as s:
             unknown = repository.unknown_portfolio_ids(s, request.portfolio_ids)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -19,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Engine, Float, Numeric, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -31,12 +32,21 @@ ADVISORY_LOCK_KEY = 0x5167_6D61_5369_6768 & 0x7FFF_FFFF_FFFF_FFFF
 UPSERT_CHUNK_ROWS = 500
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, create: bool = True) -> Engine:
     """Create the engine. On SQLite: real transactions with SAVEPOINT support, foreign keys on,
-    WAL journal and a busy timeout so the platform can read while the job writes."""
+    WAL journal and a busy timeout so the platform can read while the job writes.
+
+    `create=False`: a SQLite file that does not exist is never created — connections open it in
+    SQLite's `mode=rw`, so connecting fails (`check_reachable` says the file does not exist)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30})
+        path = sqlite_file(url)
+        if not create and path is not None:
+            @event.listens_for(engine, "do_connect")
+            def _sqlite_no_create(_dialect: Any, _record: Any, cargs: list, cparams: dict) -> None:
+                cargs[:] = [f"file:{quote(str(path))}?mode=rw"]
+                cparams["uri"] = True
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -54,6 +64,14 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL (relative to the working directory when the URL's path is);
+    None for another database or an in-memory one."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
 def describe(engine: Engine) -> str:
     """Where the database is, without credentials (for messages and logs)."""
     url = engine.url
@@ -68,6 +86,10 @@ def check_reachable(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except DBAPIError as exc:
+        path = sqlite_file(engine.url)
+        if path is not None and not path.exists():
+            raise DatabaseUnavailable(f"{describe(engine)} does not exist: check DATABASE_URL, or create it "
+                                      "with `sigmasight-batch init-db`") from None
         first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         password = engine.url.password
         if password:

@@ -101,6 +101,24 @@ class SampleProvider:
                             {s: "no_profile" for s in symbols if s not in bundled})
 
 
+@dataclass(frozen=True)
+class NotFetching:
+    """Stands in for a network provider in a run that fetches nothing (`--skip-sync`), so its API
+    key or optional package is not needed. Carries the provider's name (it picks the default
+    factor proxies); fetching raises."""
+
+    name: str
+
+    def coverage(self) -> None:
+        return None
+
+    def get_daily_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceBatch:
+        raise RuntimeError(f"the {self.name} provider is not used by a --skip-sync run")
+
+    def get_company_profiles(self, symbols: Sequence[str]) -> ProfileBatch:
+        raise RuntimeError(f"the {self.name} provider is not used by a --skip-sync run")
+
+
 def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(attempts=settings.max_retry_attempts, max_total_delay=settings.max_retry_delay_seconds)
 

@@ -69,8 +69,10 @@ def test_explicit_values_are_read(tmp_path: Path) -> None:
     ("postgresql://u:p@h/db", "postgresql+psycopg://u:p@h/db"),
     ("postgresql://u:p@h:6543/db?sslmode=require", "postgresql+psycopg://u:p@h:6543/db?sslmode=require"),
     ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg://u:p@h/db"),
+    ("postgresql+psycopg2://u:p@h:6543/db", "postgresql+psycopg://u:p@h:6543/db"),
     ("sqlite:///relative.db", "sqlite:///relative.db"),
-], ids=["postgres-scheme", "pg-scheme", "pg-scheme-port-query", "already-psycopg", "file-url-untouched"])
+], ids=["postgres-scheme", "pg-scheme", "pg-scheme-port-query", "already-psycopg", "psycopg2-form",
+        "file-url-untouched"])
 def test_database_urls_are_normalised_to_psycopg3(raw: str, expected: str, tmp_path: Path) -> None:
     assert normalise_database_url(raw) == expected
     settings = Settings.from_env(env={"DATABASE_URL": raw}, cwd=tmp_path)
@@ -128,3 +130,24 @@ def test_from_env_does_not_read_the_process_environment_when_given_a_mapping(tmp
 def test_malformed_postgres_url_is_a_config_error(raw: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         Settings.from_env(env={"DATABASE_URL": raw}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("raw, scheme", [
+    ("mysql://u:pw-SECRET@h/db", "mysql://"),
+    ("postgresql+asyncpg://u:pw-SECRET@h/db", "postgresql+asyncpg://"),
+    ("postgresql+pg8000://u:pw-SECRET@h/db", "postgresql+pg8000://"),
+    ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite://"),
+    ("oracle://u:pw-SECRET@h/db", "oracle://"),
+    ("http://u:pw-SECRET@h/db", "http://"),
+    ("sqlite://somehost/x.db", "somehost"),
+])
+def test_unsupported_database_urls_are_one_config_error_naming_the_scheme(raw: str, scheme: str,
+                                                                         tmp_path: Path) -> None:
+    """Issue #10 item 25: other dialects and drivers (which crashed on a missing DBAPI module at
+    connect time) are rejected up front, naming the scheme and the supported forms, never the
+    password."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env={"DATABASE_URL": raw}, cwd=tmp_path)
+    message = str(info.value)
+    assert message.startswith("DATABASE_URL") and scheme in message and "sqlite:///" in message
+    assert "\n" not in message and "SECRET" not in message
