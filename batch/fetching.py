@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -35,6 +35,9 @@ T = TypeVar("T")
 # Per-symbol failure reasons reported in `failed_symbols` (see batch.sync.PERMANENT_REASONS).
 UNKNOWN_SYMBOL, NO_DATA, UNREACHABLE, REJECTED, MALFORMED = (
     "unknown_symbol", "no_data", "unreachable", "rejected", "malformed_response")
+# Requests the client itself refuses to make (RequestRefused): the provider's daily quota is
+# spent, or the run's deadline for the sync has passed.
+QUOTA_EXHAUSTED, DEADLINE = "quota_exhausted", "deadline"
 
 
 class ProviderError(Exception):
@@ -81,6 +84,15 @@ class AuthenticationError(PermanentProviderError):
     """The API key is missing or rejected. Fails the whole sync, naming the key variable."""
 
 
+class RequestRefused(Exception):
+    """The rate limiter refused to make a request (`reason`: QUOTA_EXHAUSTED or DEADLINE). Not
+    retried; `per_symbol` fails the symbol and the rest of its call with the same reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"request refused: {reason}")
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries: at most `attempts` tries and `max_total_delay` seconds of waiting, jittered
@@ -115,23 +127,67 @@ class RetryPolicy:
         return retrying(fn)
 
 
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass
+class DailyQuota:
+    """At most `per_day` requests per UTC calendar day (a plan's daily allowance, e.g. FMP's
+    free 250). `used` counts the requests of `day`; `restore` adds those of earlier runs that
+    day (the sync keeps the count in `provider_request_counts`). A new day starts at 0."""
+
+    per_day: int
+    today: Callable[[], date] = utc_today
+    day: date | None = None
+    used: int = 0
+
+    def remaining(self) -> int:
+        day = self.today()
+        if day != self.day:
+            self.day, self.used = day, 0
+        return max(self.per_day - self.used, 0)
+
+    def restore(self, day: date, used: int) -> None:
+        """Take the count stored for `day` if that is today (the larger of it and ours)."""
+        self.remaining()
+        if day == self.day:
+            self.used = max(self.used, used)
+
+
 @dataclass
 class RateLimiter:
-    """At most `per_minute` calls per rolling minute, spaced evenly (60 / per_minute seconds)."""
+    """Every request of a network provider passes `acquire()`: at most `per_minute` calls per
+    rolling minute, spaced evenly (60 / per_minute seconds); at most `quota` calls per UTC day
+    (None: no daily limit); none once `stop()` returns a reason (the sync sets it to the run's
+    deadline). A refused request raises RequestRefused, at once or after the spacing wait."""
 
     per_minute: float
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    quota: DailyQuota | None = None
+    stop: Callable[[], str | None] | None = None
     _next: float = field(default=0.0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def acquire(self) -> None:
         with self._lock:
+            self._check_stop()
+            if self.quota is not None and self.quota.remaining() == 0:
+                raise RequestRefused(QUOTA_EXHAUSTED)
             now = self.clock()
             if self._next > now:
                 self.sleep(self._next - now)
                 now = self._next
+                self._check_stop()  # the deadline may have passed while waiting
+            if self.quota is not None:
+                self.quota.used += 1
             self._next = now + 60.0 / self.per_minute
+
+    def _check_stop(self) -> None:
+        reason = self.stop() if self.stop is not None else None
+        if reason:
+            raise RequestRefused(reason)
 
 
 @dataclass
@@ -154,11 +210,16 @@ def per_symbol(provider: str, symbols: Iterable[str], fetch: Callable[[str], T],
                breaker: CircuitBreaker | None = None) -> tuple[dict[str, T], dict[str, str]]:
     """Call `fetch(symbol)` for each symbol; one symbol's failure never stops the others.
     Returns (results, failures with reasons). AuthenticationError propagates: a bad key fails
-    every symbol alike and must be reported once, naming the variable."""
+    every symbol alike and must be reported once, naming the variable. A RequestRefused (quota
+    spent, deadline passed) fails that symbol and every later one with its reason, unasked."""
     breaker = breaker or CircuitBreaker()
     results: dict[str, T] = {}
     failed: dict[str, str] = {}
+    refused: str | None = None  # once the limiter refuses, it refuses the rest of the call too
     for symbol in symbols:
+        if refused is not None:
+            failed[symbol] = refused
+            continue
         if breaker.open:
             failed[symbol] = UNREACHABLE
             continue
@@ -167,6 +228,9 @@ def per_symbol(provider: str, symbols: Iterable[str], fetch: Callable[[str], T],
             breaker.record(True)
         except AuthenticationError:
             raise
+        except RequestRefused as exc:
+            refused = failed[symbol] = exc.reason
+            log.warning("provider_requests_refused", provider=provider, reason=exc.reason, first_symbol=symbol)
         except ProviderError as exc:
             failed[symbol] = exc.reason
             breaker.record(not isinstance(exc, TransientProviderError))

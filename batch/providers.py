@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from batch.errors import ConfigError
-from batch.fetching import AuthenticationError, RateLimiter, RetryPolicy
+from batch.fetching import AuthenticationError, DailyQuota, RateLimiter, RetryPolicy
 from batch.settings import Settings
 
 PRICE_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "volume"]
@@ -40,6 +40,9 @@ class ProfileBatch:
 
 
 class MarketDataProvider(Protocol):
+    """Network providers also have `limiter` (a batch.fetching.RateLimiter that every request
+    passes): the sync sets the run's deadline on it and keeps its daily quota across runs."""
+
     name: str
 
     def coverage(self) -> tuple[date, date] | None:
@@ -136,12 +139,13 @@ def get_provider(settings: Settings) -> MarketDataProvider:
                                 timeout=settings.provider_timeout_seconds)
     from batch.providers_http import FmpProvider, PolygonProvider
 
-    cls, key, per_minute = {
-        "fmp": (FmpProvider, settings.fmp_api_key, settings.fmp_requests_per_minute),
-        "polygon": (PolygonProvider, settings.polygon_api_key, settings.polygon_requests_per_minute),
+    cls, key, per_minute, per_day = {
+        "fmp": (FmpProvider, settings.fmp_api_key, settings.fmp_requests_per_minute, settings.fmp_requests_per_day),
+        "polygon": (PolygonProvider, settings.polygon_api_key, settings.polygon_requests_per_minute, None),
     }[name]
+    quota = DailyQuota(per_day) if per_day is not None else None
     try:
-        return cls(key, retry_policy(settings), RateLimiter(per_minute),
+        return cls(key, retry_policy(settings), RateLimiter(per_minute, quota=quota),
                    read_timeout=settings.provider_timeout_seconds)
     except AuthenticationError as exc:
         raise ConfigError(str(exc)) from None

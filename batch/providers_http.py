@@ -72,6 +72,7 @@ class _HttpProvider:
 
     def __init__(self, api_key: str | None, retry: RetryPolicy, limiter: RateLimiter, *,
                  read_timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.limiter = limiter  # every request passes it (the sync sets its deadline)
         self._http = HttpJsonClient(self.name, self.base_url, key=api_key, key_param=self.key_param,
                                     key_env=self.key_env, retry=retry, limiter=limiter,
                                     read_timeout=read_timeout, transport=transport,

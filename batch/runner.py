@@ -40,6 +40,7 @@ from batch.providers import MarketDataProvider
 from batch.settings import Settings
 from batch.sync import (
     HISTORY_SESSIONS,
+    SYNC_SHARE_OF_BUDGET,
     MarketDataResult,
     sync_company_profiles,
     sync_market_data,
@@ -221,9 +222,10 @@ class Runner:
                     portfolios = repository.active_portfolios(s, request.portfolio_ids)
                 if not request.skip_sync:
                     t0 = self.monotonic()
-                    market = self._market_data_step(request, last, global_failures)
+                    sync_deadline = started + SYNC_SHARE_OF_BUDGET * self.settings.batch_timeout_seconds
+                    market = self._market_data_step(request, last, global_failures, sync_deadline)
                     if not request.skip_profiles:
-                        profiles = self._profiles_step(request, last)
+                        profiles = self._profiles_step(request, last, sync_deadline)
                     tally.add_time("sync", self.monotonic() - t0)
                 self._set_progress(total_units=len(request.as_of_dates) * len(portfolios))
                 for as_of in request.as_of_dates:
@@ -258,13 +260,14 @@ class Runner:
         log.info("run_finished", **summary)
         return summary
 
-    def _market_data_step(self, request: RunRequest, as_of: date,
-                          global_failures: list[dict[str, str]]) -> dict[str, Any]:
+    def _market_data_step(self, request: RunRequest, as_of: date, global_failures: list[dict[str, str]],
+                          deadline: float) -> dict[str, Any]:
         started = self.monotonic()
         try:
             with Session(self.engine) as s, s.begin():
                 result: MarketDataResult = sync_market_data(
-                    s, self.provider, request.as_of_dates, request.portfolio_ids or None, self.utcnow())
+                    s, self.provider, request.as_of_dates, request.portfolio_ids or None, self.utcnow(),
+                    deadline=deadline, clock=self.monotonic)
         except Exception as exc:  # a global step fails alone; engines run on stored data
             log.exception("market_data_failed")
             error = f"{type(exc).__name__}: {exc}"
@@ -279,7 +282,7 @@ class Runner:
             global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
         return {**result.summary(), "status": status}
 
-    def _profiles_step(self, request: RunRequest, as_of: date) -> dict[str, Any]:
+    def _profiles_step(self, request: RunRequest, as_of: date, deadline: float) -> dict[str, Any]:
         """Non-blocking: a failure here is recorded but never changes the exit code."""
         started = self.monotonic()
         try:
@@ -287,7 +290,8 @@ class Runner:
                 symbols = repository.symbols_held(s, request.as_of_dates[0], as_of,
                                                   request.portfolio_ids or None)
                 symbols = sorted(set(symbols) | set(repository.active_factor_proxies(s)))
-                summary = sync_company_profiles(s, self.provider, symbols, self.utcnow())
+                summary = sync_company_profiles(s, self.provider, symbols, self.utcnow(), deadline=deadline,
+                                                clock=self.monotonic)
         except Exception as exc:
             log.exception("company_profiles_failed")
             summary = {"status": "failed", "total": 0, "successful": 0, "failed": 0,

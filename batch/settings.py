@@ -33,7 +33,8 @@ class Settings:
     max_retry_attempts: int = 3
     max_retry_delay_seconds: float = 30.0  # total wait across one call's retries
     provider_timeout_seconds: float = 30.0  # read timeout per HTTP request (connect: 5 s)
-    fmp_requests_per_minute: float = 60.0  # FMP's free plan is 250 requests per day
+    fmp_requests_per_minute: float = 60.0
+    fmp_requests_per_day: int = 250  # FMP's free plan; counted per UTC day across runs
     polygon_requests_per_minute: float = 5.0  # Polygon's free plan
     yfinance_requests_per_minute: float = 60.0
     log_format: str = "json"
@@ -73,6 +74,8 @@ class Settings:
             max_retry_delay_seconds=_number(env, "MAX_RETRY_DELAY_SECONDS", 30.0, low=0.0, high=3600.0),
             provider_timeout_seconds=_number(env, "PROVIDER_TIMEOUT_SECONDS", 30.0, low=1.0, high=600.0),
             fmp_requests_per_minute=_number(env, "FMP_REQUESTS_PER_MINUTE", 60.0, low=0.01, high=10_000.0),
+            fmp_requests_per_day=int(_number(env, "FMP_REQUESTS_PER_DAY", 250, low=1, high=100_000_000,
+                                             integer=True)),
             polygon_requests_per_minute=_number(env, "POLYGON_REQUESTS_PER_MINUTE", 5.0, low=0.01,
                                                 high=10_000.0),
             yfinance_requests_per_minute=_number(env, "YFINANCE_REQUESTS_PER_MINUTE", 60.0, low=0.01,

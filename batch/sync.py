@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -16,19 +17,28 @@ from typing import Any
 
 import pandas as pd
 import structlog
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from batch import calendar, repository
 from batch.db import upsert
 from batch.providers import MarketDataProvider
-from models import CompanyProfile, MarketPrice
+from batch.fetching import DEADLINE
+from models import CompanyProfile, MarketPrice, ProfileAbsence, ProviderRequestCount
 
 log = structlog.get_logger()
 
 # The regression, volatility and EWMA windows need ~260 sessions; fetch 300 before the as-of.
 HISTORY_SESSIONS = 300
 PROFILE_MAX_AGE_DAYS = 7
+# A symbol the provider says has no profile is asked again after this many days (or at once when
+# the provider changes).
+PROFILE_ABSENT_RECHECK_DAYS = 30
+# Profile failures that mean "the provider has no profile for this symbol".
+ABSENT_PROFILE_REASONS = frozenset({"unknown_symbol", "no_profile"})
+# The sync (prices, then profiles) requests nothing after this share of BATCH_TIMEOUT_SECONDS,
+# leaving the rest of the run's budget to the engines.
+SYNC_SHARE_OF_BUDGET = 0.5
 PROFILE_WORKERS = 4
 PROFILE_TIMEOUT_SECONDS = 30.0  # per symbol
 # Per-symbol failures that say the provider has no such data, not that it is unreachable.
@@ -144,10 +154,43 @@ def _volume(value: Any) -> int | None:
     return int(number) if math.isfinite(number) and number >= 0 else None
 
 
+@contextlib.contextmanager
+def requests_gated(session: Session, provider: MarketDataProvider, deadline: float | None,
+                   clock: Callable[[], float]) -> Iterator[None]:
+    """While the block runs, a network provider's limiter refuses every request once `clock()`
+    reaches `deadline` (reason `deadline`), and its daily quota continues from the count stored
+    for today by earlier runs; the count is stored back (in `session`) when the block ends
+    normally. A provider without a limiter (`sample`, offline) is not gated."""
+    limiter = getattr(provider, "limiter", None)
+    if limiter is None:
+        yield
+        return
+    quota = limiter.quota
+    if quota is not None:
+        stored = session.get(ProviderRequestCount, provider.name)
+        if stored is not None:
+            quota.restore(stored.day, stored.requests)
+    previous = limiter.stop
+    if deadline is not None:
+        limiter.stop = lambda: DEADLINE if clock() >= deadline else None
+    try:
+        yield
+    finally:
+        limiter.stop = previous
+    if quota is not None and quota.day is not None:
+        upsert(session, ProviderRequestCount, [{"provider": provider.name, "day": quota.day,
+                                                "requests": quota.used}], key=("provider",))
+
+
 def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates: Sequence[date],
-                     portfolio_ids: Sequence[uuid.UUID] | None, now: datetime) -> MarketDataResult:
+                     portfolio_ids: Sequence[uuid.UUID] | None, now: datetime, *,
+                     deadline: float | None = None,
+                     clock: Callable[[], float] = time.monotonic) -> MarketDataResult:
     """Fetch only the sessions missing from `market_prices` over the history window of the run's
-    dates, for held symbols plus factor proxies, validate, and upsert on (symbol, date)."""
+    dates, for held symbols plus factor proxies, validate, and upsert on (symbol, date).
+    No request is started once `clock()` reaches `deadline` (seconds on that clock): the symbols
+    left are reported failed with `deadline`, as those past the daily quota with
+    `quota_exhausted` (`requests_gated`); a later run fetches them."""
     result = MarketDataResult()
     first, last = min(as_of_dates), max(as_of_dates)
     coverage = provider.coverage()
@@ -165,18 +208,19 @@ def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates
             ranges[(missing[0], missing[-1])].append(symbol)
     result.symbols_requested = sum(len(v) for v in ranges.values())
     updated: set[str] = set()
-    for (lo, hi), group in sorted(ranges.items()):
-        batch = provider.get_daily_prices(group, lo, hi)
-        result.failures.update(batch.failed)
-        clean, rejected = validate_prices(batch.rows)
-        result.rejected_rows.extend(rejected)
-        if clean.empty:
-            continue
-        records = [{**r, "volume": None if r["volume"] is None else int(r["volume"]),
-                    "source": provider.name, "updated_at": now}
-                   for r in clean.astype(object).where(clean.notna(), None).to_dict("records")]
-        result.rows_written += upsert(session, MarketPrice, records, key=("symbol", "date"))
-        updated.update(clean["symbol"].unique())
+    with requests_gated(session, provider, deadline, clock):
+        for (lo, hi), group in sorted(ranges.items()):
+            batch = provider.get_daily_prices(group, lo, hi)
+            result.failures.update(batch.failed)
+            clean, rejected = validate_prices(batch.rows)
+            result.rejected_rows.extend(rejected)
+            if clean.empty:
+                continue
+            records = [{**r, "volume": None if r["volume"] is None else int(r["volume"]),
+                        "source": provider.name, "updated_at": now}
+                       for r in clean.astype(object).where(clean.notna(), None).to_dict("records")]
+            result.rows_written += upsert(session, MarketPrice, records, key=("symbol", "date"))
+            updated.update(clean["symbol"].unique())
     result.symbols_updated = len(updated)
     result.failed_symbols = sorted(result.failures)
     log.info("market_data_synced", **result.summary(), window=result.window,
@@ -186,36 +230,66 @@ def sync_market_data(session: Session, provider: MarketDataProvider, as_of_dates
 
 
 def sync_company_profiles(session: Session, provider: MarketDataProvider, symbols: Sequence[str],
-                          now: datetime) -> dict[str, Any]:
-    """Refresh profiles missing or older than PROFILE_MAX_AGE_DAYS for equity-like symbols (index
-    proxies such as `^GSPC` have none). Returns {status, total, successful, failed,
-    duration_seconds, failed_symbols}. Never raises for a provider failure."""
+                          now: datetime, *, deadline: float | None = None,
+                          clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Refresh the profiles of equity-like symbols (index proxies such as `^GSPC` have none)
+    that are missing or older than PROFILE_MAX_AGE_DAYS. A symbol the provider reports as having
+    no profile (ABSENT_PROFILE_REASONS) is remembered in `profile_absences` and not asked again
+    for PROFILE_ABSENT_RECHECK_DAYS days, or until another provider is configured. Requests stop
+    at `deadline` and at the daily quota, as in `sync_market_data`. Never raises for a provider
+    failure.
+
+    Each of the `total` symbols is counted once: `already_fresh` (a recent profile is stored),
+    `known_absent` (the provider has none: reported now or remembered), `successful` (fetched and
+    stored now) or `failed` (any other failure: timeout, unreachable, quota_exhausted, deadline,
+    ...; asked again next run). `requested` = symbols asked this run. `status`: `success` when
+    none failed, `failed` when every requested symbol failed, else `partial` — the same on a
+    first run and a rerun. Also returns duration_seconds, failed_symbols, failures (reason per
+    failed symbol) and known_absent_symbols."""
     started = time.monotonic()
-    wanted = [s for s in symbols if not s.startswith("^")]
+    wanted = list(dict.fromkeys(s for s in symbols if not s.startswith("^")))
     fresh = {
         s for s, updated in session.execute(
             select(CompanyProfile.symbol, CompanyProfile.updated_at).where(CompanyProfile.symbol.in_(wanted)))
         if updated is not None and (now - _aware(updated, now)).days < PROFILE_MAX_AGE_DAYS
     }
-    todo = [s for s in wanted if s not in fresh]
-    profiles, failures = fetch_profiles(provider, todo)
-    records = []
-    for p in profiles:
-        records.append({
-            "symbol": p["symbol"], "company_name": p.get("company_name"), "sector": p.get("sector"),
-            "industry": p.get("industry"), "exchange": p.get("exchange"), "country": p.get("country"),
-            "market_cap": p.get("market_cap"), "is_etf": bool(p.get("is_etf", False)),
-            "source": provider.name, "updated_at": now,
-        })
-    upsert(session, CompanyProfile, records, key=("symbol",))
-    failed = sorted(failures)
-    summary = {
-        "status": "success" if not failed else ("failed" if not records else "partial"),
-        "total": len(todo), "successful": len(records), "failed": len(failed),
-        "duration_seconds": round(time.monotonic() - started, 3), "failed_symbols": failed,
-        "already_fresh": len(fresh), "failures": failures,
+    remembered = {
+        s for s, source, checked in session.execute(
+            select(ProfileAbsence.symbol, ProfileAbsence.source, ProfileAbsence.checked_at)
+            .where(ProfileAbsence.symbol.in_(wanted)))
+        if s not in fresh and source == provider.name
+        and (now - _aware(checked, now)).days < PROFILE_ABSENT_RECHECK_DAYS
     }
-    log.info("company_profiles_synced", **{k: v for k, v in summary.items() if k != "failed_symbols"})
+    todo = [s for s in wanted if s not in fresh and s not in remembered]
+    with requests_gated(session, provider, deadline, clock):
+        profiles, failures = fetch_profiles(provider, todo)
+    asked = set(todo)
+    records = [{
+        "symbol": p["symbol"], "company_name": p.get("company_name"), "sector": p.get("sector"),
+        "industry": p.get("industry"), "exchange": p.get("exchange"), "country": p.get("country"),
+        "market_cap": p.get("market_cap"), "is_etf": bool(p.get("is_etf", False)),
+        "source": provider.name, "updated_at": now,
+    } for p in {p["symbol"]: p for p in profiles if p["symbol"] in asked}.values()]
+    upsert(session, CompanyProfile, records, key=("symbol",))
+    stored = {r["symbol"] for r in records}
+    for s in todo:  # a symbol the provider neither answered nor failed is a failure too
+        if s not in stored and s not in failures:
+            failures[s] = "no_response"
+    absent = {s: r for s, r in failures.items() if s not in stored and r in ABSENT_PROFILE_REASONS}
+    upsert(session, ProfileAbsence, [{"symbol": s, "source": provider.name, "reason": r, "checked_at": now}
+                                     for s, r in absent.items()], key=("symbol",))
+    if stored:
+        session.execute(delete(ProfileAbsence).where(ProfileAbsence.symbol.in_(sorted(stored))))
+    failed = sorted(s for s in failures if s not in stored and s not in absent)
+    status = "success" if not failed else ("failed" if len(failed) == len(todo) else "partial")
+    summary = {
+        "status": status, "total": len(wanted), "successful": len(records), "failed": len(failed),
+        "duration_seconds": round(time.monotonic() - started, 3), "failed_symbols": failed,
+        "already_fresh": len(fresh), "known_absent": len(remembered) + len(absent), "requested": len(todo),
+        "known_absent_symbols": sorted(remembered | set(absent)), "failures": {s: failures[s] for s in failed},
+    }
+    log.info("company_profiles_synced",
+             **{k: v for k, v in summary.items() if k not in ("failed_symbols", "known_absent_symbols")})
     return summary
 
 

@@ -18,6 +18,8 @@ from models.schema import (  # noqa: F401
     Position,
     PositionFactorExposure,
     PositionGreeks,
+    ProfileAbsence,
+    ProviderRequestCount,
     StressScenario,
     StressTestResult,
     SymbolFactorBeta,

@@ -112,6 +112,26 @@ class CompanyProfile(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ProfileAbsence(Base):
+    """A symbol the provider `source` reported as having no company profile (`reason`, e.g.
+    `unknown_symbol`) at `checked_at`: not asked again for a while (batch.sync)."""
+
+    __tablename__ = "profile_absences"
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProviderRequestCount(Base):
+    """Requests made to `provider` on the UTC calendar `day` (its daily quota), across runs."""
+
+    __tablename__ = "provider_request_counts"
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    requests: Mapped[int] = mapped_column(Integer)
+
+
 class FactorDefinition(Base):
     __tablename__ = "factor_definitions"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)

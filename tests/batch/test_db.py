@@ -136,3 +136,53 @@ def test_bulk_replace_writes_nulls_for_non_finite_numbers_and_replaces_only_its_
     stored = _scenario_rows(engine)
     assert set(stored) == {(mine, day, "s2"), (other, day, "s2")}  # mine replaced, other untouched
     assert stored[(mine, day, "s2")].direct_pnl == 7.0 and stored[(other, day, "s2")].direct_pnl == 1.5
+
+
+def _alembic(url: str, command_name: str, revision: str) -> None:
+    from alembic import command
+
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = db._alembic_config()
+            cfg.attributes["connection"] = conn
+            getattr(command, command_name)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_migration_0002_upgrades_and_downgrades_keeping_data(blank_database_url):
+    """0002 adds profile_absences and provider_request_counts to a database holding profiles,
+    and its downgrade removes exactly those tables, keeping the profiles."""
+    url = blank_database_url
+    checked = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
+    _alembic(url, "upgrade", "0001_baseline")
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO company_profiles (symbol, company_name, is_etf, source, updated_at) "
+                              "VALUES ('AAPL', 'Apple Inc.', false, 'sample', :t)"), {"t": checked})
+        _alembic(url, "upgrade", "0002_profile_absences")
+        assert {"profile_absences", "provider_request_counts"} <= set(inspect(engine).get_table_names())
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO profile_absences (symbol, source, reason, checked_at) "
+                              "VALUES ('TLT', 'sample', 'no_profile', :t)"), {"t": checked})
+            conn.execute(text("INSERT INTO provider_request_counts (provider, day, requests) "
+                              "VALUES ('fmp', :d, 42)"), {"d": date(2022, 12, 28)})
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT symbol, source, reason FROM profile_absences")).all() == [
+                ("TLT", "sample", "no_profile")]
+            assert conn.execute(text("SELECT provider, requests FROM provider_request_counts")).all() == [("fmp", 42)]
+            assert conn.execute(text("SELECT symbol, company_name FROM company_profiles")).all() == [
+                ("AAPL", "Apple Inc.")]
+        _alembic(url, "downgrade", "0001_baseline")
+        tables = set(inspect(engine).get_table_names())
+        assert "profile_absences" not in tables and "provider_request_counts" not in tables
+        assert db.current_revision(engine) == "0001_baseline"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT symbol, company_name FROM company_profiles")).all() == [
+                ("AAPL", "Apple Inc.")]
+        _alembic(url, "upgrade", "head")  # and up again on the downgraded database
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()

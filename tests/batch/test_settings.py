@@ -52,7 +52,8 @@ def test_log_format_defaults_to_json_off_a_terminal_and_console_on_one(tmp_path,
 def test_explicit_values_are_read(tmp_path: Path) -> None:
     env = {"DATABASE_URL": "sqlite:////var/data/x.db", "RISK_FREE_RATE": "0.0525", "MAX_RETRY_ATTEMPTS": "5",
            "BATCH_TIMEOUT_SECONDS": "1800", "LOG_LEVEL": "debug", "LOG_FORMAT": "console",
-           "FMP_API_KEY": "k1", "POLYGON_API_KEY": "k2", "MARKET_DATA_PROVIDER": "FMP"}
+           "FMP_API_KEY": "k1", "POLYGON_API_KEY": "k2", "MARKET_DATA_PROVIDER": "FMP",
+           "FMP_REQUESTS_PER_DAY": "750"}
     settings = Settings.from_env(env=env, cwd=tmp_path)
     assert settings.database_url == "sqlite:////var/data/x.db"
     assert settings.embedded_database is None
@@ -62,6 +63,8 @@ def test_explicit_values_are_read(tmp_path: Path) -> None:
     assert settings.log_level == "DEBUG" and settings.log_format == "console"
     assert settings.market_data_provider == "fmp"
     assert (settings.fmp_api_key, settings.polygon_api_key) == ("k1", "k2")
+    assert settings.fmp_requests_per_day == 750
+    assert Settings.from_env(env={}, cwd=tmp_path).fmp_requests_per_day == 250  # FMP's free plan
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -93,6 +96,8 @@ def test_database_urls_are_normalised_to_psycopg3(raw: str, expected: str, tmp_p
     ("BATCH_TIMEOUT_SECONDS", "nan"),
     ("BATCH_TIMEOUT_SECONDS", "-10"),
     ("DATABASE_URL", "not a url"),
+    ("FMP_REQUESTS_PER_DAY", "0"),
+    ("FMP_REQUESTS_PER_DAY", "2.5"),
 ])
 def test_bad_values_raise_a_config_error_naming_the_variable(name: str, value: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:

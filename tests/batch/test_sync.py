@@ -28,7 +28,7 @@ from batch.sync import (
     sync_market_data,
     validate_prices,
 )
-from models import CompanyProfile, MarketPrice, Portfolio, Position
+from models import CompanyProfile, MarketPrice, Portfolio, Position, ProfileAbsence, ProviderRequestCount
 
 NOW = datetime(2022, 12, 28, 23, 45, tzinfo=timezone.utc)
 AS_OF = date(2022, 12, 28)
@@ -485,18 +485,23 @@ def test_fresh_profiles_are_not_fetched_again_within_seven_days(engine) -> None:
     with Session(engine) as s, s.begin():
         again = sync_company_profiles(s, SampleProvider(), ALL_SAMPLE, NOW + timedelta(days=6))
     assert REQUIRED_PROFILE_KEYS <= set(again)
-    assert (again["total"], again["successful"], again["failed"]) == (0, 0, 0)
+    assert (again["total"], again["already_fresh"], again["requested"], again["successful"],
+            again["failed"]) == (25, 25, 0, 0, 0)
     assert again["status"] == "success"
     with Session(engine) as s, s.begin():
         stale = sync_company_profiles(s, SampleProvider(), ALL_SAMPLE, NOW + timedelta(days=8))
-    assert (stale["total"], stale["successful"]) == (25, 25)
+    assert (stale["total"], stale["requested"], stale["successful"]) == (25, 25, 25)
 
 
-def test_profiles_without_a_bundled_entry_are_counted_failed(engine) -> None:
+def test_profiles_without_a_bundled_entry_are_known_absent_not_failed(engine) -> None:
     with Session(engine) as s, s.begin():
         summary = sync_company_profiles(s, SampleProvider(), ["AAPL", "TLT", "^GSPC"], NOW)
-    assert summary["status"] == "partial"
-    assert (summary["total"], summary["successful"], summary["failed"]) == (2, 1, 1)
+    assert summary["status"] == "success"
+    assert (summary["total"], summary["successful"], summary["known_absent"], summary["failed"]) == (2, 1, 1, 0)
+    assert summary["known_absent_symbols"] == ["TLT"]
+    with Session(engine) as s:
+        absence = s.get(ProfileAbsence, "TLT")
+        assert (absence.source, absence.reason) == ("sample", "no_profile")
 
 
 def test_profile_provider_failure_does_not_raise(engine) -> None:
@@ -506,3 +511,90 @@ def test_profile_provider_failure_does_not_raise(engine) -> None:
     assert (summary["total"], summary["successful"], summary["failed"]) == (2, 0, 2)
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(CompanyProfile)) == 0
+
+
+class RecordingProfiles:
+    """The sample provider's profiles under `name`, recording every symbol asked; symbols in
+    `down` fail `unreachable` (a transient failure)."""
+
+    def __init__(self, name: str = "sample", down: Sequence[str] = ()) -> None:
+        self.name, self.down, self.asked = name, set(down), []
+        self.sample = SampleProvider()
+
+    def get_company_profiles(self, symbols: Sequence[str]) -> ProfileBatch:
+        self.asked.extend(symbols)
+        batch = self.sample.get_company_profiles([s for s in symbols if s not in self.down])
+        return ProfileBatch(batch.profiles, {**batch.failed, **{s: "unreachable" for s in symbols if s in self.down}})
+
+
+EQUITIES = [s for s in ALL_SAMPLE if not s.startswith("^")]  # the 25 with bundled profiles
+WITH_ABSENT = sorted(EQUITIES + ["TLT", "VUG"])  # TLT and VUG have none: 27 symbols
+
+
+def profiles_sync(engine, provider, symbols, now) -> dict:
+    with Session(engine) as s, s.begin():
+        return sync_company_profiles(s, provider, symbols, now)
+
+
+def counts(summary: dict) -> tuple:
+    keys = ("status", "total", "already_fresh", "known_absent", "requested", "successful", "failed")
+    return tuple(summary[k] for k in keys)
+
+
+@pytest.mark.parametrize("first", [WITH_ABSENT, ["TLT", "VUG"]], ids=["full-first", "absent-first"])
+def test_a_rerun_reports_profiles_with_the_same_meaning_as_the_first_run(engine, first) -> None:
+    """Issue #10 item 9: the first run said `partial, total 27` and a healthy rerun `failed,
+    total 2` for the same two symbols without a profile (TLT, VUG). Both are `success` now,
+    every symbol is counted once (total = already_fresh + known_absent + successful + failed),
+    and the rerun does not ask the provider for TLT and VUG again."""
+    provider = RecordingProfiles()
+    one = profiles_sync(engine, provider, first, NOW)
+    provider.asked.clear()
+    two = profiles_sync(engine, provider, WITH_ABSENT, NOW + timedelta(days=1))
+    if first is WITH_ABSENT:
+        assert counts(one) == ("success", 27, 0, 2, 27, 25, 0)
+        assert counts(two) == ("success", 27, 25, 2, 0, 0, 0)
+    else:
+        assert counts(one) == ("success", 2, 0, 2, 2, 0, 0)
+        assert counts(two) == ("success", 27, 0, 2, 25, 25, 0)
+    assert "TLT" not in provider.asked and "VUG" not in provider.asked
+    assert one["known_absent_symbols"] == two["known_absent_symbols"] == ["TLT", "VUG"]
+    for summary in (one, two):
+        assert summary["total"] == (summary["already_fresh"] + summary["known_absent"] + summary["successful"]
+                                    + summary["failed"])
+
+
+def test_known_absent_is_asked_again_after_30_days_or_by_another_provider(engine) -> None:
+    profiles_sync(engine, RecordingProfiles(), ["AAPL", "TLT"], NOW)
+    later = RecordingProfiles()
+    profiles_sync(engine, later, ["AAPL", "TLT"], NOW + timedelta(days=29))
+    assert "TLT" not in later.asked
+    other = RecordingProfiles(name="other")
+    summary = profiles_sync(engine, other, ["AAPL", "TLT"], NOW + timedelta(days=1))
+    assert "TLT" in other.asked and summary["known_absent"] == 1
+    with Session(engine) as s:  # the absence is now the other provider's
+        assert s.get(ProfileAbsence, "TLT").source == "other"
+    much_later = RecordingProfiles(name="other")
+    profiles_sync(engine, much_later, ["TLT"], NOW + timedelta(days=1 + 30))
+    assert much_later.asked == ["TLT"]
+
+
+def test_a_profile_found_later_replaces_the_absence(engine) -> None:
+    with Session(engine) as s, s.begin():
+        s.add(ProfileAbsence(symbol="MSFT", source="sample", reason="unknown_symbol",
+                             checked_at=NOW - timedelta(days=31)))
+    summary = profiles_sync(engine, RecordingProfiles(), ["MSFT"], NOW)
+    assert counts(summary) == ("success", 1, 0, 0, 1, 1, 0)
+    with Session(engine) as s:
+        assert s.get(ProfileAbsence, "MSFT") is None
+        assert s.get(CompanyProfile, "MSFT").company_name == "Microsoft Corporation"
+
+
+def test_transient_profile_failures_are_partial_or_failed_and_asked_again(engine) -> None:
+    partial = profiles_sync(engine, RecordingProfiles(down=["AAPL"]), ["AAPL", "MSFT", "TLT"], NOW)
+    assert counts(partial) == ("partial", 3, 0, 1, 3, 1, 1)
+    assert partial["failures"] == {"AAPL": "unreachable"}
+    again = RecordingProfiles(down=["AAPL"])
+    failed = profiles_sync(engine, again, ["AAPL", "MSFT", "TLT"], NOW + timedelta(days=1))
+    assert again.asked == ["AAPL"]  # a transient failure is not remembered
+    assert counts(failed) == ("failed", 3, 1, 1, 1, 0, 1)
