@@ -28,7 +28,7 @@ from batch.errors import (
     LockHeld,
 )
 from batch.executors import EXECUTORS, make_executor
-from batch.log import configure_logging
+from batch.log import configure_logging, silence_stdout
 from batch.providers import MarketDataProvider, NotFetching, get_provider
 from batch.runner import Runner, RunRequest
 from batch.settings import Settings
@@ -276,10 +276,14 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
         close = getattr(provider, "close", None)  # network providers hold an HTTP client
         if close is not None:
             close()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_summary(summary)
+    try:
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            _print_summary(summary)
+        sys.stdout.flush()
+    except OSError:  # a broken stdout (closed pipe, full disk): the outcome is recorded anyway
+        silence_stdout()
     return summary["exit_code"]
 
 

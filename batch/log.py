@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
+
+
+def silence_stdout() -> None:
+    """Send the rest of this process's stdout to /dev/null (after a write failed: a closed pipe, a
+    full disk). The descriptor itself is redirected, so output still buffered in `sys.stdout` is
+    flushed there too and the interpreter's exit flush cannot fail; a stdout without a descriptor
+    is replaced."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # no descriptor (e.g. a capture object)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (kept open for the process)
+
+
+class _StdoutLogger(structlog.PrintLogger):
+    """Prints to the current `sys.stdout`; a write that fails silences stdout instead of raising.
+    Logs are not the job: a broken log collector must not stop the run nor its bookkeeping."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):  # EPIPE, ENOSPC, EFBIG; ValueError: stdout closed
+            silence_stdout()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """JSON lines (production) or a console renderer, on stdout (SPEC §10).
 
     Context bound with `structlog.contextvars.bind_contextvars` (run_id, portfolio_id, as_of)
-    is merged into every event.
+    is merged into every event. A failing stdout is silenced, never raised (`_StdoutLogger`).
     """
     renderer = structlog.processors.JSONRenderer() if log_format == "json" \
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
@@ -28,6 +58,6 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(),  # sys.stdout looked up per logger
+        logger_factory=lambda *_: _StdoutLogger(),  # sys.stdout looked up per write
         cache_logger_on_first_use=False,
     )

@@ -85,3 +85,28 @@ def test_deadline_stops_starting_portfolios(database_url, engine, monkeypatch, t
         errors = set(s.scalars(select(BatchJobResult.error).where(BatchJobResult.portfolio_id.is_not(None))))
         assert s.scalars(select(PortfolioSnapshot)).first() is None
     assert errors == {"deadline"}
+
+
+def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url, engine, seeded, tmp_path):
+    """Logs are not the job: stdout on a full disk (/dev/full), then a log collector whose pipe
+    closes mid-run. Each run computes every portfolio, records its outcome and exits 0."""
+    env = process_env(DATABASE_URL=database_url)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "batch", "--date", "2022-12-28", "--skip-sync"], cwd=tmp_path,
+                              env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "batch", "--date", "2022-12-27", "--skip-sync"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "run_started" in proc.stdout.readline()
+    proc.stdout.close()  # the collector goes away: every later log write meets a broken pipe
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err
+    with Session(engine) as s:
+        runs = s.scalars(select(BatchRun).order_by(BatchRun.as_of_start)).all()
+        snapshots = s.scalars(select(PortfolioSnapshot.snapshot_date)).all()
+    assert [(r.as_of_start.isoformat(), r.status, r.exit_code, r.completed_units, r.total_units)
+            for r in runs] == [("2022-12-27", "success", 0, 4, 4), ("2022-12-28", "success", 0, 4, 4)]
+    assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
