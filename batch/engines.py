@@ -242,6 +242,7 @@ class SymbolBetas:
     betas: dict[str, dict[str, float]]  # symbol → factor → beta (capped), available factors only
     stats: dict[str, dict[str, Any]]  # symbol → r_squared, observations
     unavailable: dict[str, str]  # factor → reason
+    zero_variance: frozenset[str] = frozenset()  # symbols fitted without betas (constant returns)
 
 
 def run_symbol_betas(ctx: DateContext) -> JobOutcome:
@@ -282,13 +283,16 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     bulk_insert(s, SymbolFactorBeta, rows)
     betas: dict[str, dict[str, float]] = {}
     stats: dict[str, dict[str, Any]] = {}
+    zero_variance: set[str] = set()
     for r in stored + [SimpleNamespace(**row) for row in rows]:
         if r.beta is None:
+            if r.quality_flag == factors.ZERO_VARIANCE:
+                zero_variance.add(r.symbol)
             continue
         betas.setdefault(r.symbol, {})[r.factor] = float(r.beta)
         if r.factor == factors.MARKET:
             stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
-    ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable)
+    ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable, frozenset(zero_variance))
     return JobOutcome("success", {
         "symbols": len(symbols), "fitted": len(fitted), "reused": len(reused), "skipped": fit.skipped,
         "factor_unavailable": all_unavailable, "vif": fit.vif,
@@ -516,6 +520,7 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
     ctx.replace(PositionFactorExposure, position_rows)
     ctx.replace(PortfolioFactorExposure, portfolio_rows)
     used = {i.symbol for i in inputs if i.position_id not in exposures.skipped}
+    symbol_of = {i.position_id: i.symbol for i in inputs}
     observations = [symbol_betas.stats[s]["observations"] for s in used if s in symbol_betas.stats]
     data_days = min(observations) if observations else 0
     flag = "full_history" if data_days >= factors.BETA_WINDOW and not exposures.skipped else "limited_history"
@@ -530,7 +535,8 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
             flag, f"{exposures.analyzed} of {total} positions have factor betas", exposures.analyzed,
             total, data_days, quality_flag=flag,
             factor_unavailable=sorted(symbol_betas.unavailable),
-            skipped_positions={str(k): v for k, v in exposures.skipped.items()}),
+            skipped_positions={str(k): factors.ZERO_VARIANCE if symbol_of[k] in symbol_betas.zero_variance else v
+                               for k, v in exposures.skipped.items()}),
         "metadata": {"calculation_date": ctx.as_of.isoformat(),
                      "regression_window_days": factors.BETA_WINDOW, "status": "COMPLETED",
                      "portfolio_id": str(ctx.portfolio_id)},

@@ -495,6 +495,10 @@ def test_bad_stored_closes_are_missing_data_for_every_engine(seeded, engine) -> 
         assert (row.beta, row.std_error, row.t_stat, row.r_squared, row.quality_flag) == (
             None, None, None, None, "zero_variance"), factor
 
+    # ... so its position has no factor exposure, for that reason (not "insufficient_history")
+    factor_quality = jobs(engine, BAD_CLOSES_BOOK, result.summary["run_id"])["factors"].result["data_quality"]
+    assert factor_quality["skipped_positions"] == {str(uuid.UUID(int=0xBADC03)): "zero_variance"}
+
     # Option realised volatility: 63 log returns of NEG, the two touching the bad close dropped
     logs = np.log(clean["NEG"]).diff().iloc[-63:].dropna()
     assert len(logs) == 61
