@@ -17,6 +17,7 @@ raises on failure. "Nothing to compute" is a `skipped` outcome carrying the SPEC
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from calculations.positions import (
     PositionInput,
     price_symbols,
 )
+from calculations.prices import usable_closes
 from calculations.scenarios import (
     DEFAULT_DURATION,
     OptionRevaluation,
@@ -54,7 +56,7 @@ from calculations.scenarios import (
     stress_test,
 )
 from calculations.snapshot import build_snapshot
-from calculations.valuation import Valuation, daily_pnl, value_portfolio
+from calculations.valuation import BAD_CLOSES_IGNORED, Valuation, daily_pnl, value_portfolio
 from models import (
     CorrelationCluster,
     CorrelationRun,
@@ -94,6 +96,18 @@ class DateContext:
     # closes of every synced market symbol over HISTORY_SESSIONS sessions ending at as_of
     market_closes: pd.DataFrame | None = None
     stress_scenarios: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # active ones
+    # symbol → sessions whose stored close was non-positive or non-finite, read as missing
+    bad_closes: dict[str, list[date]] = field(default_factory=dict)
+
+    def load_closes(self, symbols: set[str] | list[str], sessions: int) -> pd.DataFrame:
+        """Closes over the `sessions` sessions ending at `as_of` (repository.session_closes)
+        with every non-positive or non-finite close read as missing and recorded in
+        `bad_closes`: the one way the global engines read closes."""
+        assert self.session is not None
+        closes, bad = usable_closes(repository.session_closes(self.session, symbols, self.as_of, sessions))
+        for symbol, days in bad.items():
+            self.bad_closes[symbol] = sorted(set(self.bad_closes.get(symbol, [])) | set(days))
+        return closes
 
     @cached_property
     def market_symbols(self) -> frozenset[str]:
@@ -139,13 +153,22 @@ class UnitContext:
         symbols from the date's shared frame, the rest (option contracts, private marks) from
         the unit's prefetched inputs."""
         symbols = price_symbols(self.positions)
-        own = self.inputs.own_closes
+        own = usable_closes(self.inputs.own_closes)[0]  # the shared frame is already clean
         shared = self.shared.market_closes
         if shared is None:
             return own.reindex(columns=sorted(symbols))
         frame = shared.reindex(columns=sorted(symbols & self.shared.market_symbols))
         extra = [c for c in own.columns if c in symbols and c not in frame.columns]
         return pd.concat([frame, own[extra]], axis=1) if extra else frame
+
+    @cached_property
+    def bad_closes(self) -> dict[str, list[date]]:
+        """Symbol → sessions whose stored close `closes` reads as missing (non-positive or
+        non-finite), for the symbols this book's pricing reads."""
+        symbols = price_symbols(self.positions)
+        bad = {s: d for s, d in self.shared.bad_closes.items() if s in symbols}
+        bad.update((s, d) for s, d in usable_closes(self.inputs.own_closes)[1].items() if s in symbols)
+        return bad
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
         """Stage `rows` as this portfolio's rows of `table` for the as-of date (a later call for
@@ -219,6 +242,7 @@ class SymbolBetas:
     betas: dict[str, dict[str, float]]  # symbol → factor → beta (capped), available factors only
     stats: dict[str, dict[str, Any]]  # symbol → r_squared, observations
     unavailable: dict[str, str]  # factor → reason
+    zero_variance: frozenset[str] = frozenset()  # symbols fitted without betas (constant returns)
 
 
 def run_symbol_betas(ctx: DateContext) -> JobOutcome:
@@ -232,8 +256,7 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     proxy_symbols = sorted({p for p in proxies.values() if p})
     symbols = repository.symbols_held(s, ctx.as_of, ctx.as_of, ctx.portfolio_ids)
     # one load of every market symbol's history for the date, shared by all portfolios
-    ctx.market_closes = repository.session_closes(s, set(symbols) | set(proxy_symbols), ctx.as_of,
-                                                  HISTORY_SESSIONS)
+    ctx.market_closes = ctx.load_closes(set(symbols) | set(proxy_symbols), HISTORY_SESSIONS)
     stored = repository.stored_symbol_betas(s, symbols, ctx.as_of) if ctx.portfolio_ids else []
     reused = {r.symbol for r in stored}
     to_fit = [sym for sym in symbols if sym not in reused]
@@ -246,7 +269,8 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     rows = [{"symbol": e.symbol, "factor": e.factor, "as_of_date": ctx.as_of, "beta": e.beta,
              "std_error": e.std_error, "t_stat": e.t_stat, "r_squared": e.r_squared,
              "observations": e.observations, "window_days": fit.window_days, "capped": e.capped,
-             "quality_flag": "full_history" if e.observations >= fit.window_days else "limited_history"}
+             "quality_flag": e.quality or ("full_history" if e.observations >= fit.window_days
+                                           else "limited_history")}
             for e in fit.estimates]
     rows += [{"symbol": symbol, "factor": factor, "as_of_date": ctx.as_of, "beta": None,
               "std_error": None, "t_stat": None, "r_squared": None, "observations": 0,
@@ -259,18 +283,24 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     bulk_insert(s, SymbolFactorBeta, rows)
     betas: dict[str, dict[str, float]] = {}
     stats: dict[str, dict[str, Any]] = {}
+    zero_variance: set[str] = set()
     for r in stored + [SimpleNamespace(**row) for row in rows]:
         if r.beta is None:
+            if r.quality_flag == factors.ZERO_VARIANCE:
+                zero_variance.add(r.symbol)
             continue
         betas.setdefault(r.symbol, {})[r.factor] = float(r.beta)
         if r.factor == factors.MARKET:
             stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
-    ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable)
+    ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable, frozenset(zero_variance))
     return JobOutcome("success", {
         "symbols": len(symbols), "fitted": len(fitted), "reused": len(reused), "skipped": fit.skipped,
         "factor_unavailable": all_unavailable, "vif": fit.vif,
         "capped": sorted({f"{e.symbol}:{e.factor}" for e in fit.estimates if e.capped}),
+        "degenerate": {flag: sorted({e.symbol for e in fit.estimates if e.quality == flag})
+                       for flag in (factors.EXACT_FIT, factors.ZERO_VARIANCE)},
         "window_days": fit.window_days, "rows_written": len(rows),
+        "bad_closes": {sym: [d.isoformat() for d in days] for sym, days in ctx.bad_closes.items()},
     })
 
 
@@ -292,7 +322,7 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
     s = ctx.session
     proxies = repository.factor_proxies(s)
     proxy_symbols = sorted({p for p in proxies.values() if p})
-    closes = repository.session_closes(s, proxy_symbols, ctx.as_of, factors.COVARIANCE_WINDOW + 1)
+    closes = ctx.load_closes(proxy_symbols, factors.COVARIANCE_WINDOW + 1)
     factor_frame, unavailable = usable_factors(*factors.factor_returns(factors.simple_returns(closes), proxies))
     s.execute(delete(FactorCorrelation).where(FactorCorrelation.as_of_date == ctx.as_of))
     result = {"factors": [], "observations": 0, "decay": factors.EWMA_LAMBDA,
@@ -375,7 +405,7 @@ def correlations_payload(flag: str, message: str, total: int | None, as_of: date
             "correlation_matrix": {}, "clusters": [],
             "metrics": {"avg_correlation": 0.0, "positions_analyzed": 0},
             "calculation_date": as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
-            "data_quality": _quality(flag, message, 0, total, 0, **quality)}
+            "data_quality": _quality(flag, message, 0, total, 0, positions_merged=0, **quality)}
 
 
 def snapshot_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
@@ -411,6 +441,11 @@ def run_valuation(ctx: UnitContext) -> JobOutcome:
     v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
                         stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate,
                         marks=ctx.inputs.marks)
+    if ctx.bad_closes:  # the symbols it was priced from had closes read as missing: say so
+        v = dataclasses.replace(v, positions=tuple(
+            dataclasses.replace(p, flags=(*p.flags, BAD_CLOSES_IGNORED))
+            if {p.position.symbol, p.position.market_symbol} & ctx.bad_closes.keys() else p
+            for p in v.positions))
     ctx.outputs["valuation"] = v
     stale = [p.position.symbol for p in v.positions if "stale_prices" in p.flags]
     flag = "missing_prices" if v.skipped else ("stale_prices" if stale else "ok")
@@ -485,6 +520,7 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
     ctx.replace(PositionFactorExposure, position_rows)
     ctx.replace(PortfolioFactorExposure, portfolio_rows)
     used = {i.symbol for i in inputs if i.position_id not in exposures.skipped}
+    symbol_of = {i.position_id: i.symbol for i in inputs}
     observations = [symbol_betas.stats[s]["observations"] for s in used if s in symbol_betas.stats]
     data_days = min(observations) if observations else 0
     flag = "full_history" if data_days >= factors.BETA_WINDOW and not exposures.skipped else "limited_history"
@@ -499,7 +535,8 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
             flag, f"{exposures.analyzed} of {total} positions have factor betas", exposures.analyzed,
             total, data_days, quality_flag=flag,
             factor_unavailable=sorted(symbol_betas.unavailable),
-            skipped_positions={str(k): v for k, v in exposures.skipped.items()}),
+            skipped_positions={str(k): factors.ZERO_VARIANCE if symbol_of[k] in symbol_betas.zero_variance else v
+                               for k, v in exposures.skipped.items()}),
         "metadata": {"calculation_date": ctx.as_of.isoformat(),
                      "regression_window_days": factors.BETA_WINDOW, "status": "COMPLETED",
                      "portfolio_id": str(ctx.portfolio_id)},
@@ -600,12 +637,16 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     valuation: Valuation = ctx.outputs["valuation"]
     greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
     values: dict[str, float] = {}
+    stocks: list[str] = []  # the symbol of each stock position that enters, one entry per position
+    options: list[str] = []  # the underlying of each option merged into it, one entry per position
     for priced in valuation.positions:
         pos = priced.position
         if pos.asset_class == PUBLIC and priced.market_value is not None:
             values[pos.symbol] = values.get(pos.symbol, 0.0) + priced.market_value
+            stocks.append(pos.symbol)
         elif pos.asset_class == OPTIONS and pos.id in greeks and greeks[pos.id].status == "ok":
             values[pos.underlying] = values.get(pos.underlying, 0.0) + greeks[pos.id].dollar_delta
+            options.append(pos.underlying)
     kept, excluded = corr.eligible_exposures(values, valuation.gross_exposure)
     result = None
     if len(kept) >= 2:
@@ -634,6 +675,14 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
                                       "avg_correlation": c.avg_correlation, "weight": c.weight}
                                      for c in result.clusters])
     matrix = {a: dict(zip(symbols, rhos[i], strict=True)) for i, a in enumerate(symbols)}
+    # SPEC §6.6: each position counted once — analysed (a stock in the matrix), merged (an option
+    # folded into its underlying's row) or skipped (anything that did not reach the matrix)
+    included = set(symbols)
+    analyzed = sum(1 for sym in stocks if sym in included)
+    merged = sum(1 for sym in options if sym in included)
+    quality = _quality("full_history", f"{len(symbols)} symbols, {len(pairs)} pairs", analyzed, total,
+                       int(result.observations.min().min()), positions_merged=merged, excluded=result.excluded)
+    quality["positions_skipped"] = total - analyzed - merged
     return JobOutcome("success", {
         "status": "SUCCESS", "message": f"{len(symbols)} positions correlated",
         "correlation_matrix": matrix,
@@ -644,9 +693,7 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
                     "effective_positions": result.effective_positions,
                     "positions_analyzed": result.positions_included},
         "calculation_date": ctx.as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
-        "data_quality": _quality("full_history", f"{len(symbols)} symbols, {len(pairs)} pairs",
-                                 result.positions_included, total, int(result.observations.min().min()),
-                                 excluded=result.excluded)})
+        "data_quality": quality})
 
 
 # --- snapshot (SPEC §6.7) ---------------------------------------------------------------------

@@ -60,8 +60,8 @@ def simple_returns(closes: pd.DataFrame) -> pd.DataFrame:
     in dollars, NaN where a symbol has no close. The previous *row* is the previous session, so
     a missing close makes both adjacent returns NaN; nothing is filled. The first row (which
     has no previous session) is dropped, so the result has `len(closes) − 1` rows (0 if
-    `closes` has at most one row). A zero close yields an infinite return: rejecting bad prices
-    is the data layer's job (SPEC §5.3), not this function's.
+    `closes` has at most one row). A zero close yields an infinite return: the engines read
+    non-positive or non-finite closes as missing before they get here (`prices.usable_closes`).
 
     Raises ValueError if the index is not strictly increasing.
     """

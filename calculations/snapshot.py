@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from calculations.valuation import DailyPnl, Valuation
+from calculations.valuation import BAD_CLOSES_IGNORED, DailyPnl, Valuation
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,11 @@ def build_snapshot(valuation: Valuation, pnl: DailyPnl, previous_session: date,
     stale = sorted({p.position.symbol for p in valuation.positions if "stale_prices" in p.flags})
     unmodelled = sorted({p.position.symbol for p in valuation.positions
                          if "model_price_unavailable" in p.flags})
+    ignored = sorted({p.position.symbol for p in valuation.positions if BAD_CLOSES_IGNORED in p.flags})
     if stale:
         flags.append("stale_prices")
+    if ignored:
+        flags.append(BAD_CLOSES_IGNORED)
     if unmodelled:
         flags.append("model_price_unavailable")
     if pnl.unpriced:
@@ -131,6 +134,7 @@ def build_snapshot(valuation: Valuation, pnl: DailyPnl, previous_session: date,
             "flags": flags,
             "skipped_positions": list(valuation.skipped),
             "stale_symbols": stale,
+            "bad_close_symbols": ignored,
             "unpriced_for_pnl": list(pnl.unpriced),
         },
     }

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -22,19 +23,23 @@ from hypothesis import strategies as st
 from sqlalchemy import Float, Numeric, Uuid, bindparam, func, inspect, select, text
 from sqlalchemy.orm import Session
 
+from batch import calendar
+from batch.db import upsert
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
 from batch.repository import symbols_held
-from batch.sync import sync_market_data, validate_prices
+from batch.sync import HISTORY_SESSIONS, sync_market_data, validate_prices
 from models import (
     Base,
     BatchJobResult,
     MarketPrice,
+    PairwiseCorrelation,
     Portfolio,
     PortfolioSnapshot,
     Position,
     PositionFactorExposure,
     PositionGreeks,
+    SymbolFactorBeta,
 )
 from tests.conftest import RESULT_TABLES
 
@@ -590,3 +595,115 @@ def test_the_sync_excludes_private_whatever_its_case_and_includes_null(engine) -
         held = symbols_held(s, AS_OF, AS_OF)
 
     assert held == ["KO", "MSFT"]
+
+
+# --- bad closes already stored (a manual fix, an old load that bypassed validation) ---------------
+
+
+BAD_CLOSES_BOOK = uuid.UUID(int=0xBADC)
+NEG_CALL = uuid.UUID(int=0xBADC10)
+BAD_CLOSE_AT = -30  # NEG's bad close: 30 sessions before the as-of date, inside every window
+
+
+def add_bad_close_book(engine) -> tuple[dict[str, list[tuple[date, float]]], list[date]]:
+    """ZERO = KO's closes with a 0 close on the as-of date; NEG = XOM's with a −5 close 30 sessions
+    back; FLAT = 50.0 every session. Stored directly, as an old load would have. Returns the rows
+    stored per symbol and the 300 sessions they cover."""
+    days = calendar.sessions_back(AS_OF, HISTORY_SESSIONS)
+    with Session(engine) as s, s.begin():
+        stored_closes = {sym: dict(s.execute(select(MarketPrice.date, MarketPrice.close).where(
+            MarketPrice.symbol == sym, MarketPrice.date >= days[0], MarketPrice.date <= AS_OF)).all())
+            for sym in ("KO", "XOM")}
+        rows = {"ZERO": [(d, 0.0 if d == AS_OF else float(stored_closes["KO"][d])) for d in days],
+                "NEG": [(d, -5.0 if d == days[BAD_CLOSE_AT] else float(stored_closes["XOM"][d])) for d in days],
+                "FLAT": [(d, 50.0) for d in days]}
+        upsert(s, MarketPrice, [{"symbol": sym, "date": d, "close": c, "source": "old_load", "updated_at": NOW}
+                                for sym, series in rows.items() for d, c in series], key=("symbol", "date"))
+        s.add(Portfolio(id=BAD_CLOSES_BOOK, name="Bad closes", cash_balance=0.0, currency="USD"))
+        s.flush()
+        for n, (symbol, qty) in enumerate([("ZERO", 1000.0), ("NEG", 500.0), ("FLAT", 1000.0)], start=1):
+            s.add(Position(id=uuid.UUID(int=0xBADC00 + n), portfolio_id=BAD_CLOSES_BOOK, symbol=symbol,
+                           position_type="LONG", quantity=qty, entry_price=50.0, entry_date=date(2022, 1, 3),
+                           investment_class="PUBLIC"))
+        s.add(Position(id=NEG_CALL, portfolio_id=BAD_CLOSES_BOOK, symbol="NEG230317C00110000",
+                       position_type="LC", quantity=5.0, entry_price=6.0, entry_date=date(2022, 1, 3),
+                       investment_class="OPTIONS", underlying_symbol="NEG", strike_price=110.0,
+                       expiration_date=date(2023, 3, 17)))
+    return rows, days
+
+
+def test_bad_stored_closes_are_missing_data_for_every_engine(seeded, engine) -> None:
+    """SPEC §5.3/§6: a zero or negative stored close is read as a missing close (flagged): never a
+    price, never one end of a return. A constant price is a zero-variance fit (SPEC §6.3)."""
+    assert seeded("--date", "2022-12-28").code == 0  # stores the sample prices
+    rows, days = add_bad_close_book(engine)
+
+    result = seeded("--date", "2022-12-28", "--force", "--skip-sync", "--json")
+
+    assert result.code == 0, result.err
+    # Expected values from the raw stored closes with the bad ones dropped, by pandas/numpy.
+    raw = pd.DataFrame({sym: dict(series) for sym, series in rows.items()}).reindex(days)
+    clean = raw.where(raw > 0)
+    with Session(engine) as s:
+        proxy_rows = s.execute(select(MarketPrice.date, MarketPrice.symbol, MarketPrice.close).where(
+            MarketPrice.symbol.in_(["^GSPC", "VLUE", "MTUM", "QUAL", "SIZE", "USMV"]),
+            MarketPrice.date >= days[-91])).all()
+        betas = {(r.symbol, r.factor): r for r in s.scalars(select(SymbolFactorBeta).where(
+            SymbolFactorBeta.as_of_date == AS_OF, SymbolFactorBeta.symbol.in_(["ZERO", "NEG", "FLAT"])))}
+        greeks = s.scalars(select(PositionGreeks).where(PositionGreeks.position_id == NEG_CALL)).one()
+        pair = s.scalars(select(PairwiseCorrelation).where(
+            PairwiseCorrelation.portfolio_id == BAD_CLOSES_BOOK, PairwiseCorrelation.symbol_1 == "NEG",
+            PairwiseCorrelation.symbol_2 == "ZERO")).one()
+        snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == BAD_CLOSES_BOOK)).one()
+    proxies = pd.DataFrame(proxy_rows, columns=["date", "symbol", "close"]).pivot(
+        index="date", columns="symbol", values="close").astype(float).reindex(days[-91:])
+    proxy_returns = (proxies / proxies.shift(1) - 1).iloc[1:]
+    market = proxy_returns["^GSPC"]
+    design = pd.concat([market] + [proxy_returns[p] - market for p in ("VLUE", "MTUM", "QUAL", "SIZE", "USMV")],
+                       axis=1, keys=["Market", "Value", "Momentum", "Quality", "Size", "Low Volatility"])
+    returns = (clean / clean.shift(1) - 1).iloc[-90:]
+
+    # Factor betas: fitted on the returns that remain (88 for NEG, 89 for ZERO), limited_history
+    for symbol, observations in (("NEG", 88), ("ZERO", 89)):
+        keep = returns[symbol].notna()
+        assert int(keep.sum()) == observations
+        x = np.column_stack([np.ones(observations), design[keep].to_numpy()])
+        coef, *_ = np.linalg.lstsq(x, returns[symbol][keep].to_numpy(), rcond=None)
+        for factor, expected in zip(design.columns, coef[1:], strict=True):
+            row = betas[symbol, factor]
+            assert row.beta == pytest.approx(expected, abs=1e-9), (symbol, factor)
+            assert (row.observations, row.quality_flag) == (observations, "limited_history")
+    # FLAT: zero variance, no beta and no statistics
+    for factor in design.columns:
+        row = betas["FLAT", factor]
+        assert (row.beta, row.std_error, row.t_stat, row.r_squared, row.quality_flag) == (
+            None, None, None, None, "zero_variance"), factor
+
+    # ... so its position has no factor exposure, for that reason (not "insufficient_history")
+    factor_quality = jobs(engine, BAD_CLOSES_BOOK, result.summary["run_id"])["factors"].result["data_quality"]
+    assert factor_quality["skipped_positions"] == {str(uuid.UUID(int=0xBADC03)): "zero_variance"}
+
+    # Option realised volatility: 63 log returns of NEG, the two touching the bad close dropped
+    logs = np.log(clean["NEG"]).diff().iloc[-63:].dropna()
+    assert len(logs) == 61
+    assert greeks.status == "ok"
+    assert greeks.volatility == pytest.approx(float(np.std(logs, ddof=1) * math.sqrt(252)), rel=1e-9)
+
+    # Correlations: log returns over 90 sessions, pairwise complete (87 common)
+    log_returns = np.log(clean[["NEG", "ZERO"]]).diff().iloc[-90:].dropna()
+    assert pair.observations == len(log_returns) == 87
+    assert pair.correlation == pytest.approx(float(np.corrcoef(log_returns.T)[0, 1]), abs=1e-9)
+
+    # Valuation: ZERO at its last good close (the previous session), flagged, and reported
+    valuation = jobs(engine, BAD_CLOSES_BOOK, result.summary["run_id"])["valuation"].result
+    zero = next(p for p in valuation["positions"] if p["symbol"] == "ZERO")
+    assert (zero["price"], zero["price_date"]) == (rows["ZERO"][-2][1], days[-2].isoformat())
+    assert zero["market_value"] == pytest.approx(1000 * rows["ZERO"][-2][1])
+    assert "bad_closes_ignored" in zero["flags"]
+    assert "bad_closes_ignored" in snapshot.data_quality["flags"]
+    assert snapshot.data_quality["bad_close_symbols"] == ["NEG", "NEG230317C00110000", "ZERO"]
+    with Session(engine) as s:
+        symbol_job = s.scalars(select(BatchJobResult).where(
+            BatchJobResult.job == "symbol_betas", BatchJobResult.run_id == uuid.UUID(result.summary["run_id"]))).one()
+    assert symbol_job.result["bad_closes"] == {"NEG": [days[BAD_CLOSE_AT].isoformat()], "ZERO": [AS_OF.isoformat()]}
+    assert non_finite_numbers(engine) == []

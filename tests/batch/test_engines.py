@@ -216,3 +216,44 @@ def test_portfolio_filter_changes_only_that_portfolios_rows(cli_env, engine):
     for table in before:
         assert [r for r in after[table] if marker not in r] == [r for r in before[table] if marker not in r], table
     assert after != before
+
+
+def test_factor_proxies_fitted_on_their_own_factor_store_no_statistics(cli_env, engine):
+    """SPEC §6.3: a proxy's return is its factor's (Market + excess) exactly: its joint fit is an
+    exact fit — betas kept (1 on Market and its own factor), NULL std_error/t_stat, exact_fit."""
+    own = {"VLUE": "Value", "MTUM": "Momentum", "QUAL": "Quality", "SIZE": "Size", "USMV": "Low Volatility"}
+    cli_env("--date", "2022-12-28")
+    with Session(engine) as s:
+        rows = s.execute(select(SymbolFactorBeta).where(SymbolFactorBeta.as_of_date == AS_OF,
+                                                        SymbolFactorBeta.beta.is_not(None))).scalars().all()
+        result = s.scalars(select(BatchJobResult.result).where(BatchJobResult.job == "symbol_betas")).one()
+    for r in rows:
+        if r.symbol in own:
+            expected = 1.0 if r.factor in ("Market", own[r.symbol]) else 0.0
+            assert r.beta == pytest.approx(expected, abs=1e-9), (r.symbol, r.factor)
+            assert (r.std_error, r.t_stat, r.quality_flag) == (None, None, "exact_fit"), (r.symbol, r.factor)
+            assert r.r_squared == pytest.approx(1.0, abs=1e-12)
+        else:  # the stocks: ordinary fits, with finite statistics of a sane size
+            assert r.quality_flag == "full_history", (r.symbol, r.factor)
+            assert r.std_error > 0 and abs(r.t_stat) < 1e3, (r.symbol, r.factor)
+    assert {r.symbol for r in rows} >= set(own) | {"AAPL", "XOM"}
+    assert result["degenerate"] == {"exact_fit": sorted(own), "zero_variance": []}
+
+
+def test_correlation_counts_options_merged_into_their_underlying(cli_env, engine):
+    """SPEC §6.6: the hedge-fund book's 8 options are merged into their underlyings' rows, so all
+    30 positions are used: 22 stocks analysed + 8 options merged, none skipped."""
+    cli_env("--date", "2022-12-28")
+    book = demo_id("portfolio", HEDGE_FUND)
+    with Session(engine) as s:
+        held = s.execute(select(Position.investment_class, Position.underlying_symbol).where(
+            Position.portfolio_id == book)).all()
+    quality = jobs_for(engine, book)["correlations"].result["data_quality"]
+    matrix = jobs_for(engine, book)["correlations"].result["correlation_matrix"]
+    assert sum(1 for cls, _ in held if cls == "PUBLIC") == 22
+    assert {u for cls, u in held if cls == "OPTIONS"} <= set(matrix)  # every underlying has a row
+    assert (quality["positions_total"], quality["positions_analyzed"], quality.get("positions_merged"),
+            quality["positions_skipped"], quality["excluded"]) == (30, 22, 8, 0, {})
+    hnw = jobs_for(engine, demo_id("portfolio", HNW))["correlations"].result["data_quality"]
+    assert (hnw["positions_total"], hnw["positions_analyzed"], hnw.get("positions_merged"),
+            hnw["positions_skipped"]) == (29, 18, 0, 11)  # the 11 PRIVATE assets never enter

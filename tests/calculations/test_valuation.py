@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
+from calculations.prices import usable_closes
 from calculations.valuation import (
     daily_pnl,
     latest_close,
@@ -535,3 +536,19 @@ def test_an_option_whose_terms_cannot_be_read_is_not_valued_at_its_entry_price()
     assert v.skipped == ("AAPL_CALL_150: invalid_contract",)
     assert v.long_value == approx(AAPL_MV)  # 12,600: nothing for the option
     assert v.total_value == approx(AAPL_MV + CASH)
+
+
+def test_usable_closes_reads_non_positive_and_non_finite_closes_as_missing():
+    closes = frame({D22: {"A": 10.0, "B": NaN, "C": 1.0},
+                    D23: {"A": 0.0, "B": -2.0, "C": 2.0},
+                    D27: {"A": 11.0, "B": math.inf, "C": 3.0},
+                    D28: {"A": -0.0, "B": 4.0, "C": 4.0}})
+    cleaned, bad = usable_closes(closes)
+    expected = frame({D22: {"A": 10.0, "B": NaN, "C": 1.0}, D23: {"A": NaN, "B": NaN, "C": 2.0},
+                      D27: {"A": 11.0, "B": NaN, "C": 3.0}, D28: {"A": NaN, "B": 4.0, "C": 4.0}})
+    pd.testing.assert_frame_equal(cleaned, expected)
+    assert bad == {"A": [D23, D28], "B": [D23, D27]}  # B's NaN was missing already: not reported
+    assert latest_close(cleaned, "A", D28) == (D27, 11.0)  # never the −0.0
+    clean_only = closes[["C"]]
+    same, nothing = usable_closes(clean_only)
+    assert same is clean_only and nothing == {}
