@@ -97,10 +97,10 @@ SUPPORTED_DATABASE_URLS = ("postgresql+psycopg://user:pass@host:5432/db (postgre
                            "sqlite:////absolute/path.db")
 
 
-def normalise_database_url(url: str) -> str:
+def normalise_database_url(url: str, source: str = "DATABASE_URL") -> str:
     """Map `postgres://`, `postgresql://` and `postgresql+psycopg2://` (the forms platforms hand
     out) to the psycopg 3 driver. Raises ConfigError for any other dialect or driver, and for a
-    SQLite URL with a host, naming only the scheme (never the password)."""
+    SQLite URL with a host, naming `source` and the scheme (never the password)."""
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix):]
@@ -108,12 +108,12 @@ def normalise_database_url(url: str) -> str:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - a non-numeric port raises here
     except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"DATABASE_URL is not a valid database URL ({type(exc).__name__})") from None
+        raise ConfigError(f"{source} is not a valid database URL ({type(exc).__name__})") from None
     if parsed.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
-        raise ConfigError(f"DATABASE_URL scheme {parsed.drivername + '://'!r} is not supported: use "
+        raise ConfigError(f"{source} scheme {parsed.drivername + '://'!r} is not supported: use "
                           f"{SUPPORTED_DATABASE_URLS}")
     if parsed.get_backend_name() == "sqlite" and (parsed.host or parsed.username or parsed.port):
-        raise ConfigError(f"DATABASE_URL: a SQLite URL has no host (got {parsed.host!r}): use "
+        raise ConfigError(f"{source}: a SQLite URL has no host (got {parsed.host!r}): use "
                           "sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return url
 

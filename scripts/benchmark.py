@@ -18,7 +18,8 @@ Prints a table, and with `--json` one JSON object on the last line. Usage:
     python scripts/benchmark.py --portfolios 100 --positions 50 --symbols 2000 [--database-url URL]
                                 [--workers N] [--executor serial|processes|dask] [--json]
 
-The database named by --database-url is wiped (every table of the schema) before use.
+The database named by --database-url is wiped (every table of the schema) before use; a missing
+PostgreSQL database is created first. A bad URL or an unreachable server is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -35,18 +36,22 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import numpy as np
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a plain checkout too
 
-from batch import calendar, db
-from batch.engines import ENGINES
-from batch.executors import EXECUTORS, make_executor
-from batch.log import configure_logging
-from batch.providers import SampleProvider
-from batch.runner import Runner, RunRequest
-from batch.settings import Settings
-from models import (
+import numpy as np  # noqa: E402 - after the path set-up above
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from batch import calendar, db  # noqa: E402
+from batch.engines import ENGINES  # noqa: E402
+from batch.errors import ConfigError, DatabaseUnavailable  # noqa: E402
+from batch.executors import EXECUTORS, make_executor  # noqa: E402
+from batch.log import configure_logging  # noqa: E402
+from batch.providers import SampleProvider  # noqa: E402
+from batch.runner import Runner, RunRequest  # noqa: E402
+from batch.settings import Settings, normalise_database_url  # noqa: E402
+from models import (  # noqa: E402
     Base,
     BatchJobResult,
     FactorDefinition,
@@ -154,6 +159,29 @@ def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield batch
 
 
+def ensure_database(url: str) -> None:
+    """Create the database of a PostgreSQL `url` when the server does not have it (through its
+    `postgres` maintenance database; if that cannot be reached, connecting to `url` itself will
+    say why). SQLite files are created on connect."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 10})
+    try:
+        try:
+            db.check_reachable(admin)
+        except DatabaseUnavailable:
+            return
+        with admin.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}).first():
+                return
+            quoted = parsed.database.replace('"', '""')
+            conn.execute(text(f'CREATE DATABASE "{quoted}"'))
+    finally:
+        admin.dispose()
+
+
 def wipe(engine) -> None:
     Base.metadata.drop_all(engine)
     with engine.begin() as conn:
@@ -255,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     if not url:
         scratch = tempfile.TemporaryDirectory(prefix="sigmasight-bench-")
         url = f"sqlite:///{Path(scratch.name) / 'bench.db'}"
-    engine = db.make_engine(url)
+    try:
+        url = normalise_database_url(url, source="--database-url")
+        ensure_database(url)
+        engine = db.make_engine(url)
+        db.check_reachable(engine)
+    except (ConfigError, DatabaseUnavailable) as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
     try:
         wipe(engine)
         t0 = time.perf_counter()

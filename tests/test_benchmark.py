@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
@@ -32,3 +34,41 @@ def test_benchmark_json_line_parses_with_the_contract_keys(database_url, capsys,
     assert report["ratio_to_floor"] == pytest.approx(report["wall_seconds"] / report["floor_seconds"], rel=0.01)
     assert report["result_rows"] > 0 and report["stage_seconds"]["jobs"]["snapshot"] >= 0
     assert report["workers"] == int(workers) and report["executor"] == ("serial" if workers == "1" else "processes")
+
+
+@pytest.mark.postgresql
+def test_a_missing_postgresql_scratch_database_is_created(postgres_ready, capsys):
+    """Issue #10 item 4: the README's Scale command on a fresh server (no such database yet)."""
+    url = make_url(postgres_ready)
+    scratch = url.set(database=f"{url.database}_bench_scratch")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def exists() -> bool:
+        with admin.connect() as conn:
+            return conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                {"n": scratch.database}).first() is not None
+
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}" WITH (FORCE)'))
+        assert not exists()
+        code = load_benchmark().main(["--portfolios", "1", "--positions", "3", "--symbols", "10", "--json",
+                                      "--database-url", scratch.render_as_string(hide_password=False)])
+        assert code == 0, capsys.readouterr().err
+        assert exists()
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["positions"] == 3
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql://postgres:pw-SECRET@127.0.0.1:1/bench", "cannot connect to postgresql at 127.0.0.1:1/bench"),
+    ("mysql://u:pw-SECRET@h/bench", "--database-url scheme 'mysql://' is not supported"),
+])
+def test_a_bad_or_unreachable_database_url_is_one_line_and_exit_2(capsys, url, expected):
+    assert load_benchmark().main(["--database-url", url]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert expected in err and "SECRET" not in err

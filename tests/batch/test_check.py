@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from batch import cli, db
+from batch.check import REQUIRED_PACKAGES
 
 
 @pytest.fixture
@@ -83,3 +89,32 @@ def test_dask_scheduler_is_checked_when_configured(check):
     dask = {c["name"]: c for c in report["checks"]}["dask"]
     assert code == 1 and report["ok"] is False
     assert dask["status"] == "failed" and "unreachable" in dask["detail"]
+
+
+def _imported_top_level_modules(roots: list[Path]) -> set[str]:
+    """Top-level names of the absolute imports in every .py file under `roots`."""
+    names: set[str] = set()
+    for root in roots:
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def test_runtime_dependencies_are_what_the_job_imports_and_what_check_verifies():
+    """Issue #10 item 12: a package is a runtime dependency (and a `check` item) exactly when the
+    job's own code imports it; test-only oracles (statsmodels) belong to the test extra."""
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=!~;\s]", req, maxsplit=1)[0].lower().replace("-", "_")
+                for req in project["dependencies"]}
+    optional = {"yfinance", "distributed", "dask"}  # the yfinance and dask extras, imported lazily
+    imported = _imported_top_level_modules([root / "batch", root / "calculations", root / "models"])
+    third_party = imported - set(sys.stdlib_module_names) - {"batch", "calculations", "models"} - optional
+    # psycopg is the PostgreSQL driver: SQLAlchemy imports it for postgresql+psycopg:// URLs
+    assert declared == third_party | {"psycopg"}
+    assert set(REQUIRED_PACKAGES) == declared
+    assert "statsmodels" in " ".join(project["optional-dependencies"]["test"])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -25,14 +28,40 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_cron_entry_on_a_holiday_records_a_skipped_cron_run(database_url, engine, tmp_path):
-    done = _run([str(ROOT / "scripts" / "daily_batch.py"), "--date", "2022-12-26", "--json"], tmp_path,
+    done = _run([str(ROOT / "scripts" / "daily_batch.py"), "--date", "2022-12-26"], tmp_path,
                 DATABASE_URL=database_url)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]  # JSON lines only (--json)
+    summary = lines[-1]
+    assert "run_finished" in [line.get("event") for line in lines[:-1]]
     assert summary["status"] == "skipped" and summary["reason"] == "not_a_trading_day"
     with Session(engine) as s:
         run = s.scalars(select(BatchRun)).one()
     assert run.trigger == "cron" and run.status == "skipped"
+
+
+def test_railway_start_command_runs_from_a_plain_checkout(sqlite_template, tmp_path):
+    """railway.json's startCommand, from the repository root, with the dependencies importable but
+    not this package. The venv holds the package as an editable install, i.e. a `.pth` file that
+    the `site` module processes: `-S` skips `site` (so no `.pth`, hence no `batch`), and
+    PYTHONPATH gives back the venv's site-packages directories, which supply the dependencies
+    (PYTHONPATH entries are added as they are; their `.pth` files are not run). The script's own
+    directory, `scripts/`, is on the path as for any script; the repository root is not."""
+    config = json.loads((ROOT / "railway.json").read_text())
+    assert config["build"]["buildCommand"] == "pip install ."
+    command = config["deploy"]["startCommand"].split()
+    assert command[0] == "python"
+    database = tmp_path / "cron.db"
+    shutil.copy(sqlite_template, database)
+    env = process_env(DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=os.pathsep.join(site.getsitepackages()))
+    probe = subprocess.run([sys.executable, "-S", "-c", "import batch"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert "No module named 'batch'" in probe.stderr  # the isolation really hides the package
+    done = subprocess.run([sys.executable, "-S", *command[1:], "--date", "2022-12-26"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "skipped" and summary["reason"] == "not_a_trading_day"
 
 
 def test_embedded_default_database_is_created_on_first_use(tmp_path):
