@@ -35,7 +35,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from batch.errors import ConfigError
-from batch.fetching import AuthenticationError, RateLimiter, RetryPolicy
+from batch.fetching import AuthenticationError, DailyQuota, RateLimiter, RetryPolicy
 from batch.providers import PRICE_COLUMNS, get_provider
 from batch.providers_http import FmpProvider, PolygonProvider, new_york_date
 from batch.settings import Settings
@@ -522,6 +522,28 @@ def test_rate_limiter_spaces_every_request(make: Callable[..., Harness], api: Ap
     assert len(h.api.requests) == 4  # the retry is a request too
     assert h.clock.sleeps == [2.0, 2.0, 2.0]  # one wait before each request after the first
     assert [b - a for a, b in zip(h.api.times, h.api.times[1:], strict=False)] == [60.0 / per_minute] * 3
+
+
+@BOTH
+def test_daily_quota_stops_asking_and_reports_the_rest_quota_exhausted(make: Callable[..., Harness],
+                                                                       api: Api) -> None:
+    """A quota of 3 requests a day: a retry costs one too, so AAPL (503 then 200) and MSFT use
+    the 3; KO and PEP are refused without a request, and not retried. The next UTC day starts
+    again from 0."""
+    h = make(api, {api.prices_path("AAPL"): [Reply(503), fixture_reply(api.dir, api.ok_prices)]},
+             default=fixture_reply(api.dir, api.empty_prices))
+    day = [date(2022, 12, 28)]
+    h.provider.limiter.quota = DailyQuota(3, today=lambda: day[0])
+    batch = h.provider.get_daily_prices(["AAPL", "MSFT", "KO", "PEP"], START, END)
+    assert len(h.api.requests) == 3
+    assert batch.failed == {"MSFT": "no_data", "KO": "quota_exhausted", "PEP": "quota_exhausted"}
+    assert sorted(set(batch.rows["symbol"])) == ["AAPL"]
+    assert len(h.retry_sleeps) == 1  # only AAPL's 503 was retried
+    assert h.provider.get_company_profiles(["KO"]).failed == {"KO": "quota_exhausted"}
+    assert len(h.api.requests) == 3
+    day[0] = date(2022, 12, 29)
+    assert h.provider.get_daily_prices(["KO"], START, END).failed == {"KO": "no_data"}
+    assert len(h.api.requests) == 4
 
 
 @BOTH

@@ -14,13 +14,16 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 
+import httpx
 import pandas as pd
 import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from batch import calendar
+from batch.fetching import DailyQuota, RateLimiter, RetryPolicy
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch, SampleProvider
+from batch.providers_http import FmpProvider
 from batch.repository import ensure_factor_definitions, symbols_held
 from batch.sync import (
     history_start,
@@ -28,7 +31,15 @@ from batch.sync import (
     sync_market_data,
     validate_prices,
 )
-from models import CompanyProfile, MarketPrice, Portfolio, Position, ProfileAbsence, ProviderRequestCount
+from models import (
+    BatchJobResult,
+    CompanyProfile,
+    MarketPrice,
+    Portfolio,
+    Position,
+    ProfileAbsence,
+    ProviderRequestCount,
+)
 
 NOW = datetime(2022, 12, 28, 23, 45, tzinfo=timezone.utc)
 AS_OF = date(2022, 12, 28)
@@ -598,3 +609,111 @@ def test_transient_profile_failures_are_partial_or_failed_and_asked_again(engine
     failed = profiles_sync(engine, again, ["AAPL", "MSFT", "TLT"], NOW + timedelta(days=1))
     assert again.asked == ["AAPL"]  # a transient failure is not remembered
     assert counts(failed) == ("failed", 3, 1, 1, 1, 0, 1)
+
+
+# --- deadline and daily quota (network providers) ---------------------------------------------
+
+
+class Clock:
+    """A monotonic clock that moves only when the rate limiter sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FmpServer:
+    """An httpx MockTransport handler in FMP's `historical-price-full` shape: a bar (close 10)
+    for every NYSE session in the requested window; every request is recorded with its time."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock, self.requests = clock, []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        symbol = request.url.path.rsplit("/", 1)[-1]
+        self.requests.append((symbol, self.clock() if self.clock else None))
+        lo, hi = (date.fromisoformat(request.url.params[k]) for k in ("from", "to"))
+        bars = [{"date": d.isoformat(), "open": 10.0, "high": 10.0, "low": 10.0, "close": 10.0,
+                 "adjClose": 10.0, "volume": 100} for d in calendar.trading_days(lo, hi)]
+        return httpx.Response(200, json={"symbol": symbol, "historical": bars[::-1]})
+
+
+def fmp(server: FmpServer, limiter: RateLimiter) -> FmpProvider:
+    return FmpProvider("test-key", RetryPolicy(sleep=lambda s: None), limiter, transport=httpx.MockTransport(server))
+
+
+def test_market_data_sync_requests_nothing_past_the_deadline(engine) -> None:
+    """Polygon's 5 requests a minute space requests 12 s apart: with the deadline 30 s away the
+    requests go at 0, 12 and 24 s; the fourth would go at 36 s, so it and the fifth are
+    reported `deadline`, unasked."""
+    seed_holdings(engine, ["AAA", "BBB", "CCC", "DDD", "EEE"])
+    clock = Clock()
+    server = FmpServer(clock)
+    with fmp(server, RateLimiter(5, clock=clock, sleep=clock.sleep)) as provider:
+        with Session(engine) as s, s.begin():
+            result = sync_market_data(s, provider, [AS_OF], None, NOW, deadline=30.0, clock=clock)
+    assert server.requests == [("AAA", 0.0), ("BBB", 12.0), ("CCC", 24.0)]
+    assert result.failures == {"DDD": "deadline", "EEE": "deadline"}
+    assert result.symbols_updated == 3
+    assert {sym for sym, _ in stored_prices(engine)} == {"AAA", "BBB", "CCC"}
+
+
+def test_daily_quota_holds_across_runs_of_the_same_day(engine) -> None:
+    """FMP_REQUESTS_PER_DAY=4: a first run uses 3 requests; a second run the same UTC day (a new
+    process: a new provider and quota) may make only 1 more, the rest are `quota_exhausted`; the
+    next day the remaining symbols are fetched."""
+    day = [date(2022, 12, 28)]
+    pid = seed_holdings(engine, ["AAA", "BBB", "CCC"])
+
+    def run() -> tuple[FmpServer, object]:
+        server = FmpServer()
+        limiter = RateLimiter(10_000, sleep=lambda s: None, quota=DailyQuota(4, today=lambda: day[0]))
+        with fmp(server, limiter) as provider, Session(engine) as s, s.begin():
+            return server, sync_market_data(s, provider, [AS_OF], None, NOW)
+
+    first, _ = run()
+    assert len(first.requests) == 3
+    with Session(engine) as s, s.begin():
+        for symbol in ("DDD", "EEE", "FFF"):
+            add_position(s, pid, symbol)
+    second, result = run()
+    assert [sym for sym, _ in second.requests] == ["DDD"]
+    assert result.failures == {"EEE": "quota_exhausted", "FFF": "quota_exhausted"}
+    with Session(engine) as s:
+        stored = s.get(ProviderRequestCount, "fmp")
+        assert (stored.day, stored.requests) == (date(2022, 12, 28), 4)
+    day[0] = date(2022, 12, 29)
+    third, result = run()
+    assert [sym for sym, _ in third.requests] == ["EEE", "FFF"] and result.failures == {}
+    with Session(engine) as s:
+        stored = s.get(ProviderRequestCount, "fmp")
+        assert (stored.day, stored.requests) == (date(2022, 12, 29), 2)
+
+
+def test_the_run_stops_syncing_at_half_its_budget(engine) -> None:
+    """The runner gives the sync SYNC_SHARE_OF_BUDGET (½) of BATCH_TIMEOUT_SECONDS on its own
+    clock: with 60 s, requests stop at 30 s. At 5 a minute the first three of the eight factor
+    proxies (IWM, MTUM, QUAL, alphabetically) are fetched at 0, 12 and 24 s; the other five are
+    reported `deadline`, and the profiles, asked after the deadline, are not requested at all."""
+    from batch.runner import Runner, RunRequest
+    from batch.settings import Settings
+
+    clock = Clock()
+    server = FmpServer(clock)
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), embedded_database=None,
+                        market_data_provider="fmp", batch_timeout_seconds=60.0)
+    with fmp(server, RateLimiter(5, clock=clock, sleep=clock.sleep)) as provider:
+        summary = Runner(settings, engine, provider, monotonic=clock, utcnow=lambda: NOW).run(
+            RunRequest(as_of_dates=[AS_OF], requested_start=AS_OF, requested_end=AS_OF))
+    assert server.requests == [("IWM", 0.0), ("MTUM", 12.0), ("QUAL", 24.0)]
+    assert summary["market_data"]["failed_symbols"] == ["SPY", "TLT", "USMV", "VTV", "VUG"]
+    assert summary["company_profiles"]["status"] == "failed"
+    with Session(engine) as s:
+        jobs = {j.job: j.result for j in s.scalars(select(BatchJobResult).where(BatchJobResult.portfolio_id.is_(None)))}
+    assert set(jobs["market_data"]["failures"].values()) == {"deadline"}
+    assert set(jobs["company_profiles"]["failures"].values()) == {"deadline"}
