@@ -78,29 +78,33 @@ def _as_text(column: ColumnElement) -> ColumnElement:
     return cast(column, Text)
 
 
-def _number(raw: object, where: str, column: str) -> float | None:
-    """A stored number as a finite float; None for NULL. Raises InvalidInputRow for a value
-    that is not a number or is NaN/±infinity."""
+class _BadValue(ValueError):
+    """(column, value, problem): the row reader that catches it names the row (InvalidInputRow)."""
+
+
+def _number(raw: object, column: str) -> float | None:
+    """A stored number as a finite float; None for NULL. Raises _BadValue for a value that is
+    not a number or is NaN/±infinity."""
     if raw is None:
         return None
     try:
         value = float(raw)  # float, int, Decimal, or numeric text
     except (TypeError, ValueError):
-        raise InvalidInputRow(where, column, raw, "is not a number") from None
+        raise _BadValue(column, raw, "is not a number") from None
     if not math.isfinite(value):
-        raise InvalidInputRow(where, column, raw, "is not a finite number")
+        raise _BadValue(column, raw, "is not a finite number")
     return value
 
 
-def _date(raw: str | None, where: str, column: str) -> date | None:
-    """A date read as ISO text (`_as_text`); None for NULL. Raises InvalidInputRow for
-    anything else ('infinity', a year past 9999, garbage text)."""
+def _date(raw: str | None, column: str) -> date | None:
+    """A date read as ISO text (`_as_text`); None for NULL. Raises _BadValue for anything else
+    ('infinity', a year past 9999, garbage text)."""
     if raw is None:
         return None
     try:
         return date.fromisoformat(raw)
     except (TypeError, ValueError):
-        raise InvalidInputRow(where, column, raw, "is not a date") from None
+        raise _BadValue(column, raw, "is not a date") from None
 
 
 def investment_class(raw: str | None) -> str | None:
@@ -168,9 +172,9 @@ def active_portfolios(session: Session, only: Sequence[uuid.UUID] | None = None)
     rows = []
     for pid, name, cash in session.execute(query):
         try:
-            rows.append(PortfolioRow(pid, name, _number(cash, f"portfolio {pid}", "cash_balance") or 0.0))
-        except InvalidInputRow as exc:
-            rows.append(PortfolioRow(pid, name, math.nan, exc))
+            rows.append(PortfolioRow(pid, name, _number(cash, "cash_balance") or 0.0))
+        except _BadValue as bad:
+            rows.append(PortfolioRow(pid, name, math.nan, InvalidInputRow(f"portfolio {pid}", *bad.args)))
     return rows
 
 
@@ -196,35 +200,32 @@ def load_positions(session: Session,
                     _raw(p.strike_price), _as_text(p.expiration_date), _raw(p.implied_volatility))
              .where(p.portfolio_id.in_(list(portfolio_ids)), p.deleted_at.is_(None))
              .order_by(p.portfolio_id, p.id))
-    for row in session.execute(query):
+    for row in session.connection().execute(query):  # Core: no ORM row processing
         held = found[row[1]]
         if isinstance(held, InvalidInputRow):
             continue
         try:
             held.append(_position(row))
-        except InvalidInputRow as exc:
-            found[row[1]] = exc
+        except _BadValue as bad:
+            found[row[1]] = InvalidInputRow(f"position {row[0]}", *bad.args)
     return found
 
 
 def _position(row: Sequence) -> PositionInput:
-    """One `load_positions` row, checked. Raises InvalidInputRow naming the position."""
+    """One `load_positions` row, checked. Raises _BadValue for its first unusable value."""
     (pos_id, _, symbol, position_type, quantity, entry_price, entry_date, exit_date,
      raw_class, underlying, strike, expiration, implied_vol) = row
-    where = f"position {pos_id}"
     asset_class = investment_class(raw_class)
     if asset_class is not None and asset_class not in INVESTMENT_CLASSES:
-        raise InvalidInputRow(where, "investment_class", raw_class,
-                              f"is not one of {', '.join(INVESTMENT_CLASSES)} or NULL")
+        raise _BadValue("investment_class", raw_class, f"is not one of {', '.join(INVESTMENT_CLASSES)} or NULL")
     return PositionInput(
         id=pos_id, symbol=symbol.strip().upper(), position_type=position_type.strip().upper(),
-        quantity=_number(quantity, where, "quantity"), entry_price=_number(entry_price, where, "entry_price"),
-        entry_date=_date(entry_date, where, "entry_date"), exit_date=_date(exit_date, where, "exit_date"),
+        quantity=_number(quantity, "quantity"), entry_price=_number(entry_price, "entry_price"),
+        entry_date=_date(entry_date, "entry_date"), exit_date=_date(exit_date, "exit_date"),
         investment_class=asset_class,
         underlying_symbol=underlying.strip().upper() if underlying else None,
-        strike_price=_number(strike, where, "strike_price"),
-        expiration_date=_date(expiration, where, "expiration_date"),
-        implied_volatility=_number(implied_vol, where, "implied_volatility"))
+        strike_price=_number(strike, "strike_price"), expiration_date=_date(expiration, "expiration_date"),
+        implied_volatility=_number(implied_vol, "implied_volatility"))
 
 
 @dataclass(frozen=True)
@@ -358,12 +359,11 @@ def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],
                                               snap.snapshot_date == latest.c.d)))
     found: dict[uuid.UUID, PriorSnapshot | InvalidInputRow] = {}
     for pid, day, total, cumulative in rows:
-        where = f"portfolio_snapshots {pid} {day}"
         try:
-            found[pid] = PriorSnapshot(_date(day, where, "snapshot_date"), _number(total, where, "total_value"),
-                                       _number(cumulative, where, "cumulative_pnl"))
-        except InvalidInputRow as exc:
-            found[pid] = exc
+            found[pid] = PriorSnapshot(_date(day, "snapshot_date"), _number(total, "total_value"),
+                                       _number(cumulative, "cumulative_pnl"))
+        except _BadValue as bad:
+            found[pid] = InvalidInputRow(f"portfolio_snapshots {pid} {day}", *bad.args)
     return found
 
 
@@ -442,9 +442,8 @@ def latest_marks(session: Session, symbols: Iterable[str],
         latest, and_(MarketPrice.symbol == latest.c.symbol, MarketPrice.date == latest.c.d)))
     found: dict[str, tuple[date, float] | InvalidInputRow] = {}
     for symbol, day, close in rows:
-        where = f"market_prices {symbol} {day}"
         try:
-            found[symbol] = (_date(day, where, "date"), _number(close, where, "close"))
-        except InvalidInputRow as exc:
-            found[symbol] = exc
+            found[symbol] = (_date(day, "date"), _number(close, "close"))
+        except _BadValue as bad:
+            found[symbol] = InvalidInputRow(f"market_prices {symbol} {day}", *bad.args)
     return found
