@@ -7,14 +7,17 @@ import difflib
 import json
 import os
 import socket
+import sqlite3
 import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from batch import __version__, calendar, db, repository
@@ -195,7 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sigmasight-batch: {exc}; nothing was done", file=sys.stderr)
         return EXIT_LOCKED
     except Interrupted as exc:
-        return 128 + exc.signum
+        return exc.exit_code
+    except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:  # the database failed mid-command
+        print(f"sigmasight-batch: error: database error on "
+              f"{db.describe(engine) if engine is not None else settings.safe_database_url}: {db.describe_error(exc)}",
+              file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if engine is not None:
             engine.dispose()
@@ -284,6 +292,8 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
         sys.stdout.flush()
     except OSError:  # a broken stdout (closed pipe, full disk): the outcome is recorded anyway
         silence_stdout()
+    if summary.get("error"):  # the run stopped outside a unit (e.g. its database failed)
+        print(f"sigmasight-batch: error: run {summary['run_id']} stopped: {summary['error']}", file=sys.stderr)
     return summary["exit_code"]
 
 
@@ -313,8 +323,11 @@ def _check(settings: Settings, engine: Engine, as_json: bool) -> int:
 
 
 def _run_state(run: BatchRun) -> str:
-    """The recorded status, except that a `running` record whose process is gone (same host, pid
-    not alive) is reported `abandoned`: it was killed before it could record its end."""
+    """The recorded status, except that a run that ended without recording its end (killed, or
+    its database failed) is reported `abandoned`: a `running` record whose process is gone (same
+    host, pid not alive), or one the next run closed (`failed`, reason `abandoned`)."""
+    if run.status == "failed" and (run.summary or {}).get("reason") == "abandoned":
+        return "abandoned"
     if run.status != "running" or run.hostname != socket.gethostname():
         return run.status
     try:

@@ -97,6 +97,14 @@ def check_reachable(engine: Engine) -> None:
         raise DatabaseUnavailable(f"cannot connect to {describe(engine)}: {first_line}") from None
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an error: its type and the first line of its message (a driver error's own
+    message, without SQLAlchemy's statement and parameters)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+
+
 def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(batch.migrations.__file__).parent))
@@ -258,8 +266,11 @@ def run_lock(engine: Engine) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                    conn.commit()
+                except Exception:  # noqa: BLE001 the connection died (outage, terminated backend)
+                    conn.invalidate()  # closed, never pooled: its server session, and the lock, end
         finally:
             conn.close()
         return

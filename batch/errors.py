@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class ConfigError(ValueError):
     """A setting or command-line value is invalid (exit code 2)."""
@@ -20,7 +22,7 @@ class LockHeld(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """Raised from the SIGINT/SIGTERM handler to unwind the unit in progress.
+    """Raised from the SIGINT/SIGTERM/SIGHUP handler to unwind the unit in progress.
 
     A BaseException so that engine code catching `Exception` cannot swallow it.
     """
@@ -28,6 +30,12 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal: 130 for SIGINT, 143 for SIGTERM; SIGHUP (a closed terminal or a
+        supervisor's stop) is treated as SIGTERM, 143."""
+        return 128 + (signal.SIGTERM if self.signum == signal.SIGHUP else self.signum)
 
 
 class InvalidInputRow(ValueError):

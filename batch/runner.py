@@ -20,11 +20,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import bulk_insert, bulk_replace, jsonable, make_engine, run_lock
+from batch.db import bulk_insert, bulk_replace, describe_error, jsonable, make_engine, run_lock
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -51,6 +51,8 @@ from models import BatchJobResult, BatchRun, PortfolioSnapshot
 log = structlog.get_logger()
 
 UNIT_CHUNK = 200  # portfolios whose inputs are loaded together (bounds memory, amortises queries)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each: roll back, record `interrupted`
+FINAL_RECORD_RETRY_SECONDS = 30.0  # how long a failing database is retried for the run's final record
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,11 @@ class Executor(ABC):
         transactions roll back)."""
 
 
+def _arm_watchdog(seconds: float) -> None:
+    """(Re)arm this process's watchdog: in `seconds`, dump every thread's stack and exit 1."""
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.__stderr__)
+
+
 _WORKER_ENGINES: dict[str, Engine] = {}  # one engine per database URL per worker process
 
 
@@ -150,8 +157,7 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     runner.run_id = task.run_id
     tally = _Tally()
     # the worker's own watchdog: a hung chunk ends its process as a hung serial run would
-    faulthandler.dump_traceback_later(max(1.0, task.deadline_at - time.time())
-                                      + task.settings.watchdog_grace_seconds, exit=True, file=sys.__stderr__)
+    _arm_watchdog(max(1.0, task.deadline_at - time.time()) + task.settings.watchdog_grace_seconds)
     try:
         runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
                          task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
@@ -159,6 +165,18 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
         faulthandler.cancel_dump_traceback_later()
         structlog.contextvars.clear_contextvars()
     return ChunkOutcome(tally, runner.job_counts)
+
+
+def _roll_back_or_discard(session: Session) -> None:
+    """Roll the session back; if that fails too (a connection a signal or an outage left
+    unusable), throw its connection away instead of raising from the cleanup."""
+    try:
+        session.rollback()
+    except Exception:  # noqa: BLE001
+        try:
+            session.invalidate()  # closes the session, its connections closed rather than pooled
+        except Exception:  # noqa: BLE001 nothing left to discard
+            pass
 
 
 class Runner:
@@ -180,6 +198,7 @@ class Runner:
         self.engines = list(ENGINES if engines is None else engines)
         self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
         self.stop_signal: int | None = None
+        self._signals_raise = False  # True while a signal may unwind the run (not in its bookkeeping)
         self.job_counts: dict[str, dict[str, int]] = {}  # job → status → records this run
         self.monotonic = monotonic
         self.utcnow = utcnow
@@ -191,11 +210,16 @@ class Runner:
         SPEC §2 summary, whose `exit_code` the caller exits with."""
         run_id = run_id or uuid.uuid4()
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
-        with run_lock(self.engine):
-            if self.executor is None:
-                return self._run_locked(run_id, request)
-            with self.executor:
-                return self._run_locked(run_id, request)
+        previous_handlers = self._install_signal_handlers()  # from here every stop signal counts
+        try:
+            with run_lock(self.engine):
+                if self.executor is None:
+                    return self._run_locked(run_id, request)
+                with self.executor:
+                    return self._run_locked(run_id, request)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            self._restore_signal_handlers(previous_handlers)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -209,11 +233,12 @@ class Runner:
         profiles = {"status": "skipped", "total": 0, "successful": 0, "failed": 0, "duration_seconds": 0.0}
         global_failures: list[dict[str, str]] = []
         interrupted: Interrupted | None = None
-        previous_handlers = self._install_signal_handlers()
-        faulthandler.dump_traceback_later(  # hard watchdog: dump stacks and exit if hung
-            self.settings.batch_timeout_seconds + self.settings.watchdog_grace_seconds, exit=True,
-            file=sys.__stderr__)
+        error: str | None = None
+        grace = self.settings.watchdog_grace_seconds
+        _arm_watchdog(self.settings.batch_timeout_seconds + grace)  # dump stacks and exit if hung
+        self._signals_raise = True
         try:
+            self._check_stop()  # a signal that came before the run record
             if request.skip_reason is None:
                 last = request.as_of_dates[-1]
                 with Session(self.engine) as s, s.begin():
@@ -247,15 +272,20 @@ class Runner:
                 log.info(request.skip_reason, requested=request.requested_end.isoformat())
         except Interrupted as exc:
             interrupted = exc
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if threading.current_thread() is threading.main_thread():
-                    signal.signal(sig, signal.SIG_IGN)
+        except Exception as exc:  # outside a unit (units catch their own): a database outage, a full disk
+            error = describe_error(exc)
+            log.exception("run_aborted", error=error)
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            self._signals_raise = False  # a signal now is only noted: the bookkeeping completes
+            _arm_watchdog(grace)  # which gets a grace of its own
+        if self.stop_signal is not None:  # the stop wins over an error it caused (e.g. in a driver)
+            interrupted, error = interrupted or Interrupted(self.stop_signal), None
         summary = self._summary(request, tally, market, profiles, global_failures, interrupted,
-                                self.monotonic() - started)
-        self._finish_run_record(summary)
-        self._restore_signal_handlers(previous_handlers)
+                                self.monotonic() - started, error)
+        if not self._finish_run_record(summary):
+            summary["error"] = "; ".join(filter(None, [
+                summary.get("error"), "the run record could not be written (the next run marks it failed)"]))
+            summary["exit_code"] = summary["exit_code"] or 1
         structlog.contextvars.unbind_contextvars("portfolio_id", "as_of")
         log.info("run_finished", **summary)
         return summary
@@ -269,6 +299,7 @@ class Runner:
                     s, self.provider, request.as_of_dates, request.portfolio_ids or None, self.utcnow(),
                     deadline=deadline, clock=self.monotonic)
         except Exception as exc:  # a global step fails alone; engines run on stored data
+            self._raise_if_stopping(exc)
             log.exception("market_data_failed")
             error = f"{type(exc).__name__}: {exc}"
             self._record_jobs(as_of, None, [("market_data", "failed", self._ms(started), error, None)])
@@ -293,6 +324,7 @@ class Runner:
                 summary = sync_company_profiles(s, self.provider, symbols, self.utcnow(), deadline=deadline,
                                                 clock=self.monotonic)
         except Exception as exc:
+            self._raise_if_stopping(exc)
             log.exception("company_profiles_failed")
             summary = {"status": "failed", "total": 0, "successful": 0, "failed": 0,
                        "duration_seconds": round((self.monotonic() - started), 3),
@@ -325,6 +357,7 @@ class Runner:
                     shared.session = s
                     outcome = engine.run(shared)
             except Exception as exc:  # a global step fails alone; its dependants skip
+                self._raise_if_stopping(exc)
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("global_engine_failed", job=engine.name)
                 shared.failed[engine.name] = error
@@ -365,6 +398,8 @@ class Runner:
     def _take_outcome(self, as_of: date, task: ChunkTask, outcome: ChunkOutcome | BaseException,
                       tally: _Tally) -> None:
         if isinstance(outcome, ChunkOutcome):
+            if outcome.tally.deadline_skips:  # deadline bookkeeping in progress, not a hang
+                _arm_watchdog(self.settings.watchdog_grace_seconds)
             tally.merge(outcome.tally)
             for job, counts in outcome.job_counts.items():
                 mine = self.job_counts.setdefault(job, {})
@@ -395,26 +430,37 @@ class Runner:
                 with Session(self.engine) as s:
                     inputs = repository.load_unit_inputs(s, todo, as_of, shared.market_symbols, HISTORY_SESSIONS)
             except Exception as exc:  # every unit of the chunk fails with it, the run goes on
+                self._raise_if_stopping(exc)
                 log.exception("unit_inputs_failed")
                 load_error = f"{type(exc).__name__}: {exc}"
-        for portfolio in chunk:
+        for i, portfolio in enumerate(chunk):
             self._check_stop()
+            if self.monotonic() - started > self.settings.batch_timeout_seconds:
+                self._skip_for_deadline(as_of, chunk[i:], tally)
+                return
             self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared,
                                    inputs.get(portfolio.id), load_error)
+
+    def _skip_for_deadline(self, as_of: date, portfolios: Sequence[repository.PortfolioRow],
+                           tally: _Tally) -> None:
+        """Past the soft deadline: record every unit of `portfolios` skipped (`deadline`) in one
+        transaction (one bulk insert, one progress update). This is the bookkeeping the deadline
+        asks for, not a hang: the watchdog is re-armed with a fresh grace for it."""
+        _arm_watchdog(self.settings.watchdog_grace_seconds)
+        units = [(p.id, [(e.name, "skipped", 0, "deadline",
+                          skipped_result(e.name, p, as_of, None, "deadline", "run deadline passed"))
+                         for e in self.engines]) for p in portfolios]
+        with Session(self.engine) as s, s.begin():
+            self._add_units_records(s, as_of, units)
+        tally.skipped += len(units)
+        tally.deadline_skips += len(units)
+        structlog.contextvars.unbind_contextvars("portfolio_id")
+        log.warning("units_skipped", reason="deadline", as_of=as_of.isoformat(), units=len(units))
 
     def _run_unit_or_skip(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
                           started: float, tally: _Tally, shared: DateContext | None,
                           inputs: repository.UnitInputs | InvalidInputRow | None, load_error: str | None) -> None:
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
-        if self.monotonic() - started > self.settings.batch_timeout_seconds:
-            tally.skipped += 1
-            tally.deadline_skips += 1
-            self._record_jobs(as_of, portfolio.id, [
-                (e.name, "skipped", 0, "deadline",
-                 skipped_result(e.name, portfolio, as_of, None, "deadline", "run deadline passed"))
-                for e in self.engines])
-            log.warning("unit_skipped", reason="deadline")
-            return
         if complete:  # results exist and no --force
             tally.skipped += 1
             self._record_jobs(as_of, portfolio.id, [
@@ -485,6 +531,7 @@ class Runner:
                     except Interrupted:
                         raise
                     except Exception as exc:
+                        self._raise_if_stopping(exc)
                         error = f"{type(exc).__name__}: {exc}"
                         log.exception("engine_failed", job=engine.name)
                         broken[engine.name] = engine.name
@@ -501,6 +548,7 @@ class Runner:
                             repository.rechain_later_snapshots(s, portfolio.id, PriorSnapshot(
                                 as_of, written["total_value"], written["cumulative_pnl"]))
                     except Exception as exc:  # e.g. a constraint the staged rows violate
+                        self._raise_if_stopping(exc)
                         error = f"{type(exc).__name__}: {exc}"
                         log.exception("unit_write_failed")
                         failure = ("write", error)
@@ -515,10 +563,11 @@ class Runner:
                 else:
                     s.rollback()
             except Interrupted:
-                s.rollback()
+                _roll_back_or_discard(s)
                 raise
             except Exception as exc:  # loading inputs or the commit itself failed
-                s.rollback()
+                _roll_back_or_discard(s)
+                self._raise_if_stopping(exc)
                 log.exception("unit_failed")
                 failure = failure or ("unit", f"{type(exc).__name__}: {exc}")
         if not committed:
@@ -540,14 +589,28 @@ class Runner:
     # -- records ------------------------------------------------------------------------------
 
     def _create_run_record(self, request: RunRequest) -> None:
+        """Insert this run's `running` record, closing any other `running` record first: this
+        run holds the run lock, so no other run is alive on this database and such a record is
+        one whose process died (killed, or lost its database) before recording its end. It is
+        closed `failed` with reason `abandoned` (`history` shows it so) and no exit code."""
+        now = self.utcnow()
         with Session(self.engine) as s, s.begin():
+            abandoned = s.scalars(select(BatchRun.id).where(BatchRun.status == "running")).all()
+            if abandoned:
+                s.execute(update(BatchRun).where(BatchRun.id.in_(abandoned)).values(
+                    status="failed", finished_at=now,
+                    summary={"status": "failed", "reason": "abandoned", "closed_by": str(self.run_id),
+                             "error": "the run ended without recording its outcome (killed, or its "
+                                      "database failed); closed by the next run"}))
             s.add(BatchRun(
-                id=self.run_id, started_at=self.utcnow(), status="running", trigger=request.trigger,
+                id=self.run_id, started_at=now, status="running", trigger=request.trigger,
                 as_of_start=request.as_of_dates[0] if request.as_of_dates else request.requested_start,
                 as_of_end=request.as_of_dates[-1] if request.as_of_dates else request.requested_end,
                 portfolio_filter=[str(p) for p in request.portfolio_ids] or None,
                 total_units=0, completed_units=0, hostname=socket.gethostname(), pid=os.getpid(),
             ))
+        if abandoned:
+            log.warning("abandoned_runs_closed", run_ids=[str(run_id) for run_id in abandoned])
         log.info("run_started", trigger=request.trigger,
                  as_of_dates=[d.isoformat() for d in request.as_of_dates], force=request.force)
 
@@ -564,29 +627,55 @@ class Runner:
                          records: Sequence[tuple]) -> None:
         """Insert the job records; for a portfolio unit, also advance the run's progress in the
         same transaction (an increment, so concurrent workers count correctly)."""
-        for job, status, _, _, _ in records:
-            counts = self.job_counts.setdefault(job, {})
-            counts[status] = counts.get(status, 0) + 1
+        self._add_units_records(session, as_of, [(portfolio_id, records)])
+
+    def _add_units_records(self, session: Session, as_of: date | None,
+                           units: Sequence[tuple[uuid.UUID | None, Sequence[tuple]]]) -> None:
+        """`_add_job_records` for several (portfolio_id, records) at once: one bulk insert, and
+        one progress increment by the number of portfolio units among them."""
+        for _, records in units:
+            for job, status, _, _, _ in records:
+                counts = self.job_counts.setdefault(job, {})
+                counts[status] = counts.get(status, 0) + 1
         bulk_insert(session, BatchJobResult, [
             {"run_id": self.run_id, "as_of_date": as_of, "portfolio_id": portfolio_id, "job": job,
              "status": status, "duration_ms": int(duration_ms), "error": error, "result": result}
-            for job, status, duration_ms, error, result in records])
-        if portfolio_id is not None:
+            for portfolio_id, records in units for job, status, duration_ms, error, result in records])
+        portfolio_ids = [portfolio_id for portfolio_id, _ in units if portfolio_id is not None]
+        if portfolio_ids:
             session.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
-                completed_units=BatchRun.completed_units + 1,
-                current_unit=f"{portfolio_id}@{as_of.isoformat() if as_of else None}"))
+                completed_units=BatchRun.completed_units + len(portfolio_ids),
+                current_unit=f"{portfolio_ids[-1]}@{as_of.isoformat() if as_of else None}"))
 
-    def _finish_run_record(self, summary: dict[str, Any]) -> None:
-        with Session(self.engine) as s, s.begin():
-            s.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
-                status=summary["status"], finished_at=self.utcnow(), exit_code=summary["exit_code"],
-                summary=json.loads(json.dumps(jsonable(summary)))))
+    def _finish_run_record(self, summary: dict[str, Any]) -> bool:
+        """Write the run's final state. A failing database (an outage, a full disk) is tried again
+        with backoff for up to FINAL_RECORD_RETRY_SECONDS, at most half the watchdog grace. False
+        if it never succeeded: the record stays `running` until the next run closes it."""
+        give_up = time.monotonic() + min(FINAL_RECORD_RETRY_SECONDS, self.settings.watchdog_grace_seconds / 2)
+        pause = 0.2
+        while True:
+            try:
+                with Session(self.engine) as s, s.begin():
+                    s.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
+                        status=summary["status"], finished_at=self.utcnow(), exit_code=summary["exit_code"],
+                        summary=json.loads(json.dumps(jsonable(summary)))))
+                return True
+            except Exception as exc:  # noqa: BLE001 reported, and the next run closes the record
+                if time.monotonic() + pause > give_up:
+                    log.error("run_record_not_written", error=describe_error(exc))
+                    return False
+                time.sleep(pause)
+                pause = min(2 * pause, 5.0)
 
     def _summary(self, request: RunRequest, tally: _Tally, market: dict[str, Any],
                  profiles: dict[str, Any], global_failures: list[dict[str, str]],
-                 interrupted: Interrupted | None, duration: float) -> dict[str, Any]:
+                 interrupted: Interrupted | None, duration: float, error: str | None = None) -> dict[str, Any]:
+        """The SPEC §2 summary; `error`: what stopped the run outside a unit (then `failed`, exit 1,
+        reason `aborted`)."""
         if interrupted is not None:
-            status, exit_code = "interrupted", 128 + interrupted.signum
+            status, exit_code = "interrupted", interrupted.exit_code
+        elif error is not None:
+            status, exit_code = "failed", 1
         elif request.skip_reason is not None:
             status, exit_code = "skipped", 0
         elif tally.failed or tally.deadline_skips or global_failures:
@@ -594,10 +683,11 @@ class Runner:
             exit_code = 1
         else:
             status, exit_code = "success", 0
-        return {
+        summary = {
             "run_id": str(self.run_id),
             "status": status,
-            "reason": request.skip_reason or ("deadline" if tally.deadline_skips else None),
+            "reason": request.skip_reason or ("aborted" if error is not None else None)
+            or ("deadline" if tally.deadline_skips else None),
             "as_of_dates": [d.isoformat() for d in request.as_of_dates],
             "portfolios": {"succeeded": tally.succeeded, "failed": tally.failed, "skipped": tally.skipped},
             "failed_portfolios": tally.failed_portfolios + global_failures,
@@ -608,20 +698,29 @@ class Runner:
             "duration_seconds": round(duration, 3),
             "exit_code": exit_code,
         }
+        if error is not None:
+            summary["error"] = error
+        return summary
 
     # -- signals -----------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT, SIGTERM and SIGHUP stop the run. The first one is noted, and raised if the run
+        is in its body (`_signals_raise`); later ones are ignored, so the stop's own cleanup
+        (rollback, the final record, the lock) always completes."""
         if threading.current_thread() is not threading.main_thread():
             return {}
 
-        def _raise(signum: int, _frame: Any) -> None:
+        def _stop(signum: int, _frame: Any) -> None:
+            if self.stop_signal is not None:  # already stopping
+                return
             # Recorded first: an exception raised inside a weakref callback or __del__ is
             # swallowed by Python, so the loop also checks the flag at every boundary.
             self.stop_signal = signum
-            raise Interrupted(signum)
+            if self._signals_raise:
+                raise Interrupted(signum)
 
-        return {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
 
     @staticmethod
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
@@ -632,6 +731,12 @@ class Runner:
         """Raise Interrupted if a stop signal arrived (even if its exception was swallowed)."""
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
+
+    def _raise_if_stopping(self, exc: Exception) -> None:
+        """In an `except Exception`: a signal that landed inside a driver call (e.g. during a COPY)
+        can surface as the driver's error. The stop wins: nothing is recorded as failed for it."""
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal) from exc
 
     def _ms(self, since: float) -> int:
         return int(round((self.monotonic() - since) * 1000))

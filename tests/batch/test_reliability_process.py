@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -184,6 +185,11 @@ def test_sigkill_leaves_whole_units_and_a_rerun_completes_like_an_uninterrupted_
     assert summary["status"] == "success"
     assert summary["portfolios"] == {"succeeded": 4 * len(sessions) - len(snapshots), "failed": 0,
                                      "skipped": len(snapshots)}
+    with Session(engine) as s:  # holding the lock, the rerun closed the killed run's record
+        closed = s.get(BatchRun, run.id)
+    assert (closed.status, closed.summary["reason"], closed.summary["closed_by"]) == \
+        ("failed", "abandoned", summary["run_id"])
+    assert closed.finished_at is not None and closed.exit_code is None
     resumed = dump(engine)
     with Session(engine) as s:
         dates = {p: set(s.scalars(select(PortfolioSnapshot.snapshot_date)
@@ -281,3 +287,100 @@ def test_history_shows_a_live_run_as_running_and_a_killed_one_as_abandoned(datab
     assert after["finished_at"] is None and after["exit_code"] is None
     assert after["units"] == f"{run.completed_units}/{run.total_units}"
     assert "abandoned" in table.out and str(run.id) in table.out
+
+
+# --- 4. the database fails mid-run ---------------------------------------------------------------
+
+
+def _whole_units(engine) -> set[tuple]:
+    """Assert that every (portfolio, date) with a snapshot has its successful snapshot job record
+    and that no other unit has rows in any per-portfolio table; return the units."""
+    snapshots = _units(engine, PortfolioSnapshot)
+    with Session(engine) as s:
+        recorded = set(s.execute(select(BatchJobResult.portfolio_id, BatchJobResult.as_of_date)
+                                 .where(BatchJobResult.job == "snapshot",
+                                        BatchJobResult.status == "success")).all())
+    assert snapshots == recorded
+    for model in PORTFOLIO_TABLES:
+        assert _units(engine, model) <= snapshots, model.__tablename__
+    return snapshots
+
+
+def test_the_database_failing_mid_run_exits_1_in_one_line_and_the_record_is_closed(
+        database_url, engine, seeded, tmp_path):
+    """PostgreSQL: the database refuses connections mid-backfill (every connection of the run
+    terminated) and comes back while the run is stopping: the run records its outcome itself.
+    SQLite: the disk fills (a file-size limit) and stays full: the record is left `running` and
+    the next run closes it. Either way: exit 1, one line on stderr, no traceback, whole units."""
+    span = ("--start", "2022-12-01", "--end", "2022-12-28", "--skip-sync")
+    units_in_span = 4 * len(calendar.trading_days(date(2022, 12, 1), date(2022, 12, 28)))
+    env = _env(database_url)
+    sqlite = _is_sqlite(database_url)
+    if sqlite:
+        with engine.connect() as conn:  # the job writes into an empty WAL
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        def fill_the_disk_at_400_kb() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+        proc = subprocess.Popen([sys.executable, "-m", "batch", *span], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=fill_the_disk_at_400_kb)
+        out, err = proc.communicate(timeout=120)
+    else:
+        env["BATCH_WATCHDOG_GRACE_SECONDS"] = "30"  # the final record is retried for up to 15 s
+        name = make_url(database_url).database
+        admin = create_engine(make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        proc = subprocess.Popen([sys.executable, "-m", "batch", *span], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if sum('"portfolio_succeeded"' in x for x in lines) == 3:
+                    with admin.connect() as conn:
+                        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                          "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+                if '"run_aborted"' in line:
+                    break
+        finally:
+            with admin.connect() as conn:  # the database comes back while the run is stopping
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            admin.dispose()
+        rest, err = proc.communicate(timeout=120)
+        out = "".join(lines) + rest
+    engine.dispose()  # its pooled connections may have been terminated too
+
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("sigmasight-batch: error: run "), err
+    assert "run_aborted" in out
+    units = _whole_units(engine)
+    assert 3 <= len(units) < units_in_span
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+    closed_by_the_next_run = run.status == "running"
+    if closed_by_the_next_run:  # the database never answered again while the run was stopping
+        assert (run.exit_code, run.finished_at) == (None, None)
+        assert "the next run marks it failed" in err, err
+    else:  # the run recorded its own end once the database answered again
+        assert (run.status, run.exit_code, run.summary["reason"]) == ("failed", 1, "aborted")
+        assert run.summary["error"].splitlines()[0] in err
+    if not sqlite:  # a database refusing connections until the run had stopped
+        assert not closed_by_the_next_run
+
+    rerun = seeded(*span, "--json")  # recovery: the next run completes the range ...
+    assert rerun.code == 0, rerun.err
+    assert rerun.summary["portfolios"] == {"succeeded": units_in_span - len(units), "failed": 0,
+                                             "skipped": len(units)}
+    history = seeded("history", "--json")
+    with Session(engine) as s:
+        first = s.get(BatchRun, run.id)
+    if closed_by_the_next_run:  # ... and closes the record the failed run left `running`
+        assert (first.status, first.summary["reason"], first.summary["closed_by"]) == \
+            ("failed", "abandoned", rerun.summary["run_id"])
+        assert first.finished_at is not None and first.exit_code is None
+    assert [r["status"] for r in history.summary] == \
+        ["success", "abandoned" if closed_by_the_next_run else "failed"]
