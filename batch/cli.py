@@ -42,8 +42,8 @@ COMMANDS = ("run", "init-db", "seed-demo", "check", "history")
 EXIT_CODES_HELP = """exit codes:
   0        every selected portfolio succeeded, or the run was skipped (not an NYSE session)
   1        the run finished but a portfolio or a global step failed; the summary names them
-  2        usage or configuration error (bad flag, bad date, unknown portfolio id,
-           unreachable database): nothing was computed
+  2        usage or configuration error (bad flag or date, unknown portfolio id, unreachable
+           or unmigrated database, date outside the provider's data): nothing was computed
   75       another run holds the run lock: nothing was done
   130/143  interrupted by SIGINT/SIGTERM: the portfolio in progress was rolled back"""
 log = structlog.get_logger()
