@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from batch import calendar, repository
 from batch.db import upsert
-from batch.providers import MarketDataProvider
 from batch.fetching import DEADLINE
+from batch.providers import MarketDataProvider
 from models import CompanyProfile, MarketPrice, ProfileAbsence, ProviderRequestCount
 
 log = structlog.get_logger()
@@ -275,12 +275,13 @@ def sync_company_profiles(session: Session, provider: MarketDataProvider, symbol
     for s in todo:  # a symbol the provider neither answered nor failed is a failure too
         if s not in stored and s not in failures:
             failures[s] = "no_response"
-    absent = {s: r for s, r in failures.items() if s not in stored and r in ABSENT_PROFILE_REASONS}
+    failures = {s: r for s, r in failures.items() if s in asked and s not in stored}
+    absent = {s: r for s, r in failures.items() if r in ABSENT_PROFILE_REASONS}
     upsert(session, ProfileAbsence, [{"symbol": s, "source": provider.name, "reason": r, "checked_at": now}
                                      for s, r in absent.items()], key=("symbol",))
     if stored:
         session.execute(delete(ProfileAbsence).where(ProfileAbsence.symbol.in_(sorted(stored))))
-    failed = sorted(s for s in failures if s not in stored and s not in absent)
+    failed = sorted(s for s in failures if s not in absent)
     status = "success" if not failed else ("failed" if len(failed) == len(todo) else "partial")
     summary = {
         "status": status, "total": len(wanted), "successful": len(records), "failed": len(failed),
