@@ -60,8 +60,8 @@ class PortfolioRow:
 
 # --- reading stored input rows ---------------------------------------------------------------
 # Input tables are edited by people and other programs, so a value may be anything the database
-# holds: text in a NUMERIC column on SQLite ('ten'), NaN or ±Infinity in a PostgreSQL numeric,
-# 'infinity' in a PostgreSQL date (which the driver cannot turn into a Python date). Such columns
+# holds: text in a NUMERIC column on SQLite ('ten'), NaN in a PostgreSQL numeric (±Infinity in
+# a float), 'infinity' in a PostgreSQL date (which the driver cannot turn into a Python date). Such columns
 # are read as the driver returns them (numbers) or as text (dates), and each row is checked
 # here, so a bad row fails only its own portfolio, with a one-line InvalidInputRow naming the
 # row, the column and the value (SPEC §7).
@@ -70,11 +70,14 @@ INVESTMENT_CLASSES = (PUBLIC, OPTIONS, PRIVATE)
 
 
 def _raw(column: ColumnElement) -> ColumnElement:
-    """The column as the driver returns it, without SQLAlchemy's conversion (which raises)."""
+    """The column as the driver returns it, without SQLAlchemy's conversion (which raises):
+    on SQLite the stored float, int or text; on PostgreSQL a Decimal (NaN possible) or float."""
     return type_coerce(column, NullType())
 
 
 def _as_text(column: ColumnElement) -> ColumnElement:
+    """A date column as text: ISO on SQLite and under PostgreSQL's default DateStyle (ISO);
+    'infinity' stays text instead of failing the whole query in the driver."""
     return cast(column, Text)
 
 

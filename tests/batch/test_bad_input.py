@@ -493,8 +493,10 @@ def add_broken_books(engine) -> dict[uuid.UUID, str]:
                                   updated_at=NOW))
             s.flush()
             target = pid if ("cash" in name or "snapshot" in name) else bad_row
-            s.execute(text(statement).bindparams(bindparam("row", type_=Uuid())) if ":row" in statement
-                      else text(statement), {"row": target} if ":row" in statement else {})
+            if ":row" in statement:
+                s.execute(text(statement).bindparams(bindparam("row", type_=Uuid())), {"row": target})
+            else:
+                s.execute(text(statement))
             expected[pid] = error.format(row=target)
     return expected
 
