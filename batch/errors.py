@@ -28,3 +28,10 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class LockLost(BaseException):
+    """The run lock was lost mid-run (its PostgreSQL session was terminated, the locked file was
+    replaced, or the run's process died under a worker). The run stops starting work and records
+    `failed` with reason `lock_lost` (exit code 1). A BaseException, like Interrupted, so that no
+    `except Exception` counts it as one unit's failure and carries on."""
