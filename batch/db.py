@@ -6,9 +6,12 @@ import fcntl
 import json
 import math
 import os
+import socket
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import batch.migrations
-from batch.errors import DatabaseUnavailable, LockHeld
+from batch.errors import DatabaseUnavailable, LockHeld, LockLost
 
 # pg_try_advisory_lock key: a fixed 64-bit number private to this job.
 ADVISORY_LOCK_KEY = 0x5167_6D61_5369_6768 & 0x7FFF_FFFF_FFFF_FFFF
+# held shared by each write transaction from its lock check to its commit (LockRef.confirm)
+FENCE_LOCK_KEY = ADVISORY_LOCK_KEY + 1
+LOCK_WAIT_SECONDS = 30  # a new run's wait for the last commits of a run that lost the lock
 UPSERT_CHUNK_ROWS = 500
 
 
@@ -249,22 +255,89 @@ def bulk_replace(session: Session, replacements: Sequence[tuple[Any, dict[str, A
     return sum(bulk_insert(session, table, rows, key) for table, key, rows in tables)
 
 
-@contextmanager
-def run_lock(engine: Engine) -> Iterator[None]:
-    """Hold the one-run-at-a-time lock for the block; raise LockHeld at once if another run has it.
+@dataclass(frozen=True)
+class LockRef:
+    """The run lock as any process of the run can check it (picklable: shipped to workers).
 
-    PostgreSQL: a session-level advisory lock on a dedicated connection. SQLite: an exclusive
-    flock on `<database file>.lock`. Released in `finally` (and by the OS if the process dies).
+    `holder_pid`/`hostname`: the run's own process. PostgreSQL: `backend_pid`, the server process
+    of the lock's dedicated connection. SQLite: `files`, the (path, st_dev, st_ino) of each file
+    whose flock makes the run exclusive; replacing one of them frees the lock. All empty for an
+    in-memory database (nothing to check)."""
+
+    holder_pid: int
+    hostname: str
+    backend_pid: int | None = None
+    files: tuple[tuple[str, int, int], ...] = ()
+
+    def confirm(self, session: Session) -> None:
+        """Raise LockLost unless the run still holds the lock. Call it in a write transaction
+        just before its COMMIT. PostgreSQL: two statements — a shared `FENCE_LOCK_KEY` lock for
+        the rest of the transaction (a new run waits for it, see `run_lock`, so once a run has
+        the lock no commit of a run that lost it can follow), then `pg_locks` must show the run
+        lock granted to `backend_pid`. SQLite: the files are unchanged; the transaction already
+        holds the database's write lock, so no other run writes before this commit."""
+        if self.hostname == socket.gethostname() and not _process_alive(self.holder_pid):
+            raise LockLost(f"the run's process {self.holder_pid} is gone")
+        for path, dev, ino in self.files:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise LockLost(f"the locked file {path} was deleted") from None
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                raise LockLost(f"the locked file {path} was replaced")
+        if self.backend_pid is None:
+            return
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": FENCE_LOCK_KEY})
+        held = session.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = :pid AND classid::bigint = :hi AND objid::bigint = :lo AND objsubid = 1)"),
+            {"pid": self.backend_pid, "hi": ADVISORY_LOCK_KEY >> 32,
+             "lo": ADVISORY_LOCK_KEY & 0xFFFF_FFFF}).scalar()
+        if not held:
+            raise LockLost(f"the advisory lock's session (backend {self.backend_pid}) ended")
+
+
+def _process_alive(pid: int) -> bool:
+    """True if process `pid` of this host is running (a zombie — killed, not yet reaped — is not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: existence only
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@contextmanager
+def run_lock(engine: Engine) -> Iterator[LockRef]:
+    """Hold the one-run-at-a-time lock for the block; raise LockHeld at once if another run has it.
+    Yields the LockRef the run checks before each commit (`LockRef.confirm`).
+
+    PostgreSQL: a session-level advisory lock on a dedicated connection; once it is ours, wait (at
+    most LOCK_WAIT_SECONDS) for the commits in flight of a run that lost it (`FENCE_LOCK_KEY`).
+    SQLite: an exclusive flock on `<database file>.lock` and, on Linux, on the database file itself
+    (flock and SQLite's own fcntl locks never interact there), so deleting the `.lock` file does not
+    let a second run in. Released in `finally` (and by the OS if the process dies).
     """
     if engine.dialect.name == "postgresql":
         conn = engine.connect()
         try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar()
+            got, backend_pid = conn.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"),
+                                            {"k": ADVISORY_LOCK_KEY}).one()
             conn.commit()
             if not got:
                 raise LockHeld(f"another run holds the advisory lock on {describe(engine)}")
             try:
-                yield
+                _wait_for_fenced_commits(conn, engine)
+                yield LockRef(os.getpid(), socket.gethostname(), backend_pid=backend_pid)
             finally:
                 try:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
@@ -276,22 +349,40 @@ def run_lock(engine: Engine) -> Iterator[None]:
         return
     path = lock_file_path(engine)
     if path is None:  # in-memory database: only this process can see it
-        yield
+        yield LockRef(os.getpid(), socket.gethostname())
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Linux: also the database file itself, which no tidying up deletes
+    locked = [path] + ([Path(engine.url.database)] if sys.platform.startswith("linux") else [])
+    fds: list[int] = []
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockHeld(f"another run holds the lock file {path}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        for file in locked:
+            fds.append(os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if file == path else os.open(file, os.O_RDONLY))
+            try:
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockHeld(f"another run holds the lock on {file}") from None
+        os.ftruncate(fds[0], 0)
+        os.write(fds[0], f"{os.getpid()}\n".encode())
+        st = os.fstat(fds[-1])  # the file that makes the run exclusive
+        yield LockRef(os.getpid(), socket.gethostname(), files=((str(locked[-1]), st.st_dev, st.st_ino),))
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)  # releases its flock
+
+
+def _wait_for_fenced_commits(conn: Any, engine: Engine) -> None:
+    """Take and release FENCE_LOCK_KEY exclusively: returns once no transaction that confirmed an
+    earlier run's lock (`LockRef.confirm`) is still open. Raises LockHeld after LOCK_WAIT_SECONDS."""
+    try:
+        conn.execute(text(f"SET lock_timeout = '{LOCK_WAIT_SECONDS}s'"))
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": FENCE_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FENCE_LOCK_KEY})
+        conn.execute(text("RESET lock_timeout"))
+        conn.commit()
+    except DBAPIError:
+        conn.rollback()
+        raise LockHeld(f"a previous run on {describe(engine)} is still committing after "
+                       f"{LOCK_WAIT_SECONDS} s") from None
 
 
 def lock_file_path(engine: Engine) -> Path | None:

@@ -49,3 +49,9 @@ class InvalidInputRow(ValueError):
 
     def __str__(self) -> str:
         return f"{self.where}: {self.column} {str(self.value)!r} {self.problem}"
+
+class LockLost(BaseException):
+    """The run lock was lost mid-run (its PostgreSQL session was terminated, the locked file was
+    replaced, or the run's process died under a worker). The run stops starting work and records
+    `failed` with reason `lock_lost` (exit code 1). A BaseException, like Interrupted, so that no
+    `except Exception` counts it as one unit's failure and carries on."""

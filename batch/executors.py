@@ -13,8 +13,11 @@ are computed once by the parent and shipped to the workers.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
@@ -26,6 +29,7 @@ from batch.runner import ChunkOutcome, ChunkTask, Executor, run_chunk_task
 EXECUTORS = ("serial", "processes", "dask")
 MAX_WORKERS = 256
 CONNECT_TIMEOUT_SECONDS = 10.0  # reaching a Dask scheduler
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def make_executor(kind: str | None, workers: int, scheduler_address: str | None) -> Executor | None:
@@ -52,9 +56,16 @@ def make_executor(kind: str | None, workers: int, scheduler_address: str | None)
     raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
 
 
-def _ignore_sigint() -> None:
-    """Worker processes leave Ctrl-C to the parent, which stops them."""
+def _init_worker(parent_pid: int) -> None:
+    """Worker processes leave Ctrl-C to the parent, which stops them, and die with the parent:
+    on Linux the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG; e.g. the OOM killer
+    picked the parent). A parent already gone ends the worker at once. (Every unit commit also
+    confirms that the run's process and its lock are alive: `LockRef.confirm`.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _completed(futures: dict[Any, ChunkTask], wait: Any) -> Iterator[tuple[ChunkTask, ChunkOutcome | BaseException]]:
@@ -75,7 +86,7 @@ class LocalProcesses(Executor):
 
     def __enter__(self) -> LocalProcesses:
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_ignore_sigint)
+                                         initializer=_init_worker, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:

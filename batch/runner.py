@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import bulk_insert, bulk_replace, describe_error, jsonable, make_engine, run_lock
+from batch.db import LockRef, bulk_insert, bulk_replace, describe_error, jsonable, make_engine, run_lock
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -34,7 +34,7 @@ from batch.engines import (
     skipped_result,
 )
 from batch.engines import Engine as CalcEngine
-from batch.errors import Interrupted, InvalidInputRow
+from batch.errors import Interrupted, InvalidInputRow, LockLost
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
@@ -104,6 +104,7 @@ class ChunkTask:
     portfolios: list[repository.PortfolioRow]
     complete: frozenset[uuid.UUID]  # portfolios with results for as_of (skipped unless --force)
     deadline_at: float  # epoch seconds (time.time()) past which no unit is started
+    lock: LockRef | None = None  # the parent's run lock, confirmed before each commit
 
 
 @dataclass
@@ -155,6 +156,7 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     structlog.contextvars.bind_contextvars(run_id=str(task.run_id))
     runner = Runner(task.settings, engine, provider=None, monotonic=time.time)
     runner.run_id = task.run_id
+    runner.lock_ref = task.lock
     tally = _Tally()
     # the worker's own watchdog: a hung chunk ends its process as a hung serial run would
     _arm_watchdog(max(1.0, task.deadline_at - time.time()) + task.settings.watchdog_grace_seconds)
@@ -199,6 +201,8 @@ class Runner:
         self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
         self.stop_signal: int | None = None
         self._signals_raise = False  # True while a signal may unwind the run (not in its bookkeeping)
+        self.lock_ref: LockRef | None = None  # set while the run holds the lock
+        self.lock_lost: str | None = None  # why the run lock was lost mid-run
         self.job_counts: dict[str, dict[str, int]] = {}  # job → status → records this run
         self.monotonic = monotonic
         self.utcnow = utcnow
@@ -212,7 +216,7 @@ class Runner:
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
         previous_handlers = self._install_signal_handlers()  # from here every stop signal counts
         try:
-            with run_lock(self.engine):
+            with run_lock(self.engine) as self.lock_ref:
                 if self.executor is None:
                     return self._run_locked(run_id, request)
                 with self.executor:
@@ -270,6 +274,9 @@ class Runner:
                 self._check_stop()
             else:
                 log.info(request.skip_reason, requested=request.requested_end.isoformat())
+        except LockLost as exc:  # another run may now start: stop writing results at once
+            self.lock_lost = str(exc)
+            log.error("run_lock_lost", error=self.lock_lost)
         except Interrupted as exc:
             interrupted = exc
         except Exception as exc:  # outside a unit (units catch their own): a database outage, a full disk
@@ -298,6 +305,7 @@ class Runner:
                 result: MarketDataResult = sync_market_data(
                     s, self.provider, request.as_of_dates, request.portfolio_ids or None, self.utcnow(),
                     deadline=deadline, clock=self.monotonic)
+                self._confirm_lock(s)
         except Exception as exc:  # a global step fails alone; engines run on stored data
             self._raise_if_stopping(exc)
             log.exception("market_data_failed")
@@ -323,6 +331,7 @@ class Runner:
                 symbols = sorted(set(symbols) | set(repository.active_factor_proxies(s)))
                 summary = sync_company_profiles(s, self.provider, symbols, self.utcnow(), deadline=deadline,
                                                 clock=self.monotonic)
+                self._confirm_lock(s)
         except Exception as exc:
             self._raise_if_stopping(exc)
             log.exception("company_profiles_failed")
@@ -356,6 +365,7 @@ class Runner:
                 with Session(self.engine) as s, s.begin():
                     shared.session = s
                     outcome = engine.run(shared)
+                    self._confirm_lock(s)
             except Exception as exc:  # a global step fails alone; its dependants skip
                 self._raise_if_stopping(exc)
                 error = f"{type(exc).__name__}: {exc}"
@@ -381,7 +391,7 @@ class Runner:
         remaining = self.settings.batch_timeout_seconds - (self.monotonic() - started)
         tasks = [ChunkTask(self.settings, self.run_id, as_of, list(portfolios[i:i + size]),
                            frozenset(p.id for p in portfolios[i:i + size] if p.id in complete),
-                           time.time() + remaining)
+                           time.time() + remaining, self.lock_ref)
                  for i in range(0, len(portfolios), size)]
         if shared is None:  # deadline passed or nothing to compute: the skips need no workers
             for task in tasks:
@@ -426,6 +436,7 @@ class Runner:
         load_error = None
         if todo and shared is not None and self.monotonic() - started <= self.settings.batch_timeout_seconds:
             self._check_stop()
+            self._confirm_lock()
             try:
                 with Session(self.engine) as s:
                     inputs = repository.load_unit_inputs(s, todo, as_of, shared.market_symbols, HISTORY_SESSIONS)
@@ -558,6 +569,7 @@ class Runner:
                 if failure is None:
                     self._add_job_records(s, as_of, portfolio.id, records)
                     self._check_stop()
+                    self._confirm_lock(s)
                     s.commit()
                     committed = True
                 else:
@@ -674,7 +686,7 @@ class Runner:
         reason `aborted`)."""
         if interrupted is not None:
             status, exit_code = "interrupted", interrupted.exit_code
-        elif error is not None:
+        elif self.lock_lost is not None or error is not None:
             status, exit_code = "failed", 1
         elif request.skip_reason is not None:
             status, exit_code = "skipped", 0
@@ -686,7 +698,8 @@ class Runner:
         summary = {
             "run_id": str(self.run_id),
             "status": status,
-            "reason": request.skip_reason or ("aborted" if error is not None else None)
+            "reason": request.skip_reason or ("lock_lost" if self.lock_lost else None)
+            or ("aborted" if error is not None else None)
             or ("deadline" if tally.deadline_skips else None),
             "as_of_dates": [d.isoformat() for d in request.as_of_dates],
             "portfolios": {"succeeded": tally.succeeded, "failed": tally.failed, "skipped": tally.skipped},
@@ -726,6 +739,17 @@ class Runner:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+    def _confirm_lock(self, session: Session | None = None) -> None:
+        """Raise LockLost unless the run still holds the run lock (`LockRef.confirm`): in
+        `session`'s write transaction just before its commit, else in a short session of its own."""
+        if self.lock_ref is None:
+            return
+        if session is not None:
+            self.lock_ref.confirm(session)
+            return
+        with Session(self.engine) as s:
+            self.lock_ref.confirm(s)
 
     def _check_stop(self) -> None:
         """Raise Interrupted if a stop signal arrived (even if its exception was swallowed)."""

@@ -191,3 +191,38 @@ def test_unreachable_dask_scheduler_exits_2_having_computed_nothing(seeded, engi
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(PortfolioSnapshot)) == 0
         assert s.scalar(select(func.count()).select_from(BatchRun)) == 0
+
+
+def test_workers_die_with_a_killed_parent_and_commit_nothing_after(database_url, engine, tmp_path) -> None:
+    """kill -9 of the job (what the OOM killer does to the biggest process) mid-backfill on 2 local
+    workers: within seconds no process the job started is left, and no unit commits after the
+    kill — work without the run lock would be a second writer once the next run starts."""
+    env = process_env(DATABASE_URL=database_url)
+    seed = subprocess.run([sys.executable, "-m", "batch", "seed-demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert seed.returncode == 0, seed.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28",
+                             "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 180
+    seen = 0
+    for line in proc.stdout:
+        seen += '"portfolio_succeeded"' in line
+        if seen >= 4 or time.monotonic() > deadline:
+            break
+    children = _children(proc.pid)
+    assert len(children) >= 2, "the job should be running worker processes"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+
+    def committed() -> int:
+        with Session(engine) as s:
+            return s.scalar(select(func.count()).select_from(PortfolioSnapshot))
+
+    at_kill = committed()
+    survivors = _alive(children)
+    time.sleep(2)
+    assert not survivors, f"outlived the job: {survivors}"
+    assert committed() == at_kill, "units were committed after the job was killed"
+    assert at_kill >= 4

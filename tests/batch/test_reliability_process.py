@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -384,3 +386,94 @@ def test_the_database_failing_mid_run_exits_1_in_one_line_and_the_record_is_clos
         assert first.finished_at is not None and first.exit_code is None
     assert [r["status"] for r in history.summary] == \
         ["success", "abandoned" if closed_by_the_next_run else "failed"]
+
+
+# --- 5. a lost or tampered run lock --------------------------------------------------------------
+
+
+def _drain(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
+    """Read the process's stdout into `lines` in the background (a full pipe would stall it)."""
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def _finish(proc: subprocess.Popen, reader: threading.Thread) -> str:
+    """Wait for a process started with `_drain`; return its stderr."""
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    with proc.stdout, proc.stderr:
+        return proc.stderr.read()
+
+
+def _terminate_lock_session(engine) -> int:
+    """pg_terminate_backend the session holding this database's run lock (what a DBA, a failover
+    or idle_session_timeout does); returns its backend pid."""
+    with engine.connect() as conn:
+        pid = conn.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid::bigint = :hi AND objid::bigint = :lo"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"hi": db.ADVISORY_LOCK_KEY >> 32, "lo": db.ADVISORY_LOCK_KEY & 0xFFFF_FFFF}).scalar_one()
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    return pid
+
+
+def test_a_lost_or_tampered_run_lock_never_lets_two_runs_write(database_url, engine, seeded, tmp_path):
+    """Mid-run, PostgreSQL: the lock's session is terminated; SQLite: the `.lock` file is deleted.
+    A second run is started at once. PostgreSQL: the first run notices at its next commit, stops,
+    records `failed`/`lock_lost` and exits 1 without a traceback, and none of its records was
+    written after the second run's first (transaction ids); SQLite: the first run still holds the
+    database file, so the second exits 75 having done nothing while the first goes on."""
+    assert seeded("--date", RACE_END.isoformat(), "--json").code == 0  # prices synced
+    first = _start(database_url, tmp_path, "--start", "2022-11-01", "--end", RACE_END.isoformat(),
+                   "--force", "--skip-sync", "--json")
+    lines: list[str] = []
+    reader = _drain(first, lines)
+    try:
+        deadline = time.monotonic() + 120
+        while sum('"portfolio_succeeded"' in x for x in lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended too early"
+        if _is_sqlite(database_url):
+            os.remove(make_url(database_url).database + ".lock")
+        else:
+            _terminate_lock_session(engine)
+        second = _batch(database_url, tmp_path, "--date", RACE_END.isoformat(), "--force", "--skip-sync", "--json")
+        if _is_sqlite(database_url):
+            assert second.returncode == EXIT_LOCKED, second.stderr[-2000:]
+            assert "another run holds" in second.stderr
+            assert first.poll() is None, "the first run should still be running"
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)
+    if _is_sqlite(database_url):
+        err = _finish(first, reader)
+        assert first.returncode == 143, err[-3000:]
+        with Session(engine) as s:
+            assert len(s.scalars(select(BatchRun)).all()) == 2  # the presync and the first run only
+        return
+
+    err = _finish(first, reader)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert first.returncode == 1, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    events = [json.loads(x) for x in lines if x.startswith("{\"")]
+    assert [e.get("event") for e in events].count("run_lock_lost") == 1
+    summary = json.loads(lines[-1])
+    assert (summary["status"], summary["reason"], summary["exit_code"]) == ("failed", "lock_lost", 1)
+    with Session(engine) as s:
+        run = s.get(BatchRun, uuid.UUID(summary["run_id"]))
+        later = s.get(BatchRun, uuid.UUID(_summary(second)["run_id"]))
+        first_xids = s.execute(text("SELECT xmin::text::bigint FROM batch_job_results WHERE run_id = :r"),
+                               {"r": run.id}).scalars().all()
+        second_xids = s.execute(text("SELECT xmin::text::bigint FROM batch_job_results WHERE run_id = :r"),
+                                {"r": later.id}).scalars().all()
+    assert (run.status, run.exit_code, run.summary["reason"]) == ("failed", 1, "lock_lost")
+    assert later.status == "success"
+    # every record of the first run was written before the second run wrote anything
+    assert max(first_xids) < min(second_xids), (max(first_xids), min(second_xids))
