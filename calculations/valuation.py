@@ -21,7 +21,8 @@ from calculations.prices import latest_close
 
 # Price sources
 MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", "model"
-# Position flag: a non-positive or non-finite stored close of its symbols was read as missing.
+# Position flag: a non-positive or non-finite stored close of its symbol or underlying, over the
+# history the engines read, was read as a missing close.
 BAD_CLOSES_IGNORED = "bad_closes_ignored"
 
 
