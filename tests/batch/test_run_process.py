@@ -56,7 +56,8 @@ def test_railway_start_command_runs_from_a_plain_checkout(sqlite_template, tmp_p
     env = process_env(DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=os.pathsep.join(site.getsitepackages()))
     probe = subprocess.run([sys.executable, "-S", "-c", "import batch"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
-    assert "No module named 'batch'" in probe.stderr  # the isolation really hides the package
+    assert "No module named 'batch'" in probe.stderr, \
+        "the isolation must hide the package: install it editable (the README's test command)"
     done = subprocess.run([sys.executable, "-S", *command[1:], "--date", "2022-12-26"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
