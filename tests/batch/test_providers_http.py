@@ -196,9 +196,11 @@ def test_name_and_open_ended_coverage(make: Callable[..., Harness], api: Api) ->
     ("fmp", "fmp_api_key", FmpProvider), ("polygon", "polygon_api_key", PolygonProvider)])
 def test_get_provider_builds_the_class_and_reports_a_missing_key(name: str, key_field: str, cls: type) -> None:
     base = {"database_url": "sqlite://", "embedded_database": None, "market_data_provider": name}
-    provider = get_provider(Settings(**base, **{key_field: KEY}))
+    provider = get_provider(Settings(**base, **{key_field: KEY}, fmp_requests_per_day=7))
     try:
         assert isinstance(provider, cls)
+        quota = provider.limiter.quota  # FMP_REQUESTS_PER_DAY applies to FMP only
+        assert (quota.per_day if quota else None) == (7 if name == "fmp" else None)
     finally:
         provider.close()
     with pytest.raises(ConfigError, match=f"{name.upper()}_API_KEY"):
