@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batch import cli
+from batch import cli, db
 from models import BatchJobResult, BatchRun, PortfolioSnapshot
 from tests.conftest import assert_interrupted_with_whole_units, process_env
 
@@ -110,3 +111,75 @@ def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url,
     assert [(r.as_of_start.isoformat(), r.status, r.exit_code, r.completed_units, r.total_units)
             for r in runs] == [("2022-12-27", "success", 0, 4, 4), ("2022-12-28", "success", 0, 4, 4)]
     assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
+
+
+# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (inside
+# PostgreSQL's COPY, between SQLite's statements), each further one during the stop's cleanup (a
+# rollback, a session closing, a signal disposition changing), as an impatient supervisor would.
+SIGNAL_DURING_THE_WRITE = """
+import os, signal, sys
+import psycopg
+from sqlalchemy.orm import Session
+from batch import cli, db, runner
+
+pending = [getattr(signal, "SIG" + name) for name in os.environ["TEST_SIGNALS"].split(",")]
+sent, writing = [], []
+
+def deliver(stage):
+    if pending and (stage == "write" and writing or stage == "cleanup" and sent):
+        sent.append(pending.pop(0))
+        os.kill(os.getpid(), sent[-1])
+
+def bulk_replace(session, replacements):
+    writing.append(True)
+    try:
+        if session.get_bind().dialect.name == "sqlite":
+            deliver("write")
+        return real_bulk_replace(session, replacements)
+    finally:
+        writing.pop()
+
+def write_row(self, row):
+    real_write_row(self, row)
+    deliver("write")
+
+def cleanup(name):
+    real = getattr(Session, name)
+    def wrapper(self, *args, **kwargs):
+        deliver("cleanup")
+        return real(self, *args, **kwargs)
+    setattr(Session, name, wrapper)
+
+def set_disposition(signum, handler):
+    deliver("cleanup")
+    return real_signal(signum, handler)
+
+real_bulk_replace, runner.bulk_replace = runner.bulk_replace, bulk_replace
+real_write_row, psycopg.Copy.write_row = psycopg.Copy.write_row, write_row
+real_signal, signal.signal = signal.signal, set_disposition
+cleanup("rollback")
+cleanup("close")
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("signals", "code"), [("TERM,TERM", 143), ("INT,INT,INT", 130), ("HUP", 143)])
+def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
+        database_url, engine, seeded, tmp_path, signals, code):
+    """A stop signal while a unit's rows are written (PostgreSQL: inside the COPY) rolls the unit
+    back and records `interrupted`; signals repeated during the cleanup change nothing; SIGHUP is
+    a SIGTERM. Exit 143 (SIGTERM, SIGHUP) or 130 (SIGINT), no traceback."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_THE_WRITE, "--date", "2022-12-28", "--skip-sync"],
+                          cwd=tmp_path, env=process_env(DATABASE_URL=database_url, TEST_SIGNALS=signals),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        unit_jobs = s.scalars(select(BatchJobResult).where(BatchJobResult.portfolio_id.is_not(None))).all()
+        snapshots = s.scalars(select(PortfolioSnapshot)).all()
+    assert (run.status, run.exit_code, run.summary["status"]) == ("interrupted", code, "interrupted")
+    assert run.finished_at is not None
+    assert snapshots == [] and unit_jobs == []  # the first unit, interrupted in its write, rolled back
+    with db.run_lock(engine):  # released
+        pass
