@@ -113,12 +113,12 @@ def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url,
     assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
 
 
-# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (inside
-# PostgreSQL's COPY, between SQLite's statements), each further one during the stop's cleanup (a
+# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (as
+# PostgreSQL's COPY ends, before SQLite's statements), each further one during the stop's cleanup (a
 # rollback, a session closing, a signal disposition changing), as an impatient supervisor would.
 SIGNAL_DURING_THE_WRITE = """
 import os, signal, sys
-import psycopg
+import psycopg, psycopg.copy
 from sqlalchemy.orm import Session
 from batch import cli, db, runner
 
@@ -139,9 +139,9 @@ def bulk_replace(session, replacements):
     finally:
         writing.pop()
 
-def write_row(self, row):
-    real_write_row(self, row)
+def finish(self, exc=None):  # a COPY ending: every row sent, its end not yet
     deliver("write")
+    return real_finish(self, exc)
 
 def cleanup(name):
     real = getattr(Session, name)
@@ -155,7 +155,7 @@ def set_disposition(signum, handler):
     return real_signal(signum, handler)
 
 real_bulk_replace, runner.bulk_replace = runner.bulk_replace, bulk_replace
-real_write_row, psycopg.Copy.write_row = psycopg.Copy.write_row, write_row
+real_finish, psycopg.copy.LibpqWriter.finish = psycopg.copy.LibpqWriter.finish, finish
 real_signal, signal.signal = signal.signal, set_disposition
 cleanup("rollback")
 cleanup("close")
