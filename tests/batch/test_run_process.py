@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from batch import cli, db
-from models import BatchJobResult, BatchRun, PortfolioSnapshot
+from models import BatchJobResult, BatchRun, Portfolio, PortfolioSnapshot
 from tests.conftest import assert_interrupted_with_whole_units, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +184,29 @@ def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
     assert snapshots == [] and unit_jobs == []  # the first unit, interrupted in its write, rolled back
     with db.run_lock(engine):  # released
         pass
+
+
+def test_a_run_past_its_deadline_records_every_skip_and_ends_by_itself(database_url, engine, tmp_path):
+    """300 portfolios × 6 sessions, the deadline already past at the first unit, a 3 s watchdog
+    grace: recording 1,800 units `skipped (deadline)` is the bookkeeping the deadline asked for,
+    so the watchdog must not kill it. The run records every skip and its end, and exits 1."""
+    books = [{"id": uuid.uuid4(), "name": f"book {i}", "cash_balance": 0.0, "currency": "USD"} for i in range(300)]
+    with Session(engine) as s, s.begin():
+        s.execute(insert(Portfolio), books)
+    done = _run(["-m", "batch", "--start", "2022-12-20", "--end", "2022-12-28", "--skip-sync", "--json"], tmp_path,
+                DATABASE_URL=database_url, BATCH_TIMEOUT_SECONDS="0", BATCH_WATCHDOG_GRACE_SECONDS="3")
+    assert done.returncode == 1, done.stderr
+    assert "Timeout" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    units = 300 * 6  # sessions 12-20, 21, 22, 23, 27, 28
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["status"], summary["reason"]) == ("failed", "deadline")
+    assert summary["portfolios"] == {"succeeded": 0, "failed": 0, "skipped": units}
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        skips = s.execute(select(BatchJobResult.error, func.count()).where(BatchJobResult.portfolio_id.is_not(None))
+                          .group_by(BatchJobResult.error)).all()
+        skipped_units = s.scalar(select(func.count()).select_from(
+            select(BatchJobResult.portfolio_id, BatchJobResult.as_of_date).distinct().subquery()))
+    assert (run.status, run.exit_code, run.completed_units, run.total_units) == ("failed", 1, units, units)
+    assert skips == [("deadline", units * 7)]  # the seven portfolio jobs of every unit
+    assert skipped_units == units
