@@ -169,16 +169,22 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     return ChunkOutcome(tally, runner.job_counts)
 
 
+def _discard(session: Session) -> None:
+    """Close the session's connections instead of returning them to the pool: the server rolls
+    their transaction back, whatever state the connection was left in (never raises)."""
+    try:
+        session.invalidate()
+    except Exception:  # noqa: BLE001 nothing left to discard
+        pass
+
+
 def _roll_back_or_discard(session: Session) -> None:
-    """Roll the session back; if that fails too (a connection a signal or an outage left
-    unusable), throw its connection away instead of raising from the cleanup."""
+    """Roll the session back; if that fails too (a connection an outage left unusable), discard
+    its connections instead of raising from the cleanup."""
     try:
         session.rollback()
     except Exception:  # noqa: BLE001
-        try:
-            session.invalidate()  # closes the session, its connections closed rather than pooled
-        except Exception:  # noqa: BLE001 nothing left to discard
-            pass
+        _discard(session)
 
 
 class Runner:
@@ -574,8 +580,8 @@ class Runner:
                     committed = True
                 else:
                     s.rollback()
-            except Interrupted:
-                _roll_back_or_discard(s)
+            except Interrupted:  # the signal may have landed mid-statement (e.g. a COPY not ended):
+                _discard(s)  # closing the connection rolls the unit back on any connection state
                 raise
             except Exception as exc:  # loading inputs or the commit itself failed
                 _roll_back_or_discard(s)

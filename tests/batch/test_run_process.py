@@ -10,13 +10,15 @@ import site
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from batch import cli
-from models import BatchJobResult, BatchRun, PortfolioSnapshot
+from batch import cli, db
+from models import BatchJobResult, BatchRun, Portfolio, PortfolioSnapshot
 from tests.conftest import assert_interrupted_with_whole_units, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +142,101 @@ def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url,
     assert [(r.as_of_start.isoformat(), r.status, r.exit_code, r.completed_units, r.total_units)
             for r in runs] == [("2022-12-27", "success", 0, 4, 4), ("2022-12-28", "success", 0, 4, 4)]
     assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
+
+
+# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (as
+# PostgreSQL's COPY ends, before SQLite's statements), each further one during the stop's cleanup (a
+# rollback, a session closing, a signal disposition changing), as an impatient supervisor would.
+SIGNAL_DURING_THE_WRITE = """
+import os, signal, sys
+import psycopg, psycopg.copy
+from sqlalchemy.orm import Session
+from batch import cli, db, runner
+
+pending = [getattr(signal, "SIG" + name) for name in os.environ["TEST_SIGNALS"].split(",")]
+sent, writing = [], []
+
+def deliver(stage):
+    if pending and (stage == "write" and writing or stage == "cleanup" and sent):
+        sent.append(pending.pop(0))
+        os.kill(os.getpid(), sent[-1])
+
+def bulk_replace(session, replacements):
+    writing.append(True)
+    try:
+        if session.get_bind().dialect.name == "sqlite":
+            deliver("write")
+        return real_bulk_replace(session, replacements)
+    finally:
+        writing.pop()
+
+def finish(self, exc=None):  # a COPY ending: every row sent, its end not yet
+    deliver("write")
+    return real_finish(self, exc)
+
+def cleanup(name):
+    real = getattr(Session, name)
+    def wrapper(self, *args, **kwargs):
+        deliver("cleanup")
+        return real(self, *args, **kwargs)
+    setattr(Session, name, wrapper)
+
+def set_disposition(signum, handler):
+    deliver("cleanup")
+    return real_signal(signum, handler)
+
+real_bulk_replace, runner.bulk_replace = runner.bulk_replace, bulk_replace
+real_finish, psycopg.copy.LibpqWriter.finish = psycopg.copy.LibpqWriter.finish, finish
+real_signal, signal.signal = signal.signal, set_disposition
+cleanup("rollback")
+cleanup("close")
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("signals", "code"), [("TERM,TERM", 143), ("INT,INT,INT", 130), ("HUP", 143)])
+def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
+        database_url, engine, seeded, tmp_path, signals, code):
+    """A stop signal while a unit's rows are written (PostgreSQL: inside the COPY) rolls the unit
+    back and records `interrupted`; signals repeated during the cleanup change nothing; SIGHUP is
+    a SIGTERM. Exit 143 (SIGTERM, SIGHUP) or 130 (SIGINT), no traceback."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_THE_WRITE, "--date", "2022-12-28", "--skip-sync"],
+                          cwd=tmp_path, env=process_env(DATABASE_URL=database_url, TEST_SIGNALS=signals),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        unit_jobs = s.scalars(select(BatchJobResult).where(BatchJobResult.portfolio_id.is_not(None))).all()
+        snapshots = s.scalars(select(PortfolioSnapshot)).all()
+    assert (run.status, run.exit_code, run.summary["status"]) == ("interrupted", code, "interrupted")
+    assert run.finished_at is not None
+    assert snapshots == [] and unit_jobs == []  # the first unit, interrupted in its write, rolled back
+    with db.run_lock(engine):  # released
+        pass
+
+
+def test_a_run_past_its_deadline_records_every_skip_and_ends_by_itself(database_url, engine, tmp_path):
+    """300 portfolios × 6 sessions, the deadline already past at the first unit, a 3 s watchdog
+    grace: recording 1,800 units `skipped (deadline)` is the bookkeeping the deadline asked for,
+    so the watchdog must not kill it. The run records every skip and its end, and exits 1."""
+    books = [{"id": uuid.uuid4(), "name": f"book {i}", "cash_balance": 0.0, "currency": "USD"} for i in range(300)]
+    with Session(engine) as s, s.begin():
+        s.execute(insert(Portfolio), books)
+    done = _run(["-m", "batch", "--start", "2022-12-20", "--end", "2022-12-28", "--skip-sync", "--json"], tmp_path,
+                DATABASE_URL=database_url, BATCH_TIMEOUT_SECONDS="0", BATCH_WATCHDOG_GRACE_SECONDS="3")
+    assert done.returncode == 1, done.stderr
+    assert "Timeout" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    units = 300 * 6  # sessions 12-20, 21, 22, 23, 27, 28
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["status"], summary["reason"]) == ("failed", "deadline")
+    assert summary["portfolios"] == {"succeeded": 0, "failed": 0, "skipped": units}
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        skips = s.execute(select(BatchJobResult.error, func.count()).where(BatchJobResult.portfolio_id.is_not(None))
+                          .group_by(BatchJobResult.error)).all()
+        skipped_units = s.scalar(select(func.count()).select_from(
+            select(BatchJobResult.portfolio_id, BatchJobResult.as_of_date).distinct().subquery()))
+    assert (run.status, run.exit_code, run.completed_units, run.total_units) == ("failed", 1, units, units)
+    assert skips == [("deadline", units * 7)]  # the seven portfolio jobs of every unit
+    assert skipped_units == units
