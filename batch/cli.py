@@ -153,8 +153,7 @@ def _usage_error(message: str) -> int:
 def _open_database(settings: Settings, engine: Engine) -> None:
     """Reach the database; create the schema of a brand-new embedded file; else require head."""
     db.check_reachable(engine)
-    if settings.embedded_database is not None and db.is_empty(engine):
-        db.migrate(engine)
+    if settings.embedded_database is not None and db.create_if_empty(engine):
         log.info("database_created", path=str(settings.embedded_database), revision=db.head_revision())
         return
     db.require_current_schema(engine)

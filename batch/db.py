@@ -53,8 +53,8 @@ def make_engine(database_url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+        def _sqlite_begin(conn: Any) -> None:  # execution option sqlite_begin="IMMEDIATE": take the write lock now
+            conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
 
         return engine
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
@@ -109,6 +109,20 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def create_if_empty(engine: Engine) -> bool:
+    """Apply every migration if the database has no tables (a brand-new embedded file); return
+    whether it did. Concurrent first starts are safe: on SQLite the check and the migration run in
+    one `BEGIN IMMEDIATE` transaction, so one process creates the schema while the others wait for
+    the write lock (the busy timeout) and then find the tables there."""
+    cfg = _alembic_config()
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        if inspect(conn).get_table_names():
+            return False
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return True
 
 
 def require_current_schema(engine: Engine) -> None:
