@@ -20,10 +20,11 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from batch.engines import DateContext
-from batch.errors import ConfigError
+from batch.errors import ConfigError, WorkerLost
 from batch.runner import ChunkOutcome, ChunkTask, Executor, run_chunk_task
 
 EXECUTORS = ("serial", "processes", "dask")
@@ -69,11 +70,14 @@ def _init_worker(parent_pid: int) -> None:
 
 
 def _completed(futures: dict[Any, ChunkTask], wait: Any) -> Iterator[tuple[ChunkTask, ChunkOutcome | BaseException]]:
+    """(task, outcome) as they finish; a chunk's error as raised in the worker (e.g. a database
+    error), or WorkerLost when the worker itself died. The runner reports the chunk."""
     for future in wait(futures):
         try:
             yield futures[future], future.result()
-        except Exception as exc:  # a lost worker or a task error: the runner reports the chunk
-            yield futures[future], exc
+        except Exception as exc:
+            lost = isinstance(exc, BrokenProcessPool) or type(exc).__name__ == "KilledWorker"  # Dask's
+            yield futures[future], WorkerLost(f"{type(exc).__name__}: {exc}") if lost else exc
 
 
 class LocalProcesses(Executor):
