@@ -255,11 +255,13 @@ class LockRef:
 
     def confirm(self, session: Session) -> None:
         """Raise LockLost unless the run still holds the lock. Call it in a write transaction
-        just before its COMMIT. PostgreSQL: two statements — a shared `FENCE_LOCK_KEY` lock for
-        the rest of the transaction (a new run waits for it, see `run_lock`, so once a run has
-        the lock no commit of a run that lost it can follow), then `pg_locks` must show the run
-        lock granted to `backend_pid`. SQLite: the files are unchanged; the transaction already
-        holds the database's write lock, so no other run writes before this commit."""
+        just before its COMMIT. PostgreSQL: one round trip (~0.5 ms) of two statements — a shared
+        `FENCE_LOCK_KEY` lock for the rest of the transaction (a new run waits for it, see
+        `run_lock`, so once a run has the lock no commit of a run that lost it can follow), then
+        `pg_locks` must show the run lock granted to `backend_pid`. SQLite: the files are
+        unchanged; the transaction already holds the database's write lock, so no other run
+        writes before this commit. Same host: the run's process must be alive (a worker whose
+        parent died)."""
         if self.hostname == socket.gethostname() and not _process_alive(self.holder_pid):
             raise LockLost(f"the run's process {self.holder_pid} is gone")
         for path, dev, ino in self.files:
@@ -271,12 +273,14 @@ class LockRef:
                 raise LockLost(f"the locked file {path} was replaced")
         if self.backend_pid is None:
             return
-        session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": FENCE_LOCK_KEY})
-        held = session.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND pid = :pid AND classid::bigint = :hi AND objid::bigint = :lo AND objsubid = 1)"),
-            {"pid": self.backend_pid, "hi": ADVISORY_LOCK_KEY >> 32,
-             "lo": ADVISORY_LOCK_KEY & 0xFFFF_FFFF}).scalar()
+        driver = session.connection().connection.driver_connection
+        with driver.pipeline(), driver.cursor() as cursor:  # in order, in one round trip
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [FENCE_LOCK_KEY])
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = %s AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+                [self.backend_pid, ADVISORY_LOCK_KEY >> 32, ADVISORY_LOCK_KEY & 0xFFFF_FFFF])
+            held = cursor.fetchone()[0]
         if not held:
             raise LockLost(f"the advisory lock's session (backend {self.backend_pid}) ended")
 
