@@ -53,7 +53,7 @@ def make_engine(database_url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:  # execution option sqlite_begin="IMMEDIATE": take the write lock now
+        def _sqlite_begin(conn: Any) -> None:  # option sqlite_begin="IMMEDIATE": the write lock at once
             conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
 
         return engine
@@ -344,7 +344,8 @@ def run_lock(engine: Engine) -> Iterator[LockRef]:
     fds: list[int] = []
     try:
         for file in locked:
-            fds.append(os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if file == path else os.open(file, os.O_RDONLY))
+            fds.append(os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if file == path
+                       else os.open(file, os.O_RDONLY))
             try:
                 fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
