@@ -218,8 +218,7 @@ def _open_database(settings: Settings, engine: Engine, create: bool = True) -> N
     """Reach the database; with `create`, create the schema of a brand-new embedded file; else
     require head."""
     db.check_reachable(engine)
-    if create and settings.embedded_database is not None and db.is_empty(engine):
-        db.migrate(engine)
+    if create and settings.embedded_database is not None and db.create_if_empty(engine):
         log.info("database_created", path=str(settings.embedded_database), revision=db.head_revision())
         return
     db.require_current_schema(engine)

@@ -63,8 +63,8 @@ def make_engine(database_url: str, *, create: bool = True) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+        def _sqlite_begin(conn: Any) -> None:  # option sqlite_begin="IMMEDIATE": the write lock at once
+            conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
 
         return engine
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
@@ -139,6 +139,20 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def create_if_empty(engine: Engine) -> bool:
+    """Apply every migration if the database has no tables (a brand-new embedded file); return
+    whether it did. Concurrent first starts are safe: on SQLite the check and the migration run in
+    one `BEGIN IMMEDIATE` transaction, so one process creates the schema while the others wait for
+    the write lock (the busy timeout) and then find the tables there."""
+    cfg = _alembic_config()
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        if inspect(conn).get_table_names():
+            return False
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return True
 
 
 def require_current_schema(engine: Engine) -> None:
@@ -271,11 +285,13 @@ class LockRef:
 
     def confirm(self, session: Session) -> None:
         """Raise LockLost unless the run still holds the lock. Call it in a write transaction
-        just before its COMMIT. PostgreSQL: two statements — a shared `FENCE_LOCK_KEY` lock for
-        the rest of the transaction (a new run waits for it, see `run_lock`, so once a run has
-        the lock no commit of a run that lost it can follow), then `pg_locks` must show the run
-        lock granted to `backend_pid`. SQLite: the files are unchanged; the transaction already
-        holds the database's write lock, so no other run writes before this commit."""
+        just before its COMMIT. PostgreSQL: one round trip (~0.5 ms) of two statements — a shared
+        `FENCE_LOCK_KEY` lock for the rest of the transaction (a new run waits for it, see
+        `run_lock`, so once a run has the lock no commit of a run that lost it can follow), then
+        `pg_locks` must show the run lock granted to `backend_pid`. SQLite: the files are
+        unchanged; the transaction already holds the database's write lock, so no other run
+        writes before this commit. Same host: the run's process must be alive (a worker whose
+        parent died)."""
         if self.hostname == socket.gethostname() and not _process_alive(self.holder_pid):
             raise LockLost(f"the run's process {self.holder_pid} is gone")
         for path, dev, ino in self.files:
@@ -287,12 +303,14 @@ class LockRef:
                 raise LockLost(f"the locked file {path} was replaced")
         if self.backend_pid is None:
             return
-        session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": FENCE_LOCK_KEY})
-        held = session.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND pid = :pid AND classid::bigint = :hi AND objid::bigint = :lo AND objsubid = 1)"),
-            {"pid": self.backend_pid, "hi": ADVISORY_LOCK_KEY >> 32,
-             "lo": ADVISORY_LOCK_KEY & 0xFFFF_FFFF}).scalar()
+        driver = session.connection().connection.driver_connection
+        with driver.pipeline(), driver.cursor() as cursor:  # in order, in one round trip
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [FENCE_LOCK_KEY])
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = %s AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+                [self.backend_pid, ADVISORY_LOCK_KEY >> 32, ADVISORY_LOCK_KEY & 0xFFFF_FFFF])
+            held = cursor.fetchone()[0]
         if not held:
             raise LockLost(f"the advisory lock's session (backend {self.backend_pid}) ended")
 
@@ -356,7 +374,8 @@ def run_lock(engine: Engine) -> Iterator[LockRef]:
     fds: list[int] = []
     try:
         for file in locked:
-            fds.append(os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if file == path else os.open(file, os.O_RDONLY))
+            fds.append(os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if file == path
+                       else os.open(file, os.O_RDONLY))
             try:
                 fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -21,6 +21,10 @@ class LockHeld(RuntimeError):
     """Another run holds the run lock (exit code 75)."""
 
 
+class WorkerLost(RuntimeError):
+    """A worker process (or Dask worker) died under its chunk; the message says how."""
+
+
 class Interrupted(BaseException):
     """Raised from the SIGINT/SIGTERM/SIGHUP handler to unwind the unit in progress.
 

@@ -7,8 +7,9 @@
 Either way the unit shipped is a `ChunkTask` (a few portfolios for one as-of date) and the
 worker runs it with `batch.runner.run_chunk_task`: its own database engine, the serial code path,
 one transaction per (portfolio, date). The run lock stays with the parent for the whole run;
-workers never take it. The date's shared inputs (symbol betas, factor covariance, market closes)
-are computed once by the parent and shipped to the workers.
+workers never take it, but confirm it before each commit (`LockRef.confirm`). The date's
+shared inputs (symbol betas, factor covariance, market closes) are computed once by the parent
+and shipped to the workers.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from batch.engines import DateContext
-from batch.errors import ConfigError
+from batch.errors import ConfigError, WorkerLost
 from batch.runner import ChunkOutcome, ChunkTask, Executor, run_chunk_task
 
 EXECUTORS = ("serial", "processes", "dask")
@@ -69,11 +71,14 @@ def _init_worker(parent_pid: int) -> None:
 
 
 def _completed(futures: dict[Any, ChunkTask], wait: Any) -> Iterator[tuple[ChunkTask, ChunkOutcome | BaseException]]:
+    """(task, outcome) as they finish; a chunk's error as raised in the worker (e.g. a database
+    error), or WorkerLost when the worker itself died. The runner reports the chunk."""
     for future in wait(futures):
         try:
             yield futures[future], future.result()
-        except Exception as exc:  # a lost worker or a task error: the runner reports the chunk
-            yield futures[future], exc
+        except Exception as exc:
+            lost = isinstance(exc, BrokenProcessPool) or type(exc).__name__ == "KilledWorker"  # Dask's
+            yield futures[future], WorkerLost(f"{type(exc).__name__}: {exc}") if lost else exc
 
 
 class LocalProcesses(Executor):

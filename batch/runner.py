@@ -34,7 +34,7 @@ from batch.engines import (
     skipped_result,
 )
 from batch.engines import Engine as CalcEngine
-from batch.errors import Interrupted, InvalidInputRow, LockLost
+from batch.errors import Interrupted, InvalidInputRow, LockLost, WorkerLost
 from batch.log import configure_logging
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
@@ -422,7 +422,9 @@ class Runner:
                 for status, n in counts.items():
                     mine[status] = mine.get(status, 0) + n
             return
-        error = f"worker lost: {type(outcome).__name__}: {outcome}"
+        # the worker's own error (e.g. a database error), or how the worker was lost
+        lost = isinstance(outcome, WorkerLost)
+        error = f"worker lost: {outcome}" if lost else f"{type(outcome).__name__}: {outcome}"
         log.error("chunk_failed", error=error, portfolios=len(task.portfolios))
         with Session(self.engine) as s:
             recorded = repository.portfolios_with_job_records(s, self.run_id, as_of,

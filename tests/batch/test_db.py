@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import time
 import uuid
 from datetime import UTC, date, datetime
 
@@ -12,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from batch import cli, db
-from batch.errors import LockHeld
+from batch.errors import LockHeld, LockLost
 from models import Base, MarketPrice, Portfolio, StressScenario, StressTestResult
 
 SPEC_TABLES = {
@@ -59,6 +62,38 @@ def test_run_lock_excludes_a_second_holder(engine):
             with db.run_lock(engine):
                 pass
     with db.run_lock(engine):  # free again
+        pass
+
+
+def test_run_lock_knows_when_it_is_lost(engine, tmp_path):
+    """`confirm` passes while the lock is held. PostgreSQL: once the lock's session is terminated
+    (a DBA, a failover), it raises LockLost and leaving the block does not fail. SQLite: deleting
+    the `.lock` file loses nothing (the database file is locked too: a second holder is still
+    refused); replacing the database file loses the lock."""
+    with db.run_lock(engine) as ref:
+        with Session(engine) as s:
+            ref.confirm(s)
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": ref.backend_pid}).scalar()
+                for _ in range(100):  # the backend exits asynchronously
+                    if not conn.execute(text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"),
+                                        {"p": ref.backend_pid}).first():
+                        break
+                    time.sleep(0.05)
+        else:
+            database = make_url(str(engine.url)).database
+            os.remove(database + ".lock")
+            with pytest.raises(LockHeld):
+                with db.run_lock(engine):
+                    pass
+            with Session(engine) as s:
+                ref.confirm(s)
+            shutil.copy(database, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", database)
+        with Session(engine) as s, pytest.raises(LockLost):
+            ref.confirm(s)
+    with db.run_lock(engine):  # free
         pass
 
 

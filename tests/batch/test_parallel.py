@@ -6,6 +6,7 @@ Each test runs on SQLite and PostgreSQL through the real entry point, on the dem
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -114,6 +115,41 @@ def test_a_lost_worker_fails_its_chunk_loudly_and_the_rest_commits(seeded, engin
     monkeypatch.setattr("batch.cli.Runner", real_runner)
     again = seeded("--date", END, "--json")
     assert again.code == 0 and again.summary["portfolios"] == {"succeeded": 1, "failed": 0, "skipped": 3}
+
+
+class FirstWorkerWithoutDatabase(Executor):
+    """Runs chunks in this process with the real worker entry point; the first chunk's worker
+    finds the database unreachable (a refused port), as in an outage."""
+
+    workers = 2
+
+    def map(self, tasks, shared):
+        for i, task in enumerate(tasks):
+            if i == 0:
+                settings = dataclasses.replace(task.settings,
+                                               database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+                task = dataclasses.replace(task, settings=settings)
+            try:
+                yield task, run_chunk_task(task, shared)
+            except Exception as exc:
+                yield task, exc
+
+    def stop(self) -> None:
+        return None
+
+
+def test_a_database_error_in_a_worker_is_reported_as_itself(seeded, engine, monkeypatch) -> None:
+    real_runner = runner_module.Runner
+    monkeypatch.setattr("batch.cli.Runner",
+                        lambda *a, **kw: real_runner(*a, **{**kw, "executor": FirstWorkerWithoutDatabase()}))
+    result = seeded("--date", END, "--json")
+    assert result.code == 1 and result.summary["portfolios"] == {"succeeded": 3, "failed": 1, "skipped": 0}
+    [failed] = result.summary["failed_portfolios"]
+    assert failed["job"] == "worker" and failed["error"].startswith("OperationalError: "), failed
+    assert "port 1 failed" in failed["error"] and "worker lost" not in failed["error"]
+    with Session(engine) as s:
+        recorded = s.scalars(select(BatchJobResult.error).where(BatchJobResult.job == "worker")).all()
+    assert recorded == [failed["error"]]
 
 
 def test_impossible_executor_flags_exit_2(cli) -> None:

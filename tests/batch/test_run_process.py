@@ -240,3 +240,51 @@ def test_a_run_past_its_deadline_records_every_skip_and_ends_by_itself(database_
     assert (run.status, run.exit_code, run.completed_units, run.total_units) == ("failed", 1, units, units)
     assert skips == [("deadline", units * 7)]  # the seven portfolio jobs of every unit
     assert skipped_units == units
+
+
+# One interpreter imports the job once, then each round forks six processes that wait for a go
+# file and run the real entry point: they reach the new database within milliseconds of each other.
+_AT_ONCE = """
+import json, os, sys, time, traceback
+from batch.cli import main
+rounds, n, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+codes = []
+for r in range(rounds):
+    os.mkdir(f"round{r}")
+    os.chdir(f"round{r}")
+    pids = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            out = os.open(f"out{i}", os.O_WRONLY | os.O_CREAT)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            while not os.path.exists("go"):
+                time.sleep(0.001)
+            try:
+                code = main(args)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        pids.append(pid)
+    open("go", "w").close()
+    codes.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids])
+    os.chdir("..")
+print(json.dumps(codes))
+"""
+
+
+def test_first_starts_at_once_on_a_new_embedded_database_exit_only_0_or_75(tmp_path):
+    """Six runs started together on a directory with no database yet (DATABASE_URL unset): the
+    schema is created once and every run exits 0 (it ran) or 75 (another held the lock) — never
+    1 from two processes creating the schema at the same time. Three rounds."""
+    done = _run(["-c", _AT_ONCE, "3", "6", "--date", "2022-12-28", "--skip-sync"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for round_, codes in enumerate(json.loads(done.stdout)):
+        outputs = [(tmp_path / f"round{round_}" / f"out{i}").read_text() for i in range(6)]
+        assert set(codes) <= {0, 75} and 0 in codes, \
+            (round_, [(c, out[-800:]) for c, out in zip(codes, outputs, strict=True) if c not in (0, 75)])
+        assert sum("database_created" in out for out in outputs) == 1, round_
