@@ -393,6 +393,9 @@ def _wait_for_fenced_commits(conn: Any, engine: Engine) -> None:
     """Take and release FENCE_LOCK_KEY exclusively: returns once no transaction that confirmed an
     earlier run's lock (`LockRef.confirm`) is still open. Raises LockHeld after LOCK_WAIT_SECONDS."""
     try:
+        # the lock's session is idle for the whole run: exempt it from idle_session_timeout (PG 14+)
+        conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"
+                          " WHERE current_setting('idle_session_timeout', true) IS NOT NULL"))
         conn.execute(text(f"SET lock_timeout = '{LOCK_WAIT_SECONDS}s'"))
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": FENCE_LOCK_KEY})
         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FENCE_LOCK_KEY})

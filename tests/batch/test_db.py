@@ -65,6 +65,29 @@ def test_run_lock_excludes_a_second_holder(engine):
         pass
 
 
+def test_run_lock_outlives_idle_session_timeout(engine):
+    """The lock's session sits idle for the whole run: a database-wide idle_session_timeout (1 s
+    here) must not end it (PostgreSQL; on SQLite the lock is a file)."""
+    database = engine.url.database
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" SET idle_session_timeout = \'1s\''))
+            conn.commit()
+        engine.dispose()  # new sessions take the setting
+    try:
+        with db.run_lock(engine) as ref:
+            time.sleep(2.5)
+            with Session(engine) as s:
+                ref.confirm(s)
+    finally:
+        if engine.dialect.name == "postgresql":
+            engine.dispose()
+            with engine.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{database}" RESET idle_session_timeout'))
+                conn.commit()
+            engine.dispose()
+
+
 def test_run_lock_knows_when_it_is_lost(engine, tmp_path):
     """`confirm` passes while the lock is held. PostgreSQL: once the lock's session is terminated
     (a DBA, a failover), it raises LockLost and leaving the block does not fail. SQLite: deleting
