@@ -6,6 +6,7 @@ import fcntl
 import json
 import math
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -20,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Engine, Float, Numeric, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import batch.migrations
@@ -29,6 +31,8 @@ from batch.errors import DatabaseUnavailable, LockHeld
 # pg_try_advisory_lock key: a fixed 64-bit number private to this job.
 ADVISORY_LOCK_KEY = 0x5167_6D61_5369_6768 & 0x7FFF_FFFF_FFFF_FFFF
 UPSERT_CHUNK_ROWS = 500
+# what a failing database raises: through SQLAlchemy, or from the drivers used directly (COPY)
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, sqlite3.Error)
 
 
 def make_engine(database_url: str) -> Engine:
