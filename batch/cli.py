@@ -7,17 +7,14 @@ import difflib
 import json
 import os
 import socket
-import sqlite3
 import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-import psycopg
 import structlog
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from batch import __version__, calendar, db, repository
@@ -199,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_LOCKED
     except Interrupted as exc:
         return exc.exit_code
-    except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:  # the database failed mid-command
+    except db.DATABASE_ERRORS as exc:  # the database failed mid-command
         print(f"sigmasight-batch: error: database error on "
               f"{db.describe(engine) if engine is not None else settings.safe_database_url}: {db.describe_error(exc)}",
               file=sys.stderr)

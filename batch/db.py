@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,7 +26,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Engine, Float, Numeric, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import batch.migrations
@@ -36,6 +38,8 @@ ADVISORY_LOCK_KEY = 0x5167_6D61_5369_6768 & 0x7FFF_FFFF_FFFF_FFFF
 FENCE_LOCK_KEY = ADVISORY_LOCK_KEY + 1
 LOCK_WAIT_SECONDS = 30  # a new run's wait for the last commits of a run that lost the lock
 UPSERT_CHUNK_ROWS = 500
+# what a failing database raises: through SQLAlchemy, or from the drivers used directly (COPY)
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, sqlite3.Error)
 
 
 def make_engine(database_url: str, *, create: bool = True) -> Engine:

@@ -24,7 +24,17 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import LockRef, bulk_insert, bulk_replace, describe_error, jsonable, make_engine, run_lock
+from batch.db import (
+    DATABASE_ERRORS,
+    LockRef,
+    bulk_insert,
+    bulk_replace,
+    describe,
+    describe_error,
+    jsonable,
+    make_engine,
+    run_lock,
+)
 from batch.engines import (
     ENGINES,
     GLOBAL_ENGINES,
@@ -287,6 +297,8 @@ class Runner:
             interrupted = exc
         except Exception as exc:  # outside a unit (units catch their own): a database outage, a full disk
             error = describe_error(exc)
+            if isinstance(exc, DATABASE_ERRORS):
+                error = f"database error on {describe(self.engine)}: {error}"
             log.exception("run_aborted", error=error)
         finally:
             self._signals_raise = False  # a signal now is only noted: the bookkeeping completes
