@@ -192,23 +192,30 @@ def _alive(pids: set[int], wait: float = 5.0) -> dict[int, str]:
         time.sleep(0.2)
 
 
-def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engine, tmp_path) -> None:
-    """A backfill on 2 local workers, SIGTERM once a few units committed: exit 143, the run is
-    `interrupted`, no worker process outlives the job, exactly the units recorded successful
-    were committed, and the lock is free."""
+def _start_two_worker_backfill(database_url: str, tmp_path, units: int, stderr: int) -> subprocess.Popen:
+    """Seed the demo, start a 2022 backfill on 2 local workers as a real process, and return it
+    once `units` portfolio-dates have committed (its workers log on the job's stdout)."""
     env = process_env(DATABASE_URL=database_url)
     seed = subprocess.run([sys.executable, "-m", "batch", "seed-demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert seed.returncode == 0, seed.stderr
     proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28",
                              "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=stderr, text=True)
     deadline = time.monotonic() + 180
     seen = 0
-    for line in proc.stdout:  # the workers log on the job's stdout
+    for line in proc.stdout:
         seen += '"portfolio_succeeded"' in line
-        if seen >= 6 or time.monotonic() > deadline:
+        if seen >= units or time.monotonic() > deadline:
             break
+    return proc
+
+
+def test_sigterm_stops_the_workers_and_rolls_back_their_units(database_url, engine, tmp_path) -> None:
+    """A backfill on 2 local workers, SIGTERM once a few units committed: exit 143, the run is
+    `interrupted`, no worker process outlives the job, exactly the units recorded successful
+    were committed, and the lock is free."""
+    proc = _start_two_worker_backfill(database_url, tmp_path, units=6, stderr=subprocess.PIPE)
     workers = _children(proc.pid)
     assert len(workers) >= 2, "the job should be running worker processes"
     proc.send_signal(signal.SIGTERM)
@@ -233,19 +240,7 @@ def test_workers_die_with_a_killed_parent_and_commit_nothing_after(database_url,
     """kill -9 of the job (what the OOM killer does to the biggest process) mid-backfill on 2 local
     workers: within seconds no process the job started is left, and no unit commits after the
     kill — work without the run lock would be a second writer once the next run starts."""
-    env = process_env(DATABASE_URL=database_url)
-    seed = subprocess.run([sys.executable, "-m", "batch", "seed-demo"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert seed.returncode == 0, seed.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "batch", "--start", "2022-01-03", "--end", "2022-12-28",
-                             "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 180
-    seen = 0
-    for line in proc.stdout:
-        seen += '"portfolio_succeeded"' in line
-        if seen >= 4 or time.monotonic() > deadline:
-            break
+    proc = _start_two_worker_backfill(database_url, tmp_path, units=4, stderr=subprocess.DEVNULL)
     children = _children(proc.pid)
     assert len(children) >= 2, "the job should be running worker processes"
     proc.send_signal(signal.SIGKILL)
