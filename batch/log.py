@@ -38,6 +38,19 @@ class _StdoutLogger(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+class _LibraryHandler(logging.Handler):
+    """Stdlib `logging` records of libraries (psycopg, SQLAlchemy's pool, Dask...) rendered by the
+    job's own structlog renderer onto the same failure-proof stdout, so a library warning is a
+    JSON line with `run_id`, never plain text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # noqa: BLE001 a record that cannot be formatted is dropped, not raised
+            return
+        _StdoutLogger().msg(message)
+
+
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """JSON lines (production) or a console renderer, on stdout (SPEC §10).
 
@@ -46,6 +59,18 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """
     renderer = structlog.processors.JSONRenderer() if log_format == "json" \
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    handler = _LibraryHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name,
+                           structlog.stdlib.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           structlog.processors.format_exc_info]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, getattr(logging, level)))  # libraries: warnings and worse
     # httpx logs full request URLs (API keys are query parameters) at INFO: keep it quiet.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

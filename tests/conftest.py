@@ -1,7 +1,7 @@
 """Shared fixtures. Every database test runs on SQLite and on PostgreSQL from the same code.
 
 PostgreSQL: TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/sigmasight_test);
-the database is created if missing. When the server cannot be reached the PostgreSQL tests are
+the database is created if missing; under pytest-xdist each worker uses `<database>_<worker id>`. When the server cannot be reached the PostgreSQL tests are
 skipped with a visible reason — except under CI=true, where that is a failure.
 """
 
@@ -41,6 +41,10 @@ from models import (
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sigmasight_test")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each pytest-xdist worker (gw0, gw1...) has its own database
+    _url = make_url(POSTGRES_URL)
+    POSTGRES_URL = _url.set(database=f"{_url.database}_{os.environ['PYTEST_XDIST_WORKER']}").render_as_string(
+        hide_password=False)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
