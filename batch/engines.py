@@ -147,13 +147,18 @@ class UnitContext:
         return calendar.previous_session(self.as_of)
 
     @cached_property
+    def _own_closes(self) -> tuple[pd.DataFrame, dict[str, list[date]]]:
+        """The unit's prefetched closes with bad ones read as missing, and which (`usable_closes`)."""
+        return usable_closes(self.inputs.own_closes)
+
+    @cached_property
     def closes(self) -> pd.DataFrame:
         """Closes of every symbol the positions reference (own symbol, option underlying) over
         the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session: the market
         symbols from the date's shared frame, the rest (option contracts, private marks) from
         the unit's prefetched inputs."""
         symbols = price_symbols(self.positions)
-        own = usable_closes(self.inputs.own_closes)[0]  # the shared frame is already clean
+        own = self._own_closes[0]  # the shared frame is already clean
         shared = self.shared.market_closes
         if shared is None:
             return own.reindex(columns=sorted(symbols))
@@ -167,7 +172,7 @@ class UnitContext:
         non-finite), for the symbols this book's pricing reads."""
         symbols = price_symbols(self.positions)
         bad = {s: d for s, d in self.shared.bad_closes.items() if s in symbols}
-        bad.update((s, d) for s, d in usable_closes(self.inputs.own_closes)[1].items() if s in symbols)
+        bad.update((s, d) for s, d in self._own_closes[1].items() if s in symbols)
         return bad
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
