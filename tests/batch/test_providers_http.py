@@ -37,7 +37,7 @@ from structlog.testing import capture_logs
 from batch.errors import ConfigError
 from batch.fetching import AuthenticationError, DailyQuota, RateLimiter, RetryPolicy
 from batch.providers import PRICE_COLUMNS, get_provider
-from batch.providers_http import FmpProvider, PolygonProvider, new_york_date
+from batch.providers.rest import FmpProvider, PolygonProvider, new_york_date
 from batch.settings import Settings
 
 # batch.fetching.RetryPolicy passes `initial=` to tenacity's wait_exponential_jitter, deprecated in

@@ -31,7 +31,7 @@ from structlog.testing import capture_logs
 from batch.errors import ConfigError
 from batch.fetching import CircuitBreaker, RetryPolicy
 from batch.providers import PRICE_COLUMNS
-from batch.providers_yfinance import YFinanceProvider, yahoo_symbol
+from batch.providers.yahoo import YFinanceProvider, yahoo_symbol
 from batch.sync import validate_prices
 from models import BatchJobResult, PortfolioSnapshot
 

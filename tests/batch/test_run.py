@@ -159,7 +159,7 @@ def test_backfill_pnl_matches_prices_computed_independently(seeded, engine):
     """Individual investor (longs only, entered 2022-01-03): daily P&L = Σ shares × Δclose,
     computed here straight from the bundled CSV with pandas."""
     from batch.demo import LONGS
-    from batch.providers import _bundled_closes
+    from batch.providers.sample import _bundled_closes
 
     pid = demo_id("portfolio", INDIVIDUAL)
     code, summary, _, _ = seeded("--start", "2022-12-21", "--end", AS_OF, "--portfolio", str(pid), "--json")

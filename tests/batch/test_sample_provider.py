@@ -18,7 +18,8 @@ from importlib import resources
 import pytest
 
 from batch import calendar
-from batch.providers import PRICE_COLUMNS, SampleProvider, _bundled_closes
+from batch.providers import PRICE_COLUMNS, SampleProvider
+from batch.providers.sample import _bundled_closes
 
 FIRST, LAST = date(2014, 1, 2), date(2022, 12, 28)
 STOCKS = ["AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK", "MSFT",

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from batch import calendar
 from batch.fetching import DailyQuota, RateLimiter, RetryPolicy
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch, SampleProvider
-from batch.providers_http import FmpProvider
+from batch.providers.rest import FmpProvider
 from batch.repository import ensure_factor_definitions, symbols_held
 from batch.sync import (
     history_start,

@@ -47,7 +47,7 @@ from batch.fetching import (
     UnknownSymbol,
     per_symbol,
 )
-from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
+from batch.providers.base import PRICE_COLUMNS, PriceBatch, ProfileBatch
 
 log = structlog.get_logger()
 T = TypeVar("T")
