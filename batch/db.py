@@ -137,12 +137,20 @@ def is_empty(engine: Engine) -> bool:
     return not inspect(engine).get_table_names()
 
 
-def migrate(engine: Engine) -> None:
-    """Apply every migration up to head (what `init-db` does)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration up to `revision` (head: what `init-db` does)."""
     cfg = _alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo the migrations after `revision`, in one transaction (developers and tests)."""
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
 
 
 def create_if_empty(engine: Engine) -> bool:

@@ -59,10 +59,10 @@ from calculations.snapshot import build_snapshot
 from calculations.valuation import BAD_CLOSES_IGNORED, Valuation, daily_pnl, value_portfolio
 from models import (
     CorrelationCluster,
+    CorrelationMatrix,
     CorrelationRun,
     FactorCorrelation,
     MarketRiskResult,
-    PairwiseCorrelation,
     PortfolioFactorExposure,
     PortfolioSnapshot,
     PositionFactorExposure,
@@ -658,7 +658,7 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
         closes = ctx.closes.reindex(columns=sorted(kept)).iloc[-(corr.CORRELATION_WINDOW + 1):]
         result = corr.correlate(kept, corr.log_returns(closes), excluded=excluded)
     total = valuation.num_positions
-    for table in (CorrelationRun, PairwiseCorrelation, CorrelationCluster):
+    for table in (CorrelationRun, CorrelationMatrix, CorrelationCluster):
         ctx.replace(table, [])
     if result is None:
         return JobOutcome("skipped", correlations_payload(
@@ -673,9 +673,11 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     rhos = [[None if np.isnan(v) else float(v) for v in row]
             for row in result.matrix.reindex(index=symbols, columns=symbols).to_numpy(dtype=float)]
     counts = result.observations.reindex(index=symbols, columns=symbols).to_numpy().tolist()
-    pairs = [{"symbol_1": a, "symbol_2": symbols[j], "correlation": rhos[i][j], "observations": int(counts[i][j])}
-             for i, a in enumerate(symbols) for j in range(i + 1, len(symbols))]
-    ctx.replace(PairwiseCorrelation, pairs)
+    # one row: the sorted symbols and both matrices (the pairwise_correlations view unnests it)
+    ctx.replace(CorrelationMatrix, [{
+        "window_days": corr.CORRELATION_WINDOW, "symbols": symbols, "matrix": rhos,
+        "observations": [[int(n) for n in row] for row in counts]}])
+    pairs = len(symbols) * (len(symbols) - 1) // 2
     ctx.replace(CorrelationCluster, [{"cluster_number": c.number, "symbols": c.symbols,
                                       "avg_correlation": c.avg_correlation, "weight": c.weight}
                                      for c in result.clusters])
@@ -685,7 +687,7 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     included = set(symbols)
     analyzed = sum(1 for sym in stocks if sym in included)
     merged = sum(1 for sym in options if sym in included)
-    quality = _quality("full_history", f"{len(symbols)} symbols, {len(pairs)} pairs", analyzed, total,
+    quality = _quality("full_history", f"{len(symbols)} symbols, {pairs} pairs", analyzed, total,
                        int(result.observations.min().min()), positions_merged=merged, excluded=result.excluded)
     quality["positions_skipped"] = total - analyzed - merged
     return JobOutcome("success", {

@@ -6,6 +6,7 @@ from models.schema import (  # noqa: F401
     BatchRun,
     CompanyProfile,
     CorrelationCluster,
+    CorrelationMatrix,
     CorrelationRun,
     FactorCorrelation,
     FactorDefinition,
@@ -23,4 +24,5 @@ from models.schema import (  # noqa: F401
     StressScenario,
     StressTestResult,
     SymbolFactorBeta,
+    ViewBase,
 )

@@ -1,8 +1,11 @@
 """ORM tables (SPEC §4). Generic types only, so PostgreSQL and SQLite share one schema.
 
 Money and quantities are `Numeric` returned as Python floats; computed statistics are `Float`
-(double precision). Every result table has a surrogate integer id and a named unique
-constraint on its natural key; re-runs replace rows by that key.
+(double precision). The natural key of every result table (and of `market_prices`) is its primary
+key, `pk_<table>`; re-runs replace rows by that key. `batch_job_results` is a run record, not a
+result: it keeps a surrogate id (its `portfolio_id` is NULL for global engines, which a primary
+key column cannot be) and a named unique constraint. `pairwise_correlations` is a view
+(`PairwiseCorrelation`, mapped on its own metadata).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# Surrogate key: BIGINT on PostgreSQL, INTEGER (rowid alias, autoincrementing) on SQLite.
+# Surrogate key (batch_job_results only): BIGINT on PostgreSQL, INTEGER (rowid alias,
+# autoincrementing) on SQLite.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
 Money = Numeric(20, 6, asdecimal=False)
 
@@ -85,10 +89,8 @@ class Position(Base):
 
 class MarketPrice(Base):
     __tablename__ = "market_prices"
-    __table_args__ = (UniqueConstraint("symbol", "date", name="uq_market_prices_symbol_date"),)
-    id: Mapped[int] = _rowid()
-    symbol: Mapped[str] = mapped_column(String(64))
-    date: Mapped[date] = mapped_column(Date)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    date: Mapped[date] = mapped_column(Date, primary_key=True)
     open: Mapped[float | None] = mapped_column(Money)
     high: Mapped[float | None] = mapped_column(Money)
     low: Mapped[float | None] = mapped_column(Money)
@@ -156,13 +158,9 @@ class StressScenario(Base):
 
 class SymbolFactorBeta(Base):
     __tablename__ = "symbol_factor_betas"
-    __table_args__ = (
-        UniqueConstraint("symbol", "factor", "as_of_date", name="uq_symbol_factor_betas_key"),
-    )
-    id: Mapped[int] = _rowid()
-    symbol: Mapped[str] = mapped_column(String(64))
-    factor: Mapped[str] = mapped_column(String(32))
-    as_of_date: Mapped[date] = mapped_column(Date)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    factor: Mapped[str] = mapped_column(String(32), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float | None] = mapped_column(Float)
     std_error: Mapped[float | None] = mapped_column(Float)
     t_stat: Mapped[float | None] = mapped_column(Float)
@@ -175,42 +173,32 @@ class SymbolFactorBeta(Base):
 
 class PositionFactorExposure(Base):
     __tablename__ = "position_factor_exposures"
-    __table_args__ = (
-        UniqueConstraint("position_id", "factor", "as_of_date", name="uq_position_factor_exposures_key"),
-    )
-    id: Mapped[int] = _rowid()
-    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"))
+    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
     )
-    factor: Mapped[str] = mapped_column(String(32))
-    as_of_date: Mapped[date] = mapped_column(Date)
+    factor: Mapped[str] = mapped_column(String(32), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float] = mapped_column(Float)
     exposure_dollar: Mapped[float] = mapped_column(Float)
 
 
 class PortfolioFactorExposure(Base):
     __tablename__ = "portfolio_factor_exposures"
-    __table_args__ = (
-        UniqueConstraint("portfolio_id", "factor", "as_of_date", name="uq_portfolio_factor_exposures_key"),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    factor: Mapped[str] = mapped_column(String(32))
-    as_of_date: Mapped[date] = mapped_column(Date)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    factor: Mapped[str] = mapped_column(String(32), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float | None] = mapped_column(Float)
     exposure_dollar: Mapped[float] = mapped_column(Float)
 
 
 class PositionGreeks(Base):
     __tablename__ = "position_greeks"
-    __table_args__ = (UniqueConstraint("position_id", "as_of_date", name="uq_position_greeks_key"),)
-    id: Mapped[int] = _rowid()
-    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"))
+    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
     )
-    as_of_date: Mapped[date] = mapped_column(Date)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     model_price: Mapped[float | None] = mapped_column(Float)
     underlying_price: Mapped[float | None] = mapped_column(Float)
     volatility: Mapped[float | None] = mapped_column(Float)
@@ -225,13 +213,9 @@ class PositionGreeks(Base):
 
 class MarketRiskResult(Base):
     __tablename__ = "market_risk_results"
-    __table_args__ = (
-        UniqueConstraint("portfolio_id", "scenario", "as_of_date", name="uq_market_risk_results_key"),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    scenario: Mapped[str] = mapped_column(String(64))
-    as_of_date: Mapped[date] = mapped_column(Date)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    scenario: Mapped[str] = mapped_column(String(64), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     shock: Mapped[float] = mapped_column(Float)
     pnl: Mapped[float] = mapped_column(Float)
     pnl_pct: Mapped[float | None] = mapped_column(Float)
@@ -239,13 +223,9 @@ class MarketRiskResult(Base):
 
 class StressTestResult(Base):
     __tablename__ = "stress_test_results"
-    __table_args__ = (
-        UniqueConstraint("portfolio_id", "scenario_id", "as_of_date", name="uq_stress_test_results_key"),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    scenario_id: Mapped[str] = mapped_column(ForeignKey("stress_scenarios.scenario_id"))
-    as_of_date: Mapped[date] = mapped_column(Date)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    scenario_id: Mapped[str] = mapped_column(ForeignKey("stress_scenarios.scenario_id"), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     direct_pnl: Mapped[float] = mapped_column(Float)
     correlated_pnl: Mapped[float] = mapped_column(Float)
     correlation_effect: Mapped[float] = mapped_column(Float)
@@ -256,13 +236,9 @@ class StressTestResult(Base):
 
 class CorrelationRun(Base):
     __tablename__ = "correlation_runs"
-    __table_args__ = (
-        UniqueConstraint("portfolio_id", "as_of_date", "window_days", name="uq_correlation_runs_key"),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    as_of_date: Mapped[date] = mapped_column(Date)
-    window_days: Mapped[int] = mapped_column(Integer)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    window_days: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     avg_abs_correlation: Mapped[float | None] = mapped_column(Float)
     weighted_correlation: Mapped[float | None] = mapped_column(Float)
     effective_positions: Mapped[float | None] = mapped_column(Float)
@@ -271,33 +247,53 @@ class CorrelationRun(Base):
     status: Mapped[str] = mapped_column(String(32))
 
 
-class PairwiseCorrelation(Base):
+class CorrelationMatrix(Base):
+    """A portfolio's correlation matrix on one as-of date (SPEC §4, §6.6): one row, not one per pair.
+
+    `symbols`: the included symbols, sorted; `matrix`: row-major list of rows, ρ[i][j] (symmetric,
+    1.0 on the diagonal), null where a pair has fewer than 20 overlapping returns; `observations`:
+    the overlap counts, same shape (the diagonal: each symbol's own count; null on the diagonal of
+    rows migrated from the 0002 pairs table, which never held it). Readers of single pairs use the
+    `pairwise_correlations` view."""
+
+    __tablename__ = "correlation_matrices"
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"),
+                                                    primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    window_days: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    symbols: Mapped[list] = mapped_column(JSON)
+    matrix: Mapped[list] = mapped_column(JSON)
+    observations: Mapped[list] = mapped_column(JSON)
+
+
+class ViewBase(DeclarativeBase):
+    """Read-only classes mapped onto SQL views. Their own metadata: `Base.metadata` (what the
+    migrations must match, what tests truncate) holds tables only; the views are created by the
+    migrations."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PairwiseCorrelation(ViewBase):
+    """The `pairwise_correlations` view (migration 0003) over `correlation_matrices`: each
+    unordered pair of a matrix once, `symbol_1` < `symbol_2`, with its ρ (None when < 20 overlaps)
+    and overlap count. Read-only: write `CorrelationMatrix` rows."""
+
     __tablename__ = "pairwise_correlations"
-    __table_args__ = (
-        UniqueConstraint(
-            "portfolio_id", "as_of_date", "symbol_1", "symbol_2", name="uq_pairwise_correlations_key"
-        ),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    as_of_date: Mapped[date] = mapped_column(Date)
-    symbol_1: Mapped[str] = mapped_column(String(64))
-    symbol_2: Mapped[str] = mapped_column(String(64))
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    window_days: Mapped[int] = mapped_column(Integer)
+    symbol_1: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol_2: Mapped[str] = mapped_column(String(64), primary_key=True)
     correlation: Mapped[float | None] = mapped_column(Float)
     observations: Mapped[int] = mapped_column(Integer)
 
 
 class CorrelationCluster(Base):
     __tablename__ = "correlation_clusters"
-    __table_args__ = (
-        UniqueConstraint(
-            "portfolio_id", "as_of_date", "cluster_number", name="uq_correlation_clusters_key"
-        ),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    as_of_date: Mapped[date] = mapped_column(Date)
-    cluster_number: Mapped[int] = mapped_column(Integer)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    cluster_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     symbols: Mapped[list] = mapped_column(JSON)
     avg_correlation: Mapped[float] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float)
@@ -305,13 +301,9 @@ class CorrelationCluster(Base):
 
 class FactorCorrelation(Base):
     __tablename__ = "factor_correlations"
-    __table_args__ = (
-        UniqueConstraint("as_of_date", "factor_1", "factor_2", name="uq_factor_correlations_key"),
-    )
-    id: Mapped[int] = _rowid()
-    as_of_date: Mapped[date] = mapped_column(Date)
-    factor_1: Mapped[str] = mapped_column(String(32))
-    factor_2: Mapped[str] = mapped_column(String(32))
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    factor_1: Mapped[str] = mapped_column(String(32), primary_key=True)
+    factor_2: Mapped[str] = mapped_column(String(32), primary_key=True)
     correlation: Mapped[float] = mapped_column(Float)
     observations: Mapped[int] = mapped_column(Integer)
     decay: Mapped[float] = mapped_column(Float)
@@ -319,12 +311,8 @@ class FactorCorrelation(Base):
 
 class PortfolioSnapshot(Base):
     __tablename__ = "portfolio_snapshots"
-    __table_args__ = (
-        UniqueConstraint("portfolio_id", "snapshot_date", name="uq_portfolio_snapshots_key"),
-    )
-    id: Mapped[int] = _rowid()
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
-    snapshot_date: Mapped[date] = mapped_column(Date)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    snapshot_date: Mapped[date] = mapped_column(Date, primary_key=True)
     total_value: Mapped[float] = mapped_column(Float)
     cash_value: Mapped[float] = mapped_column(Float)
     long_value: Mapped[float] = mapped_column(Float)
@@ -370,6 +358,10 @@ class BatchRun(Base):
 
 
 class BatchJobResult(Base):
+    """One engine's record for one unit (or one global engine's for a date). A run record, not a
+    result table: it keeps a surrogate id, because `portfolio_id` is NULL for the global engines
+    and a primary-key column cannot be NULL on PostgreSQL; the named unique constraint is its key."""
+
     __tablename__ = "batch_job_results"
     __table_args__ = (
         UniqueConstraint("run_id", "as_of_date", "portfolio_id", "job", name="uq_batch_job_results_key"),

@@ -27,10 +27,10 @@ from models import (
     BatchJobResult,
     BatchRun,
     CorrelationCluster,
+    CorrelationMatrix,
     CorrelationRun,
     FactorCorrelation,
     MarketRiskResult,
-    PairwiseCorrelation,
     PortfolioFactorExposure,
     PortfolioSnapshot,
     PositionFactorExposure,
@@ -111,12 +111,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 # Every result table (batch_runs / batch_job_results are run records, not results).
 RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
-                 StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster,
+                 StressTestResult, CorrelationRun, CorrelationMatrix, CorrelationCluster,
                  PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
 
 
 def dump_results(engine, tables=RESULT_TABLES) -> dict[str, list[tuple]]:
-    """Every row of `tables` without surrogate ids, JSON-encoded, in a stable order: two dumps
+    """Every row of `tables` (without a surrogate id, should one have it), JSON-encoded, in a stable order: two dumps
     are equal exactly when the tables hold the same rows with the same values."""
     out = {}
     with Session(engine) as s:

@@ -22,17 +22,38 @@ SPEC_TABLES = {
     "portfolios", "positions", "market_prices", "company_profiles", "factor_definitions",
     "symbol_factor_betas", "position_factor_exposures", "portfolio_factor_exposures", "position_greeks",
     "market_risk_results", "stress_scenarios", "stress_test_results", "correlation_runs",
-    "pairwise_correlations", "correlation_clusters", "factor_correlations", "portfolio_snapshots",
+    "correlation_matrices", "correlation_clusters", "factor_correlations", "portfolio_snapshots",
     "batch_runs", "batch_job_results",
+}
+NATURAL_KEYS = {  # SPEC §4: the natural key of every result table is its primary key
+    "market_prices": ["symbol", "date"],
+    "symbol_factor_betas": ["symbol", "factor", "as_of_date"],
+    "position_factor_exposures": ["position_id", "factor", "as_of_date"],
+    "portfolio_factor_exposures": ["portfolio_id", "factor", "as_of_date"],
+    "position_greeks": ["position_id", "as_of_date"],
+    "market_risk_results": ["portfolio_id", "scenario", "as_of_date"],
+    "stress_test_results": ["portfolio_id", "scenario_id", "as_of_date"],
+    "correlation_runs": ["portfolio_id", "as_of_date", "window_days"],
+    "correlation_matrices": ["portfolio_id", "as_of_date", "window_days"],
+    "correlation_clusters": ["portfolio_id", "as_of_date", "cluster_number"],
+    "factor_correlations": ["as_of_date", "factor_1", "factor_2"],
+    "portfolio_snapshots": ["portfolio_id", "snapshot_date"],
 }
 
 
-def test_migration_creates_every_spec_table_with_named_natural_keys(engine):
-    tables = set(inspect(engine).get_table_names())
-    assert SPEC_TABLES <= tables
+def test_migration_creates_every_spec_table_with_natural_primary_keys(engine):
+    inspector = inspect(engine)
+    assert SPEC_TABLES <= set(inspector.get_table_names())
+    assert "pairwise_correlations" in inspector.get_view_names()
     assert db.current_revision(engine) == db.head_revision()
-    uniques = {u["name"] for u in inspect(engine).get_unique_constraints("market_prices")}
-    assert "uq_market_prices_symbol_date" in uniques
+    for table, key in NATURAL_KEYS.items():
+        pk = inspector.get_pk_constraint(table)
+        assert (pk["name"], pk["constrained_columns"]) == (f"pk_{table}", key), table
+        assert "id" not in {c["name"] for c in inspector.get_columns(table)}, table
+    # a run record keeps its surrogate id: portfolio_id is NULL for global engines
+    assert inspector.get_pk_constraint("batch_job_results")["constrained_columns"] == ["id"]
+    uniques = {u["name"] for u in inspector.get_unique_constraints("batch_job_results")}
+    assert "uq_batch_job_results_key" in uniques
 
 
 def test_migration_matches_the_models(engine):

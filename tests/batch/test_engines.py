@@ -18,6 +18,7 @@ from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, PRIVATES, demo
 from models import (
     BatchJobResult,
     CorrelationCluster,
+    CorrelationMatrix,
     CorrelationRun,
     MarketPrice,
     MarketRiskResult,
@@ -35,7 +36,7 @@ from tests.conftest import dump_results
 
 AS_OF = date(2022, 12, 28)
 PORTFOLIO_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
-                    StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster)
+                    StressTestResult, CorrelationRun, CorrelationMatrix, PairwiseCorrelation, CorrelationCluster)
 PORTFOLIO_JOBS = ("valuation", "greeks", "factors", "market_risk", "stress_tests", "correlations", "snapshot")
 ANALYTIC_JOBS = ("factors", "market_risk", "stress_tests", "correlations")
 

@@ -30,6 +30,7 @@ from models import (
     BatchRun,
     CompanyProfile,
     CorrelationCluster,
+    CorrelationMatrix,
     CorrelationRun,
     FactorCorrelation,
     MarketPrice,
@@ -48,8 +49,8 @@ ALL_BOOKS = PUBLIC_BOOKS + [demo_id("portfolio", PRIVATE_ONLY)]
 PORTFOLIO_JOBS = {"valuation", "greeks", "factors", "market_risk", "stress_tests", "correlations", "snapshot"}
 # per-(portfolio, date) result tables; a non-private demo book has rows in each of the first four
 REQUIRED_TABLES = (PositionFactorExposure, MarketRiskResult, StressTestResult, CorrelationRun)
-PORTFOLIO_TABLES = REQUIRED_TABLES + (PortfolioFactorExposure, PositionGreeks, PairwiseCorrelation,
-                                      CorrelationCluster)
+PORTFOLIO_TABLES = REQUIRED_TABLES + (PortfolioFactorExposure, PositionGreeks, CorrelationMatrix,
+                                      PairwiseCorrelation, CorrelationCluster)
 RESULT_TABLES = PORTFOLIO_TABLES + (PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation,
                                     MarketPrice, CompanyProfile)
 VOLATILE_COLUMNS = {"id", "updated_at"}  # surrogate keys and wall-clock stamps
@@ -62,7 +63,8 @@ NATURAL_KEYS = {  # SPEC §4
     "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
     "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),
     "correlation_runs": ("portfolio_id", "as_of_date", "window_days"),
-    "pairwise_correlations": ("portfolio_id", "as_of_date", "symbol_1", "symbol_2"),
+    "correlation_matrices": ("portfolio_id", "as_of_date", "window_days"),
+    "pairwise_correlations": ("portfolio_id", "as_of_date", "symbol_1", "symbol_2"),  # the view
     "correlation_clusters": ("portfolio_id", "as_of_date", "cluster_number"),
     "factor_correlations": ("as_of_date", "factor_1", "factor_2"),
     "portfolio_snapshots": ("portfolio_id", "snapshot_date"),

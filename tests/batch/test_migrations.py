@@ -1,0 +1,225 @@
+"""Migration 0003 (natural-key primary keys, correlation_matrices, the pairwise_correlations view)
+upgraded and downgraded on a database holding data written by the 0002 schema, on both dialects.
+
+Rows are written and read with plain SQL through the migrated tables (not the models, which follow
+the head): what the database held before the upgrade must be exactly what it holds after it, and
+after the downgrade."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import Integer, Uuid, create_engine, insert, inspect, text
+from sqlalchemy import MetaData as ReflectedMetaData
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from batch import db
+
+BEFORE, AFTER = "0002_profile_absences", "0003_natural_keys_matrices"
+# every table whose primary key 0003 changes, with its natural key
+KEYED = {
+    "market_prices": ("symbol", "date"),
+    "symbol_factor_betas": ("symbol", "factor", "as_of_date"),
+    "position_factor_exposures": ("position_id", "factor", "as_of_date"),
+    "portfolio_factor_exposures": ("portfolio_id", "factor", "as_of_date"),
+    "position_greeks": ("position_id", "as_of_date"),
+    "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
+    "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),
+    "correlation_runs": ("portfolio_id", "as_of_date", "window_days"),
+    "correlation_clusters": ("portfolio_id", "as_of_date", "cluster_number"),
+    "factor_correlations": ("as_of_date", "factor_1", "factor_2"),
+    "portfolio_snapshots": ("portfolio_id", "snapshot_date"),
+}
+PAIR_COLUMNS = "portfolio_id, as_of_date, symbol_1, symbol_2, correlation, observations"
+
+BOOK_A, BOOK_B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+POS_A1, POS_A2 = uuid.UUID(int=0xA1), uuid.UUID(int=0xA2)
+D1, D2 = date(2022, 12, 27), date(2022, 12, 28)
+NOW = datetime(2022, 12, 28, 23, 30, tzinfo=UTC)
+# 7 pairs: A on D1 (run window 90), B on D1 (run window 60, one pair NULL: < 20 overlaps), B on D2
+# (no correlation run: window 90 by default). Values with 17 significant digits.
+PAIRS = [
+    (BOOK_A, D1, "AAPL", "MSFT", 0.71234567890123456, 89),
+    (BOOK_A, D1, "AAPL", "NVDA", 0.52345678901234567, 90),
+    (BOOK_A, D1, "MSFT", "NVDA", -0.03456789012345678, 88),
+    (BOOK_B, D1, "QQQ", "SPY", 0.98765432109876543, 90),
+    (BOOK_B, D1, "QQQ", "TLT", None, 12),
+    (BOOK_B, D1, "SPY", "TLT", -0.3141592653589793, 90),
+    (BOOK_B, D2, "QQQ", "SPY", 1e-05, 21),
+]
+
+
+@pytest.fixture
+def fresh_url(database_url):
+    """An empty database (no schema) of the same dialect as `database_url`."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        yield str(url.set(database=url.database.replace("test.db", "fresh.db")))
+        return
+    fresh = url.set(database=f"{url.database}_migrations")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{fresh.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{fresh.database}"'))
+    yield fresh.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{fresh.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def write_0002_data(engine) -> None:
+    """Realistic rows in every table 0003 changes, through the 0002 tables (ids by the database)."""
+    meta = ReflectedMetaData()
+    meta.reflect(engine)
+    for column in (c for table in meta.tables.values() for c in table.columns):
+        if column.name in ("id", "portfolio_id", "position_id") and not isinstance(column.type, Integer):
+            column.type = Uuid()  # SQLite reflects CHAR(32): bind uuid.UUID values as the models do
+    t = meta.tables
+    with engine.begin() as conn:
+        def put(table: str, rows: list[dict]) -> None:
+            for row in rows:  # one by one: rows of a table may set different columns
+                conn.execute(insert(t[table]).values(**row))
+
+        put("portfolios", [{"id": b, "name": n, "cash_balance": 1000.0, "currency": "USD"}
+                           for b, n in ((BOOK_A, "Book A"), (BOOK_B, "Book B"))])
+        put("positions", [{"id": p, "portfolio_id": BOOK_A, "symbol": s, "position_type": "LONG",
+                           "quantity": 100.0, "entry_price": 10.5, "entry_date": D1, "investment_class": "PUBLIC"}
+                          for p, s in ((POS_A1, "AAPL"), (POS_A2, "MSFT"))])
+        put("stress_scenarios", [{"scenario_id": "covid", "name": "Covid", "category": "historical",
+                                  "severity": "severe", "shocks": {"Market": -0.34}, "is_active": True}])
+        put("market_prices", [{"symbol": s, "date": d, "open": None, "high": 131.5, "low": 120.25,
+                               "close": 125.123456, "volume": 10 ** 9 + k, "source": "polygon", "updated_at": NOW}
+                              for k, (s, d) in enumerate((("AAPL", D1), ("AAPL", D2), ("MSFT", D1)))])
+        put("symbol_factor_betas", [
+            {"symbol": "AAPL", "factor": "Market", "as_of_date": D1, "beta": 1.2345678901234567,
+             "std_error": 0.1, "t_stat": 12.3, "r_squared": 0.61, "observations": 90, "window_days": 90,
+             "capped": False, "quality_flag": "full_history"},
+            {"symbol": "FLAT", "factor": "Market", "as_of_date": D1, "beta": None, "std_error": None,
+             "t_stat": None, "r_squared": None, "observations": 90, "window_days": 90, "capped": False,
+             "quality_flag": "zero_variance"}])
+        put("position_factor_exposures", [
+            {"position_id": p, "portfolio_id": BOOK_A, "factor": f, "as_of_date": D1, "beta": 0.5 + k,
+             "exposure_dollar": 1234.5678 * (k + 1)}
+            for k, (p, f) in enumerate(((POS_A1, "Market"), (POS_A1, "Value"), (POS_A2, "Market")))])
+        put("portfolio_factor_exposures", [
+            {"portfolio_id": BOOK_A, "factor": "Market", "as_of_date": D1, "beta": 0.93, "exposure_dollar": 2469.1},
+            {"portfolio_id": BOOK_A, "factor": "Value", "as_of_date": D1, "beta": None, "exposure_dollar": 0.0}])
+        put("position_greeks", [
+            {"position_id": POS_A1, "portfolio_id": BOOK_A, "as_of_date": D1, "model_price": 3.21,
+             "underlying_price": 125.1, "volatility": 0.31, "delta": 0.55, "gamma": 0.02, "theta": -0.05,
+             "vega": 0.2, "rho": 0.1, "dollar_delta": 6880.5, "status": "ok"},
+            {"position_id": POS_A2, "portfolio_id": BOOK_A, "as_of_date": D1, "status": "no_underlying_price"}])
+        put("market_risk_results", [
+            {"portfolio_id": BOOK_A, "scenario": s, "as_of_date": D1, "shock": k, "pnl": 1000.0 * k,
+             "pnl_pct": None if k == 0 else 0.01 * k} for s, k in (("market_down_10", -0.1), ("flat", 0.0))])
+        put("stress_test_results", [
+            {"portfolio_id": BOOK_A, "scenario_id": "covid", "as_of_date": D1, "direct_pnl": -840.2,
+             "correlated_pnl": -910.7, "correlation_effect": -70.5, "pnl_pct": -0.27, "exceeds_equity": False,
+             "factor_impacts": {"Market": -840.2, "Value": None}}])
+        put("correlation_runs", [
+            {"portfolio_id": b, "as_of_date": D1, "window_days": w, "avg_abs_correlation": 0.42,
+             "weighted_correlation": None, "effective_positions": 2.1, "positions_included": 3,
+             "positions_excluded": 1, "status": "success"} for b, w in ((BOOK_A, 90), (BOOK_B, 60))])
+        put("pairwise_correlations", [
+            dict(zip(("portfolio_id", "as_of_date", "symbol_1", "symbol_2", "correlation", "observations"), p,
+                     strict=True)) for p in PAIRS])
+        put("correlation_clusters", [
+            {"portfolio_id": BOOK_B, "as_of_date": D1, "cluster_number": 1, "symbols": ["QQQ", "SPY"],
+             "avg_correlation": 0.98765432109876543, "weight": 0.6}])
+        put("factor_correlations", [
+            {"as_of_date": D1, "factor_1": "Market", "factor_2": f, "correlation": c, "observations": 252,
+             "decay": 0.94} for f, c in (("Market", 1.0), ("Value", -0.12345678901234568))])
+        put("portfolio_snapshots", [
+            {"portfolio_id": BOOK_A, "snapshot_date": d, "total_value": 3469.1 + k, "cash_value": 1000.0,
+             "long_value": 2469.1, "short_value": 0.0, "gross_exposure": 2469.1, "net_exposure": 2469.1,
+             "private_value": 0.0, "daily_pnl": k * 12.5, "daily_return": None if k == 0 else 0.0036,
+             "cumulative_pnl": k * 12.5, "num_positions": 2, "num_long": 2, "num_short": 0, "num_private": 0,
+             "portfolio_delta": None, "portfolio_gamma": None, "portfolio_theta": None, "portfolio_vega": None,
+             "market_beta": 0.93, "data_quality": {"flag": "full_history", "positions_total": 2}}
+            for k, d in enumerate((D1, D2))])
+
+
+def _decoded(value):
+    """JSON columns come back parsed on PostgreSQL and as text on SQLite: compare them parsed."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def dump(engine, tables) -> dict[str, list[tuple]]:
+    """Every row of `tables` (plain SQL, every column but a surrogate `id`), sorted."""
+    out = {}
+    with engine.connect() as conn:
+        for table in tables:
+            columns = [c["name"] for c in inspect(conn).get_columns(table) if c["name"] != "id"]
+            rows = conn.execute(text(f"SELECT {', '.join(columns)} FROM {table}")).all()
+            out[table] = sorted((tuple(_decoded(v) for v in r) for r in rows), key=repr)
+    return out
+
+
+def pairs(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(text(f"SELECT {PAIR_COLUMNS} FROM pairwise_correlations")))
+
+
+def test_upgrade_and_downgrade_keep_every_row(fresh_url):
+    engine = db.make_engine(fresh_url)
+    try:
+        db.migrate(engine, BEFORE)
+        write_0002_data(engine)
+        before = dump(engine, KEYED)
+        old_pairs = pairs(engine)
+        assert [len(before[t]) for t in KEYED] == [3, 2, 3, 2, 2, 2, 1, 2, 1, 2, 2]
+        assert len(old_pairs) == len(PAIRS) == 7
+
+        db.migrate(engine, AFTER)
+        inspector = inspect(engine)
+        for table, key in KEYED.items():
+            assert inspector.get_pk_constraint(table)["constrained_columns"] == list(key), table
+        assert "pairwise_correlations" in inspector.get_view_names()
+        assert "pairwise_correlations" not in inspector.get_table_names()
+        assert dump(engine, KEYED) == before
+        assert pairs(engine) == old_pairs  # the view: the same pairs, the same numbers (exactly)
+        with engine.connect() as conn:
+            windows = dict(conn.execute(text(
+                "SELECT portfolio_id, window_days FROM pairwise_correlations WHERE as_of_date = :d"), {"d": D1}).all())
+            book_b = conn.execute(text(
+                "SELECT symbols, matrix, observations, window_days FROM correlation_matrices "
+                "WHERE as_of_date = :d AND window_days = 60"), {"d": D1}).one()
+            n_matrices = conn.execute(text("SELECT COUNT(*) FROM correlation_matrices")).scalar()
+        assert n_matrices == 3  # one row per portfolio-date
+        # the window of the unit's correlation run, else 90
+        assert {uuid.UUID(str(k)): w for k, w in windows.items()} == {BOOK_A: 90, BOOK_B: 60}
+        symbols, matrix, counts, _ = (_decoded(v) for v in book_b)
+        assert symbols == ["QQQ", "SPY", "TLT"]
+        assert matrix == [[1.0, 0.98765432109876543, None],
+                          [0.98765432109876543, 1.0, -0.3141592653589793],
+                          [None, -0.3141592653589793, 1.0]]
+        assert counts == [[None, 90, 12], [90, None, 90], [12, 90, None]]  # own counts were never stored
+
+        db.downgrade(engine, BEFORE)
+        inspector = inspect(engine)
+        assert "correlation_matrices" not in inspector.get_table_names()
+        assert "pairwise_correlations" in inspector.get_table_names()
+        for table in (*KEYED, "pairwise_correlations"):
+            assert inspector.get_pk_constraint(table)["constrained_columns"] == ["id"], table
+        assert dump(engine, KEYED) == before
+        assert pairs(engine) == old_pairs
+        with engine.connect() as conn:  # surrogate ids regenerated: distinct, not null
+            ids = conn.execute(text("SELECT id FROM pairwise_correlations")).scalars().all()
+            assert len(set(ids)) == 7 and None not in ids
+        with engine.begin() as conn:  # the 0002 unique constraint is back
+            with pytest.raises(IntegrityError):
+                conn.execute(text("INSERT INTO market_prices (symbol, date, close, source, updated_at) "
+                                  "SELECT symbol, date, close, source, updated_at FROM market_prices"))
+
+        db.migrate(engine, AFTER)  # and up again
+        assert dump(engine, KEYED) == before
+        assert pairs(engine) == old_pairs
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
