@@ -532,7 +532,7 @@ def run_greeks(ctx: UnitContext) -> JobOutcome:
     return JobOutcome("success" if market_positions else "skipped", greeks_payload(
         flag if market_positions else NO_PUBLIC, f"{ok} of {len(options)} option positions modelled",
         len(options), analyzed=ok, totals=greek_totals(greeks),
-        positions=ctx.stored_in(PositionGreeksRow), records_stored=len(rows)))
+        positions=ctx.stored_in(PositionGreeksRow) if market_positions else {}, records_stored=len(rows)))
 
 
 def greek_totals(greeks: dict[uuid.UUID, PositionGreeks]) -> dict[str, float]:
