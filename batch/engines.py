@@ -185,9 +185,11 @@ class UnitContext:
 
     def stored_in(self, table: type) -> dict[str, Any]:
         """SPEC §8: a map that `table` holds, recorded in the job record as the table's name and
-        the number of rows this unit stages for it (0 when nothing is staged)."""
-        staged = self.writes.get(table)
-        return stored_in(table, len(staged[1]) if staged else 0)
+        the number of rows this unit stages for it. Raises if the unit stages nothing for `table`
+        (a record must never point at a table its rows did not go to)."""
+        if table not in self.writes:
+            raise RuntimeError(f"job record points at {table.__tablename__}, but the unit stages no rows for it")
+        return stored_in(table, len(self.writes[table][1]))
 
 
 @dataclass(frozen=True)
@@ -359,10 +361,9 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
 #
 # A job record is a summary, not a second copy of the results: a per-position, per-pair,
 # per-factor or per-scenario map that a result table holds is recorded as `stored_in(...)`, and
-# a list that grows with the book is cut by `capped(...)`. All seven records of a unit stay
-# under RECORD_BUDGET_BYTES of JSON.
+# a list that grows with the book is cut by `capped(...)`, so the seven records of a unit stay
+# under 4 KB of JSON (tests/batch/test_job_records.py measures them as stored).
 
-RECORD_BUDGET_BYTES = 4096
 RECORD_LIST_CAP = 5  # entries kept of a list or map that grows with the book
 
 
@@ -387,7 +388,6 @@ def capped(record: dict[str, Any], *keys: str, notes: dict[str, Any] | None = No
         target[f"{key}_count"] = len(values)
         target[f"{key}_truncated"] = True
     return out
-
 
 
 def valuation_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
@@ -458,7 +458,9 @@ def correlations_payload(flag: str, message: str, total: int | None, as_of: date
 
 
 def snapshot_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
-    """`data_quality` is the stored snapshot's, with its per-symbol lists capped."""
+    """`greeks` (computed) points at the snapshot row, whose portfolio Greek columns hold them
+    (all of them are in the greeks record); `data_quality` is the stored snapshot's, with its
+    per-symbol lists capped."""
     quality = values.pop("data_quality", None) or _quality(flag, message, 0, total, 0)
     return {"total_value": None, "daily_pnl": None, "daily_return": None, "cumulative_pnl": None,
             "market_beta": None, "greeks": {}, **values,
@@ -679,9 +681,10 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
                              ctx.portfolio.name, info)
     payload["stress_test_results"].update(
         direct_impacts=ctx.stored_in(StressTestResult), correlated_impacts=ctx.stored_in(StressTestResult),
-        summary_stats=stress_summary(results), skipped=False, skip_reason=None)
-    # the factor correlation matrix is stored once per date, each unordered pair and the diagonal
-    payload["correlation_matrix_info"] = stored_in(FactorCorrelation, len(info["factors"]) * (len(info["factors"]) + 1) // 2)
+        summary_stats=capped(stress_summary(results), "exceeds_equity"), skipped=False, skip_reason=None)
+    # the date's factor correlation matrix, stored once per date: each unordered pair and the diagonal
+    n = len(info["factors"])
+    payload["correlation_matrix_info"] = stored_in(FactorCorrelation, n * (n + 1) // 2)
     payload["data_quality"] = _quality(flag, f"{len(results)} scenarios", exposures.analyzed, total,
                                        covariance.observations)
     return JobOutcome("success", payload)
