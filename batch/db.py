@@ -42,6 +42,12 @@ UPSERT_CHUNK_ROWS = 500
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, sqlite3.Error)
 
 
+def compact_json(value: Any) -> str:
+    """The JSON text every JSON column stores: no spaces after separators (job records, SPEC §8,
+    are sized by these bytes)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def make_engine(database_url: str, *, create: bool = True) -> Engine:
     """Create the engine. On SQLite: real transactions with SAVEPOINT support, foreign keys on,
     WAL journal and a busy timeout so the platform can read while the job writes.
@@ -50,7 +56,7 @@ def make_engine(database_url: str, *, create: bool = True) -> Engine:
     SQLite's `mode=rw`, so connecting fails (`check_reachable` says the file does not exist)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=compact_json)
         path = sqlite_file(url)
         if not create and path is not None:
             @event.listens_for(engine, "do_connect")
@@ -71,7 +77,8 @@ def make_engine(database_url: str, *, create: bool = True) -> Engine:
             conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
 
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10},
+                         json_serializer=compact_json)
 
 
 def sqlite_file(url: URL) -> Path | None:
@@ -218,9 +225,9 @@ def json_text(value: Any) -> str:
     """`value` as JSON text, with `jsonable`'s conversions. Fast path: one `json.dumps`; only a
     value it refuses (NaN, a date, a UUID key...) takes the recursive conversion."""
     try:
-        return json.dumps(value, allow_nan=False)
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):
-        return json.dumps(jsonable(value), allow_nan=False)
+        return json.dumps(jsonable(value), allow_nan=False, separators=(",", ":"))
 
 
 def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -63,6 +64,7 @@ from models import (
     CorrelationRun,
     FactorCorrelation,
     MarketRiskResult,
+    PairwiseCorrelation,
     PortfolioFactorExposure,
     PortfolioSnapshot,
     PositionFactorExposure,
@@ -181,6 +183,14 @@ class UnitContext:
         replacing the stored rows, only when all the unit's engines have succeeded."""
         self.writes[table] = ({"portfolio_id": self.portfolio_id, date_column: self.as_of}, list(rows))
         return len(rows)
+
+    def stored_in(self, table: type) -> dict[str, Any]:
+        """SPEC §8: a map that `table` holds, recorded in the job record as the table's name and
+        the number of rows this unit stages for it. Raises if the unit stages nothing for `table`
+        (a record must never point at a table its rows did not go to)."""
+        if table not in self.writes:
+            raise RuntimeError(f"job record points at {table.__tablename__}, but the unit stages no rows for it")
+        return stored_in(table, len(self.writes[table][1]))
 
 
 @dataclass(frozen=True)
@@ -348,15 +358,48 @@ def run_factor_correlations(ctx: DateContext) -> JobOutcome:
                                   "rows_written": len(rows)})
 
 
-# --- payloads: every engine's result has the same keys whether computed or skipped (SPEC §8) ----
+# --- job records: summaries with the same keys whether computed or skipped (SPEC §8) ---------
+#
+# A job record is a summary, not a second copy of the results: a per-position, per-pair,
+# per-factor or per-scenario map that a result table holds is recorded as `stored_in(...)`, and
+# a list that grows with the book is cut by `capped(...)`, so the seven records of a unit stay
+# under 4 KB of JSON (tests/batch/test_job_records.py measures them as stored).
+
+RECORD_LIST_CAP = 5  # entries kept of a list or map that grows with the book
+
+
+def stored_in(table: type, rows: int) -> dict[str, Any]:
+    """`{"stored_in": <table name>, "rows": n}`: the map is in `table`, n rows for this unit."""
+    return {"stored_in": table.__tablename__, "rows": rows}
+
+
+def capped(record: dict[str, Any], *keys: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`record` with each list or map at `keys` cut to its first RECORD_LIST_CAP entries. A cut
+    one is said so: `<key>_count` (its exact length) and `<key>_truncated: true` are added to
+    `notes` (default: beside it, in the returned copy; a dict the caller passes when `record`'s
+    top-level keys must not change). An uncut one is left exactly as it was."""
+    out = dict(record)
+    for key in keys:
+        values = out.get(key)
+        if values is None or len(values) <= RECORD_LIST_CAP:
+            continue
+        out[key] = (dict(list(values.items())[:RECORD_LIST_CAP]) if isinstance(values, dict)
+                    else list(values)[:RECORD_LIST_CAP])
+        target = out if notes is None else notes
+        target[f"{key}_count"] = len(values)
+        target[f"{key}_truncated"] = True
+    return out
 
 
 def valuation_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    """`positions` summarises the per-position valuation (no result table holds it): the count
+    of each price source and the flags of each flagged position (id → flags), capped."""
     base = {"total_value": None, "long_value": None, "short_value": None, "gross_exposure": None,
             "net_exposure": None, "private_value": None, "cash_value": None, "num_positions": total,
-            "skipped_positions": [], "positions": []}
+            "skipped_positions": [], "positions": {"price_sources": {}, "flagged": {}}}
     analyzed = values.pop("analyzed", 0)
-    return {**base, **values, "data_quality": _quality(flag, message, analyzed, total, 1 if analyzed else 0)}
+    quality = _quality(flag, message, analyzed, total, 1 if analyzed else 0)
+    return {**capped({**base, **values}, "skipped_positions", notes=quality), "data_quality": quality}
 
 
 def greeks_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
@@ -384,10 +427,11 @@ def factors_payload(flag: str, message: str, total: int | None, portfolio_id: uu
 def market_risk_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
     analyzed = values.pop("analyzed", 0)
     skipped = flag not in ("full_history", "factor_unavailable")
-    return {"skipped": skipped, "skip_reason": flag if skipped else None, "scenarios": {},
-            "unavailable": {}, "options_revalued": 0, "options_not_revalued": {},
-            "duration_years": DEFAULT_DURATION, **values,
-            "data_quality": _quality(flag, message, analyzed, total, 0)}
+    quality = _quality(flag, message, analyzed, total, 0)
+    record = {"skipped": skipped, "skip_reason": flag if skipped else None, "scenarios": {},
+              "unavailable": {}, "options_revalued": 0, "options_not_revalued": {},
+              "duration_years": DEFAULT_DURATION, **values}
+    return {**capped(record, "options_not_revalued", notes=quality), "data_quality": quality}
 
 
 def stress_payload(flag: str, message: str, total: int | None, portfolio_id: uuid.UUID, as_of: date,
@@ -410,13 +454,19 @@ def correlations_payload(flag: str, message: str, total: int | None, as_of: date
             "correlation_matrix": {}, "clusters": [],
             "metrics": {"avg_correlation": 0.0, "positions_analyzed": 0},
             "calculation_date": as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
-            "data_quality": _quality(flag, message, 0, total, 0, positions_merged=0, **quality)}
+            "data_quality": capped(_quality(flag, message, 0, total, 0, positions_merged=0, **quality),
+                                   "excluded")}
 
 
 def snapshot_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
+    """`greeks` (computed) points at the snapshot row, whose portfolio Greek columns hold them
+    (all of them are in the greeks record); `data_quality` is the stored snapshot's, with its
+    per-symbol lists capped."""
+    quality = values.pop("data_quality", None) or _quality(flag, message, 0, total, 0)
     return {"total_value": None, "daily_pnl": None, "daily_return": None, "cumulative_pnl": None,
             "market_beta": None, "greeks": {}, **values,
-            "data_quality": values.get("data_quality") or _quality(flag, message, 0, total, 0)}
+            "data_quality": capped(quality, "skipped_positions", "stale_symbols", "bad_close_symbols",
+                                   "unpriced_for_pnl")}
 
 
 NO_PUBLIC = "no_public_positions"
@@ -460,10 +510,9 @@ def run_valuation(ctx: UnitContext) -> JobOutcome:
         total_value=v.total_value, long_value=v.long_value, short_value=v.short_value,
         gross_exposure=v.gross_exposure, net_exposure=v.net_exposure, private_value=v.private_value,
         cash_value=v.cash_value, skipped_positions=list(v.skipped),
-        positions=[{"position_id": str(p.position.id), "symbol": p.position.symbol,
-                    "market_value": p.market_value, "price": p.price,
-                    "price_date": p.price_date.isoformat() if p.price_date else None,
-                    "price_source": p.price_source, "flags": list(p.flags)} for p in v.positions]))
+        positions=capped({
+            "price_sources": dict(Counter(p.price_source for p in v.positions if p.market_value is not None)),
+            "flagged": {str(p.position.id): list(p.flags) for p in v.positions if p.flags}}, "flagged")))
 
 
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------
@@ -486,13 +535,24 @@ def run_greeks(ctx: UnitContext) -> JobOutcome:
     return JobOutcome("success" if market_positions else "skipped", greeks_payload(
         flag if market_positions else NO_PUBLIC, f"{ok} of {len(options)} option positions modelled",
         len(options), analyzed=ok, totals=greek_totals(greeks),
-        positions={str(pid): g.status for pid, g in greeks.items()}, records_stored=len(rows)))
+        positions=ctx.stored_in(PositionGreeksRow) if market_positions else {}, records_stored=len(rows)))
 
 
 def greek_totals(greeks: dict[uuid.UUID, PositionGreeks]) -> dict[str, float]:
     """Portfolio Greeks: sums of the position-level (contracts × 100) values."""
     return {name: sum(getattr(g, name) for g in greeks.values())
             for name in ("delta", "gamma", "theta", "vega", "rho", "dollar_delta")}
+
+
+def regression_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The factor record's `regression_stats`: how many symbols' fits the book uses, their
+    fewest observations, and the lowest and mean R² (None when no fit has one); the per-symbol
+    statistics are in `symbol_factor_betas`. Empty when no fit is used."""
+    if not stats:
+        return {}
+    r2 = [s["r_squared"] for s in stats if s["r_squared"] is not None]
+    return {"symbols": len(stats), "observations_min": min(s["observations"] for s in stats),
+            "r_squared_min": min(r2, default=None), "r_squared_mean": sum(r2) / len(r2) if r2 else None}
 
 
 # --- factor exposures (SPEC §6.3, §8) ----------------------------------------------------------
@@ -529,19 +589,16 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
     observations = [symbol_betas.stats[s]["observations"] for s in used if s in symbol_betas.stats]
     data_days = min(observations) if observations else 0
     flag = "full_history" if data_days >= factors.BETA_WINDOW and not exposures.skipped else "limited_history"
-    position_betas: dict[str, dict[str, float]] = {}
-    for e in exposures.positions:
-        position_betas.setdefault(str(e.position_id), {})[e.factor] = e.beta
     return JobOutcome("success", {
-        "factor_betas": {e.factor: e.beta for e in exposures.portfolio},
-        "position_betas": position_betas,
-        "regression_stats": {s: symbol_betas.stats[s] for s in sorted(used) if s in symbol_betas.stats},
-        "data_quality": _quality(
+        "factor_betas": ctx.stored_in(PortfolioFactorExposure),
+        "position_betas": ctx.stored_in(PositionFactorExposure),
+        "regression_stats": regression_summary([symbol_betas.stats[s] for s in used if s in symbol_betas.stats]),
+        "data_quality": capped(_quality(
             flag, f"{exposures.analyzed} of {total} positions have factor betas", exposures.analyzed,
             total, data_days, quality_flag=flag,
             factor_unavailable=sorted(symbol_betas.unavailable),
             skipped_positions={str(k): factors.ZERO_VARIANCE if symbol_of[k] in symbol_betas.zero_variance else v
-                               for k, v in exposures.skipped.items()}),
+                               for k, v in exposures.skipped.items()}), "skipped_positions"),
         "metadata": {"calculation_date": ctx.as_of.isoformat(),
                      "regression_window_days": factors.BETA_WINDOW, "status": "COMPLETED",
                      "portfolio_id": str(ctx.portfolio_id)},
@@ -586,8 +643,8 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
     flag = "factor_unavailable" if unavailable else "full_history"
     return JobOutcome("success", market_risk_payload(
         flag, f"{len(scenarios)} scenarios computed", total, analyzed=exposures.analyzed,
-        scenarios={r.scenario: {"shock": r.shock, "pnl": r.pnl, "pnl_pct": r.pnl_pct} for r in scenarios},
-        unavailable=unavailable, options_revalued=len(options), options_not_revalued=not_revalued))
+        scenarios=ctx.stored_in(MarketRiskResult), unavailable=unavailable, options_revalued=len(options),
+        options_not_revalued=not_revalued))
 
 
 # --- stress tests (SPEC §6.5, §8) -------------------------------------------------------------
@@ -624,12 +681,11 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
     payload = stress_payload(flag, f"{len(results)} scenarios", total, ctx.portfolio_id, ctx.as_of,
                              ctx.portfolio.name, info)
     payload["stress_test_results"].update(
-        direct_impacts={r.scenario_id: r.direct_pnl for r in results},
-        correlated_impacts={r.scenario_id: {"correlated_pnl": r.correlated_pnl,
-                                            "correlation_effect": r.correlation_effect,
-                                            "pnl_pct": r.pnl_pct, "exceeds_equity": r.exceeds_equity,
-                                            "factor_impacts": r.factor_impacts} for r in results},
-        summary_stats=stress_summary(results), skipped=False, skip_reason=None)
+        direct_impacts=ctx.stored_in(StressTestResult), correlated_impacts=ctx.stored_in(StressTestResult),
+        summary_stats=capped(stress_summary(results), "exceeds_equity"), skipped=False, skip_reason=None)
+    # the date's factor correlation matrix, stored once per date: each unordered pair and the diagonal
+    n = len(info["factors"])
+    payload["correlation_matrix_info"] = stored_in(FactorCorrelation, n * (n + 1) // 2)
     payload["data_quality"] = _quality(flag, f"{len(results)} scenarios", exposures.analyzed, total,
                                        covariance.observations)
     return JobOutcome("success", payload)
@@ -681,20 +737,19 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     ctx.replace(CorrelationCluster, [{"cluster_number": c.number, "symbols": c.symbols,
                                       "avg_correlation": c.avg_correlation, "weight": c.weight}
                                      for c in result.clusters])
-    matrix = {a: dict(zip(symbols, rhos[i], strict=True)) for i, a in enumerate(symbols)}
     # SPEC §6.6: each position counted once — analysed (a stock in the matrix), merged (an option
     # folded into its underlying's row) or skipped (anything that did not reach the matrix)
     included = set(symbols)
     analyzed = sum(1 for sym in stocks if sym in included)
     merged = sum(1 for sym in options if sym in included)
-    quality = _quality("full_history", f"{len(symbols)} symbols, {pairs} pairs", analyzed, total,
-                       int(result.observations.min().min()), positions_merged=merged, excluded=result.excluded)
+    quality = capped(_quality("full_history", f"{len(symbols)} symbols, {pairs} pairs", analyzed, total,
+                              int(result.observations.min().min()), positions_merged=merged,
+                              excluded=result.excluded), "excluded")
     quality["positions_skipped"] = total - analyzed - merged
     return JobOutcome("success", {
         "status": "SUCCESS", "message": f"{len(symbols)} positions correlated",
-        "correlation_matrix": matrix,
-        "clusters": [{"number": c.number, "symbols": c.symbols, "avg_correlation": c.avg_correlation,
-                      "weight": c.weight} for c in result.clusters],
+        "correlation_matrix": stored_in(PairwiseCorrelation, pairs),  # the view over the matrix row
+        "clusters": ctx.stored_in(CorrelationCluster),
         "metrics": {"avg_correlation": result.avg_abs_correlation,
                     "weighted_correlation": result.weighted_correlation,
                     "effective_positions": result.effective_positions,
@@ -722,8 +777,8 @@ def run_snapshot(ctx: UnitContext) -> JobOutcome:
     return JobOutcome("success", snapshot_payload(
         row["data_quality"]["flag"], row["data_quality"]["message"], valuation.num_positions,
         total_value=row["total_value"], daily_pnl=row["daily_pnl"], daily_return=row["daily_return"],
-        cumulative_pnl=row["cumulative_pnl"], market_beta=row["market_beta"], greeks=totals,
-        data_quality=row["data_quality"]))
+        cumulative_pnl=row["cumulative_pnl"], market_beta=row["market_beta"],
+        greeks=ctx.stored_in(PortfolioSnapshot), data_quality=row["data_quality"]))
 
 
 register(GlobalEngine("symbol_betas", run_symbol_betas))

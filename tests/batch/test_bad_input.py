@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from batch import calendar
 from batch.db import upsert
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
+from batch.engines import RECORD_LIST_CAP
 from batch.providers import PRICE_COLUMNS, PriceBatch, ProfileBatch
 from batch.repository import symbols_held
 from batch.sync import HISTORY_SESSIONS, sync_market_data, validate_prices
@@ -262,9 +263,6 @@ BAD_POSITIONS = {
     uuid.UUID(int=0xBAD07): ("O'REILLY", "LONG", 10.0, {}),
     uuid.UUID(int=0xBAD08): (SQL_SYMBOL, "LONG", 10.0, {}),
 }
-EXITED_BEFORE_ENTRY = uuid.UUID(int=0xBAD03)
-MALFORMED_OPTION = uuid.UUID(int=0xBAD05)
-MARKET_PRICED_BAD = [i for i in BAD_POSITIONS if i != EXITED_BEFORE_ENTRY]  # held on the as-of date
 OPTION_STATUS = {uuid.UUID(int=0xBAD04): "missing_underlying_price", uuid.UUID(int=0xBAD05): "invalid_contract"}
 BAD_ONLY_SYMBOLS = {"NOPRC", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL, SQL_SYMBOL.upper(), "AAPL_CALL_150"}
 DEMO = [demo_id("portfolio", k) for k in (INDIVIDUAL, HNW, HEDGE_FUND, PRIVATE_ONLY)]
@@ -342,38 +340,45 @@ def test_bad_positions_are_skipped_and_flagged_and_change_nobody_else(seeded, en
         greeks = dict(s.execute(select(PositionGreeks.position_id, PositionGreeks.status).where(
             PositionGreeks.portfolio_id == BAD)).all())
         snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == BAD)).one()
+        good_exposure = s.scalars(select(PositionFactorExposure).where(
+            PositionFactorExposure.position_id == GOOD_ID, PositionFactorExposure.factor == "Market")).one()
         empty_snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == EMPTY)).one()
 
     # Everybody else: exactly the results of the run without the bad books.
     assert dump_without(engine, {BAD, EMPTY}, BAD_ONLY_SYMBOLS) == before
     assert all(jobs(engine, pid, result.summary["run_id"])["snapshot"].status == "success" for pid in DEMO)
 
-    # The good position is valued at its stored close and gets factor exposures.
+    # The good position is valued at its stored close (its exposure is that value × its beta)
+    # and is not flagged.
     bad_jobs = jobs(engine, BAD, result.summary["run_id"])
     valuation = bad_jobs["valuation"].result
-    by_id = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
-    assert by_id[GOOD_ID]["market_value"] == pytest.approx(100 * ko_close)
-    assert by_id[GOOD_ID]["flags"] == []
+    flagged = valuation["positions"]["flagged"]
+    assert str(GOOD_ID) not in flagged
     assert GOOD_ID in exposed
+    assert good_exposure.exposure_dollar == pytest.approx(100 * ko_close * good_exposure.beta)
 
     # Each bad position held on the date is skipped (no value) or visibly flagged, and never enters
     # the factor analytics; the options report why they could not be modelled.
-    for pid in MARKET_PRICED_BAD:
-        assert by_id[pid]["flags"], BAD_POSITIONS[pid][0]
-        if pid not in OPTION_STATUS:
-            assert by_id[pid]["market_value"] is None, BAD_POSITIONS[pid][0]
     assert exposed == {GOOD_ID}
     assert greeks == OPTION_STATUS
-    skipped_symbols = {entry.split(":")[0] for entry in valuation["skipped_positions"]}
+    skipped_symbols = {entry.split(":")[0] for entry in snapshot.data_quality["skipped_positions"]}
     # symbols are read upper-cased (as the sync stores them); JPM exited before it entered; the
     # malformed option is reported, never valued at its entry price (SPEC §6.2)
     assert skipped_symbols == {"AAPL", "MSFT", "JPM", "ZZZNOTREAL", "O'REILLY", SQL_SYMBOL.upper(),
                                "AAPL_CALL_150"}
-    assert (by_id[MALFORMED_OPTION]["market_value"], by_id[MALFORMED_OPTION]["flags"]) == (None, ["invalid_contract"])
+    assert "AAPL_CALL_150: invalid_contract" in snapshot.data_quality["skipped_positions"]
     assert valuation["data_quality"]["flag"] == "missing_prices"
     assert snapshot.data_quality["flag"] == "missing_prices"
     assert snapshot.data_quality["positions_skipped"] == 7
-    assert set(snapshot.data_quality["skipped_positions"]) == set(valuation["skipped_positions"])
+    # The job record is a summary (SPEC §8): the 7 skipped and the 8 flagged positions (every bad
+    # one; the option without an underlying price is valued but flagged) are listed up to the cap
+    # with their exact counts.
+    assert valuation["skipped_positions"] == snapshot.data_quality["skipped_positions"][:RECORD_LIST_CAP]
+    assert (valuation["data_quality"]["skipped_positions_count"],
+            valuation["data_quality"]["skipped_positions_truncated"]) == (7, True)
+    assert (valuation["positions"]["flagged_count"], valuation["positions"]["flagged_truncated"]) == (8, True)
+    assert len(flagged) == RECORD_LIST_CAP and {uuid.UUID(k) for k in flagged} <= set(BAD_POSITIONS)
+    assert all(flagged.values())
     assert {"model_price_unavailable", "pnl_incomplete"} <= set(snapshot.data_quality["flags"])
     assert snapshot.num_short == 0  # the SHORT with a positive quantity is not counted as anything
 
@@ -392,10 +397,9 @@ def test_a_position_exited_before_its_entry_is_reported(seeded, engine) -> None:
     add_bad_books(engine)
     result = seeded("--date", "2022-12-28", "--json")
     assert_clean_exit(result)
-    valuation = jobs(engine, BAD, result.summary["run_id"])["valuation"].result
-    listed = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
-    reported = EXITED_BEFORE_ENTRY in listed and listed[EXITED_BEFORE_ENTRY]["flags"]
-    assert reported or any(e.startswith("JPM:") for e in valuation["skipped_positions"])
+    with Session(engine) as s:
+        snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == BAD)).one()
+    assert "JPM: exit_date 2022-03-01 before entry_date 2022-06-01" in snapshot.data_quality["skipped_positions"]
 
 
 # --- dates that are not sessions ----------------------------------------------------------------
@@ -564,16 +568,16 @@ def test_investment_class_is_read_whatever_its_case_and_whitespace(seeded, engin
     with Session(engine) as s:
         snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == pid)).one()
         ko_close = s.scalar(select(MarketPrice.close).where(MarketPrice.symbol == "KO", MarketPrice.date == AS_OF))
-        greeks = dict(s.execute(select(PositionGreeks.position_id, PositionGreeks.status).where(
-            PositionGreeks.portfolio_id == pid)).all())
+        greeks = {g.position_id: g for g in s.scalars(select(PositionGreeks).where(
+            PositionGreeks.portfolio_id == pid))}
     valuation = jobs(engine, pid, result.summary["run_id"])["valuation"].result
-    by_id = {uuid.UUID(p["position_id"]): p for p in valuation["positions"]}
     assert valuation["skipped_positions"] == []
+    assert valuation["positions"] == {"price_sources": {"entry": 1, "market": 1, "model": 1}, "flagged": {}}
     assert (snapshot.private_value, snapshot.num_private) == (250_000.0, 1)  # at its entry value (no mark)
-    assert by_id[ko]["market_value"] == pytest.approx(100 * ko_close)
     assert list(greeks) == [option]  # modelled as an option
-    option_value = by_id[option]["market_value"]
-    assert option_value is not None and option_value > 0
+    option_value = 2 * 100 * greeks[option].model_price  # 2 contracts of 100 at the model price
+    assert option_value > 0
+    assert snapshot.long_value == pytest.approx(100 * ko_close + option_value)
     assert snapshot.total_value == pytest.approx(1000.0 + 250_000.0 + 100 * ko_close + option_value)
 
 
@@ -604,6 +608,7 @@ def test_the_sync_excludes_private_whatever_its_case_and_includes_null(engine) -
 
 BAD_CLOSES_BOOK = uuid.UUID(int=0xBADC)
 NEG_CALL = uuid.UUID(int=0xBADC10)
+ZERO_ID = uuid.UUID(int=0xBADC01)  # the book's ZERO position (add_bad_close_book numbers them from 1)
 BAD_CLOSE_AT = -30  # NEG's bad close: 30 sessions before the as-of date, inside every window
 
 
@@ -657,6 +662,8 @@ def test_bad_stored_closes_are_missing_data_for_every_engine(seeded, engine) -> 
             PairwiseCorrelation.portfolio_id == BAD_CLOSES_BOOK, PairwiseCorrelation.symbol_1 == "NEG",
             PairwiseCorrelation.symbol_2 == "ZERO")).one()
         snapshot = s.scalars(select(PortfolioSnapshot).where(PortfolioSnapshot.portfolio_id == BAD_CLOSES_BOOK)).one()
+        zero_exposure = s.scalars(select(PositionFactorExposure).where(
+            PositionFactorExposure.position_id == ZERO_ID, PositionFactorExposure.factor == "Market")).one()
     proxies = pd.DataFrame(proxy_rows, columns=["date", "symbol", "close"]).pivot(
         index="date", columns="symbol", values="close").astype(float).reindex(days[-91:])
     proxy_returns = (proxies / proxies.shift(1) - 1).iloc[1:]
@@ -696,12 +703,11 @@ def test_bad_stored_closes_are_missing_data_for_every_engine(seeded, engine) -> 
     assert pair.observations == len(log_returns) == 87
     assert pair.correlation == pytest.approx(float(np.corrcoef(log_returns.T)[0, 1]), abs=1e-9)
 
-    # Valuation: ZERO at its last good close (the previous session), flagged, and reported
+    # Valuation: ZERO at its last good close (the previous session: its exposure is that value ×
+    # its beta), flagged, and reported
     valuation = jobs(engine, BAD_CLOSES_BOOK, result.summary["run_id"])["valuation"].result
-    zero = next(p for p in valuation["positions"] if p["symbol"] == "ZERO")
-    assert (zero["price"], zero["price_date"]) == (rows["ZERO"][-2][1], days[-2].isoformat())
-    assert zero["market_value"] == pytest.approx(1000 * rows["ZERO"][-2][1])
-    assert "bad_closes_ignored" in zero["flags"]
+    assert zero_exposure.exposure_dollar == pytest.approx(1000 * rows["ZERO"][-2][1] * zero_exposure.beta, rel=1e-12)
+    assert "bad_closes_ignored" in valuation["positions"]["flagged"][str(ZERO_ID)]
     assert "bad_closes_ignored" in snapshot.data_quality["flags"]
     assert snapshot.data_quality["bad_close_symbols"] == ["NEG", "NEG230317C00110000", "ZERO"]
     with Session(engine) as s:
