@@ -201,15 +201,24 @@ def describe_url(url: str) -> str:
 def wipe(engine) -> None:
     """Drop everything in the scratch database (tables, views — e.g. a pairwise_correlations view
     over correlation_matrices — and the floor's tables), then migrate to head."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
-        else:
+    else:
+        raw = engine.raw_connection()  # autocommit (db.make_engine): the PRAGMA applies, outside a transaction
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA foreign_keys=OFF")  # drop in any order
             for kind in ("view", "table"):
-                for (name,) in conn.execute(text("SELECT name FROM sqlite_master WHERE type = :k "
-                                                 "AND name NOT LIKE 'sqlite_%'"), {"k": kind}).all():
-                    conn.execute(text(f'DROP {kind.upper()} IF EXISTS "{name}"'))
+                names = cur.execute("SELECT name FROM sqlite_master WHERE type = ? AND name NOT LIKE 'sqlite_%'",
+                                    (kind,)).fetchall()
+                for (name,) in names:
+                    cur.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+        finally:
+            raw.close()
     db.migrate(engine)
 
 
