@@ -389,7 +389,9 @@ def floor_read(engine, as_of_dates: list[date]) -> FloorInputs:
     sessions = calendar.sessions_back(as_of_dates[-1], SESSIONS + len(as_of_dates) - 1)
     start, end = sessions[0], as_of_dates[-1]
     postgres = engine.dialect.name == "postgresql"
-    bound = {"start": start, "end": end} if postgres else {"start": start.isoformat(), "end": end.isoformat()}
+    # positions held at some as-of close of the run; prices over the whole window
+    bound = {"start": as_of_dates[0], "end": end} if postgres else \
+        {"start": as_of_dates[0].isoformat(), "end": end.isoformat()}
     with engine.connect() as conn:
         definitions = conn.execute(text(
             "SELECT name, kind, proxy_symbol FROM factor_definitions WHERE is_active = :t "
@@ -406,9 +408,9 @@ def floor_read(engine, as_of_dates: list[date]) -> FloorInputs:
                               {"t": True}).scalar_one()
         driver = conn.connection.driver_connection
         if postgres:
-            prices, positions = _pg_read(driver, symbols, start, end)
+            prices, positions = _pg_read(driver, symbols, start, as_of_dates[0], end)
         else:
-            prices, positions = _sqlite_read(driver, symbols, unit_ids, bound)
+            prices, positions = _sqlite_read(driver, symbols, unit_ids, start, as_of_dates[0], end)
         conn.rollback()
     sym_index, day_offset, close = prices
     lookup = np.full((end - start).days + 1, -1, dtype=np.int64)
@@ -455,11 +457,14 @@ def _pg_copy_columns(cursor, statement, types: list[str]) -> list[np.ndarray]:
     return columns
 
 
-def _pg_read(conn, symbols: list[str], start: date, end: date) -> tuple[tuple, dict[str, np.ndarray]]:
+def _pg_read(conn, symbols: list[str], start: date, first_as_of: date,
+             end: date) -> tuple[tuple, dict[str, np.ndarray]]:
+    """Closes in [start, end] as (symbol index, days since `start`, close); positions held at
+    some close in [first_as_of, end] as aligned arrays (FloorInputs)."""
     from psycopg import sql
 
     names = sql.Literal(symbols)
-    first, last = sql.Literal(start), sql.Literal(end)
+    first, last, held = sql.Literal(start), sql.Literal(end), sql.Literal(first_as_of)
     with conn.cursor() as cur:
         s, d, c = _pg_copy_columns(cur, sql.SQL(
             "COPY (SELECT array_agg((s.i - 1)::int4), array_agg((m.date - {first})::int4), "
@@ -479,8 +484,8 @@ def _pg_read(conn, symbols: list[str], start: date, end: date) -> tuple[tuple, d
             "LEFT JOIN unnest({names}::text[]) WITH ORDINALITY AS s(symbol, i) "
             "ON s.symbol = upper(trim(COALESCE(p.underlying_symbol, p.symbol))) "
             "WHERE p.deleted_at IS NULL AND p.quantity <> 0 AND p.entry_date <= {last} "
-            "AND (p.exit_date IS NULL OR p.exit_date > {first})) TO STDOUT (FORMAT BINARY)").format(
-                names=names, first=first, last=last),
+            "AND (p.exit_date IS NULL OR p.exit_date > {held})) TO STDOUT (FORMAT BINARY)").format(
+                names=names, held=held, last=last),
             ["V16", ">i4", ">i4", ">i4", ">i4", ">f8", ">f8", ">f8", ">i4"])
     return (s.astype(np.int64), d.astype(np.int64), c.astype(np.float64)), {
         "unit": unit.astype(np.int64), "symbol": symbol.astype(np.int64), "kind": kind.astype(np.int64),
@@ -488,24 +493,25 @@ def _pg_read(conn, symbols: list[str], start: date, end: date) -> tuple[tuple, d
         "volatility": volatility.astype(np.float64), "expiry": expiry.astype(np.int64)}
 
 
-def _sqlite_read(conn, symbols: list[str], unit_ids: list[uuid.UUID],
-                 bound: dict[str, str]) -> tuple[tuple, dict[str, np.ndarray]]:
+def _sqlite_read(conn, symbols: list[str], unit_ids: list[uuid.UUID], start: date, first_as_of: date,
+                 end: date) -> tuple[tuple, dict[str, np.ndarray]]:
+    """As `_pg_read`, by one cursor fetch per query (dates are ISO text on SQLite)."""
     cur = conn.cursor()
     rows = cur.execute("SELECT symbol, date, close FROM market_prices WHERE date BETWEEN ? AND ? "
                        "AND symbol IN (SELECT value FROM json_each(?))",
-                       (bound["start"], bound["end"], json.dumps(symbols))).fetchall()
+                       (start.isoformat(), end.isoformat(), json.dumps(symbols))).fetchall()
     names, days, closes = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
     index = {s: i for i, s in enumerate(symbols)}
-    start = np.datetime64(bound["start"], "D")
+    origin = np.datetime64(start.isoformat(), "D")
     prices = (np.array([index[n] for n in names], dtype=np.int64),
-              (np.array(days, dtype="datetime64[D]") - start).astype(np.int64), np.array(closes, dtype=np.float64))
+              (np.array(days, dtype="datetime64[D]") - origin).astype(np.int64), np.array(closes, dtype=np.float64))
     units = {u.hex: i for i, u in enumerate(unit_ids)}
     positions = cur.execute(
         "SELECT p.id, p.portfolio_id, upper(trim(COALESCE(p.underlying_symbol, p.symbol))), "
         "upper(trim(COALESCE(p.investment_class, ''))), p.position_type, p.quantity, p.strike_price, "
         "p.implied_volatility, p.expiration_date FROM positions p JOIN portfolios f ON f.id = p.portfolio_id "
         "WHERE " + _held_filter("p", "f").replace(":end", "?").replace(":start", "?"),
-        (bound["end"], bound["start"])).fetchall()
+        (end.isoformat(), first_as_of.isoformat())).fetchall()
     cur.close()
     _, pids, syms, kinds, types, qty, strike, vol, expiry = (
         list(c) for c in zip(*positions, strict=True)) if positions else ([],) * 9
@@ -611,7 +617,9 @@ def floor_numbers(inputs: FloorInputs, fit: DateFit) -> FloorNumbers:
 
 
 def _black_scholes(spot, strike, volatility, years, is_call) -> tuple[np.ndarray, np.ndarray]:
-    """Price and delta per contract (no dividend); an expired option: intrinsic value, delta 0."""
+    """Price and delta per contract (no dividend; volatility: the position's implied volatility, 0.3
+    when it has none — every option of the benchmark universe has one); an expired option:
+    intrinsic value, delta 0. Used only to decide which symbols are correlation-eligible."""
     vol = np.where(np.isfinite(volatility), volatility, 0.3)
     live = years > 0
     tau = np.where(live, years, 1.0)
