@@ -645,7 +645,7 @@ def floor_write(engine, inputs: FloorInputs, fits: list[DateFit], numbers: list[
     SQLite, in one transaction. Returns the seconds from the first encoded byte to the commit;
     the tables are created (and the numbers' values drawn) before the clock starts."""
     groups = [*numbers[0].per_unit, *numbers[0].per_date]
-    pool = np.random.default_rng(0).normal(size=1 << 16)  # stand-ins for the computed values
+    pool = np.random.default_rng(0).normal(size=1 << 20)  # stand-ins for the computed values
     postgres = engine.dialect.name == "postgresql"
     raw = engine.raw_connection()
     try:
@@ -690,8 +690,10 @@ def floor_write(engine, inputs: FloorInputs, fits: list[DateFit], numbers: list[
 
 
 def _values(v, pool: np.ndarray) -> np.ndarray:
-    """A row's numbers: the array itself, or `v` stand-in values from the pool."""
-    return v if isinstance(v, np.ndarray) else np.resize(pool, int(v))
+    """A row's numbers: the array itself, or `v` stand-in values from the pool (a view: no copy)."""
+    if isinstance(v, np.ndarray):
+        return v
+    return pool[:int(v)] if v <= len(pool) else np.resize(pool, int(v))
 
 
 PG_DATE_EPOCH = date(2000, 1, 1)
