@@ -548,19 +548,20 @@ def floor_regression(inputs: FloorInputs, as_of_dates: list[date]) -> list[DateF
         y = returns[:, targets]
         m = returns[:, market]
         x = np.column_stack([np.ones(len(m)), m, returns[:, styles] - m[:, None]])
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        multi = _statistics(x, y, coef)[:, 1:]  # without the intercept
-        single = [_statistics(np.column_stack([np.ones(len(m)), returns[:, c]]), y, None)[:, 1:2]
+        multi = _statistics(x, y)[:, 1:]  # without the intercept
+        single = [_statistics(np.column_stack([np.ones(len(m)), returns[:, c]]), y)[:, 1:2]
                   for c in [market, *rates]]
         fits.append(DateFit(as_of, np.concatenate([multi, *single], axis=1), factors=x.shape[1] - 1 + len(rates)))
     return fits
 
 
-def _statistics(x: np.ndarray, y: np.ndarray, coef: np.ndarray | None) -> np.ndarray:
-    """OLS of each column of `y` on `x`: (4, regressors, columns) of coefficient, standard error,
-    t-stat and R² (repeated per regressor)."""
-    if coef is None:
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+def _statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """OLS of each column of `y` on `x` (full column rank) through one QR of `x`: (4, regressors,
+    columns) of coefficient, standard error, t-stat and R² (repeated per regressor). Not
+    `np.linalg.lstsq`: its SVD path with a threaded OpenBLAS took ~0.3 s here for 90 × 8 against
+    2,000 columns where the QR solve takes under 1 ms."""
+    q, r = np.linalg.qr(x)
+    coef = np.linalg.solve(r, q.T @ y)
     residuals = y - x @ coef
     n, k = x.shape
     ssr = (residuals ** 2).sum(axis=0)
