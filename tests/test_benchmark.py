@@ -129,3 +129,38 @@ def test_a_scratch_database_the_role_may_not_create_is_one_line_and_exit_2(postg
         with admin.connect() as conn:
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
+
+
+def test_the_floor_regression_matches_statsmodels():
+    """The floor times a real fit: its statistics equal statsmodels' OLS (independent oracle)."""
+    import numpy as np
+    import statsmodels.api as sm
+
+    from batch import calendar
+
+    benchmark = load_benchmark()
+    rng = np.random.default_rng(3)
+    as_of = benchmark.AS_OF
+    sessions = calendar.sessions_back(as_of, 95)
+    proxies = {"Market": ("market", "M"), "Value": ("style", "V"), "Size": ("style", "S"),
+               "Interest Rate": ("rates", "R")}
+    symbols = ["A", "B", "M", "R", "S", "V"]
+    closes = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(len(sessions), len(symbols))), axis=0))
+    empty = np.zeros(0)
+    inputs = benchmark.FloorInputs(sessions, symbols, closes, proxies, [], empty, empty, empty, empty, empty,
+                                   empty, empty, empty, 0)
+    (fit,) = benchmark.floor_regression(inputs, [as_of])
+    assert fit.statistics.shape == (4, 5, 2) and fit.factors == 4  # Market, Value, Size (multi), CAPM, rate
+    window = closes[-91:]
+    r = window[1:] / window[:-1] - 1.0
+    m, v, s, rate = r[:, 2], r[:, 5], r[:, 4], r[:, 3]
+    for j, column in enumerate([0, 1]):
+        y = r[:, column]
+        multi = sm.OLS(y, sm.add_constant(np.column_stack([m, v - m, s - m]))).fit()
+        capm = sm.OLS(y, sm.add_constant(m)).fit()
+        rates = sm.OLS(y, sm.add_constant(rate)).fit()
+        expected = np.array([[*multi.params[1:], capm.params[1], rates.params[1]],
+                             [*multi.bse[1:], capm.bse[1], rates.bse[1]],
+                             [*multi.tvalues[1:], capm.tvalues[1], rates.tvalues[1]],
+                             [multi.rsquared] * 3 + [capm.rsquared, rates.rsquared]])
+        np.testing.assert_allclose(fit.statistics[:, :, j], expected, rtol=1e-9, atol=1e-12)
