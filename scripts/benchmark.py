@@ -755,11 +755,12 @@ def floor(engine, as_of_dates: list[date]) -> Floor:
 
 def count_result_rows(engine) -> int:
     """Rows in the result tables: base tables only, so pairs stored in `correlation_matrices`
-    (with `pairwise_correlations` a view over it) count one row per matrix, not per pair."""
+    (with `pairwise_correlations` a view over it) count one row per matrix, not per pair; a
+    database from before migration 0003 (pairs in a `pairwise_correlations` table) counts pairs."""
     tables = set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         return sum(conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar()
-                   for t in (*RESULT_TABLES, "correlation_matrices") if t in tables)
+                   for t in (*RESULT_TABLES, "pairwise_correlations") if t in tables)
 
 
 def job_seconds(engine, run_id: str) -> dict[str, float]:
