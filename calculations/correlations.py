@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 CORRELATION_WINDOW, MIN_OVERLAP = 90, 20
@@ -402,10 +402,8 @@ def _clusters(symbols: list[str], rho: np.ndarray, weights: Mapping[str, float],
     distance = 1.0 - np.where(np.isnan(rho), 0.0, rho)
     np.fill_diagonal(distance, 0.0)
     tree = linkage(squareform(distance, checks=False), method="average")
-    labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
-
     groups: dict[int, list[int]] = {}
-    for index, label in enumerate(labels.tolist()):
+    for index, label in enumerate(_cut(tree, 1.0 - threshold)):
         groups.setdefault(label, []).append(index)
 
     found: list[tuple[list[str], float, float]] = []
@@ -423,3 +421,28 @@ def _clusters(symbols: list[str], rho: np.ndarray, weights: Mapping[str, float],
     found.sort(key=lambda c: (-c[2], c[0][0]))
     return [Cluster(number=n, symbols=names, avg_correlation=avg, weight=weight)
             for n, (names, avg, weight) in enumerate(found, start=1)]
+
+
+def _cut(tree: np.ndarray, height: float) -> list[int]:
+    """Flat-cluster label of each leaf of a scipy linkage `tree` cut at `height` (inclusive):
+    leaves whose subtree's highest merge is ≤ `height` share the label of that subtree's top —
+    scipy's `fcluster(tree, height, criterion="distance")`, without its per-call validation.
+    Rows of `tree` merge nodes (leaves 0..n−1, merge k is node n + k) in creation order."""
+    n = len(tree) + 1
+    parent = list(range(2 * n - 1))
+    top = [0.0] * (2 * n - 1)  # highest merge inside each node's subtree
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k, (a, b, dist, _) in enumerate(tree.tolist()):
+        node = n + k
+        top[node] = max(dist, top[int(a)], top[int(b)])
+        if top[node] <= height:
+            parent[root(int(a))] = node
+            parent[root(int(b))] = node
+    return [root(i) for i in range(n)]
+

@@ -806,3 +806,27 @@ def test_invalid_inputs_raise() -> None:
         correlate_frame({"A": 1.0, "B": 1.0}, pd.concat([returns, returns["A"]], axis=1))
     with pytest.raises(ValueError, match="min_overlap"):
         correlate_frame({"A": 1.0, "B": 1.0}, returns, min_overlap=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tree_cut_equals_scipy_fcluster(seed: int) -> None:
+    # the clusters cut the average-linkage tree themselves; scipy's fcluster is the oracle,
+    # including cut heights exactly at a merge (inclusive)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    from calculations.correlations import _cut
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        rho = np.corrcoef(rng.normal(size=(n, 2)) @ rng.normal(size=(2, 40))
+                          + rng.normal(size=(n, 40)) * rng.uniform(0.1, 2.0))
+        distance = 1.0 - rho
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(distance, checks=False), method="average")
+        for height in (0.3, float(rng.uniform(0.0, 1.5)), float(tree[rng.integers(0, n - 1), 2])):
+            expected = fcluster(tree, t=height, criterion="distance")
+            got = np.array(_cut(tree, height))
+            assert {tuple(np.flatnonzero(expected == v)) for v in set(expected.tolist())} == \
+                   {tuple(np.flatnonzero(got == v)) for v in set(got.tolist())}
