@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from batch import calendar
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, demo_id
+from batch.engines import DateContext
 from models import CorrelationRun, MarketPrice
 
 AS_OF = date(2022, 12, 28)
@@ -116,3 +117,12 @@ def test_stored_correlations_equal_the_pandas_oracle(seeded, engine):
             assert book[("MSFT", "XOM")] == (None, 24)
         xom = [v for pair, (v, _) in book.items() if "XOM" in pair]
         assert sum(v is not None for v in xom) >= 2
+
+
+def test_without_the_dates_market_closes_the_units_own_closes_give_the_same_pairs(seeded, engine, monkeypatch):
+    # When the symbol-betas engine failed before loading the market closes, a unit's panel is
+    # built from its own closes (batch.engines._correlation_panel): same stored pairs.
+    monkeypatch.setattr(DateContext, "return_panel", property(lambda self: None))
+    code, summary, *_ = seeded("--date", AS_OF.isoformat(), "--json")
+    assert code == 0, summary
+    assert sum(len(book) for book in assert_pairs_match_oracle(engine).values()) > 300
