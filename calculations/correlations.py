@@ -166,7 +166,8 @@ class PairwiseCorrelations:
     - `matrix` (k × k float): ρ over the sessions where both series have a return; NaN where the
       pair has fewer than `min_overlap` such sessions or either series is constant over them
       (ρ undefined). Diagonal 1.0 where the series has ≥ `min_overlap` returns and is not
-      constant, else NaN — exactly `pandas.DataFrame.corr(min_periods=min_overlap)`.
+      constant, else NaN. The same undefined entries as
+      `pandas.DataFrame.corr(min_periods=min_overlap)`, values equal to rounding.
     - `observations` (k × k int64): the number of sessions where both have a return; the
       diagonal is each series' own count.
     """
@@ -187,8 +188,8 @@ class ReturnPanel:
     Axes of the arrays: rows = the window's sessions (ascending), columns = `symbols`.
     - `present`: 1.0 where the symbol has a return that session, 0.0 at a gap;
     - `centred`: the return minus the symbol's mean over the whole window, 0.0 at a gap (Pearson
-      over any subset of sessions is shift-invariant; centring first keeps the sums small, so
-      the one-pass formulas below lose no precision to cancellation);
+      over any subset of sessions is shift-invariant; centring first keeps the one-pass sums
+      of `correlations` small, so they lose little to cancellation — see its precision note);
     - `ranks`: the dense rank (1, 2, …) of the return among the symbol's distinct returns, 0.0
       at a gap — small integers, so sums of them are exact and tell, exactly, whether a series
       is constant over any set of sessions;
