@@ -18,9 +18,10 @@ raises on failure. "Nothing to compute" is a `skipped` outcome carrying the SPEC
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -115,6 +116,16 @@ class DateContext:
     def market_symbols(self) -> frozenset[str]:
         """The columns of `market_closes` (set once the symbol-betas engine has loaded them)."""
         return frozenset() if self.market_closes is None else frozenset(self.market_closes.columns)
+
+    @cached_property
+    def return_panel(self) -> corr.ReturnPanel | None:
+        """The last CORRELATION_WINDOW log returns of every column of `market_closes`, prepared
+        once for the date (SPEC §6.6): each portfolio's correlation matrix is a block of it.
+        None when the market closes were never loaded (the symbol-betas engine failed first)."""
+        if self.market_closes is None:
+            return None
+        returns = corr.log_returns(self.market_closes.iloc[-(corr.CORRELATION_WINDOW + 1):])
+        return corr.return_panel([str(c) for c in returns.columns], returns.to_numpy(dtype=float))
 
 
 @dataclass
@@ -694,6 +705,19 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
 # --- correlations (SPEC §6.6, §8) --------------------------------------------------------------
 
 
+def _correlation_panel(ctx: UnitContext, symbols: Mapping[str, float]) -> corr.ReturnPanel:
+    """The returns the unit's correlations read: the date's panel (`DateContext.return_panel`),
+    which holds every market symbol; only when the market closes were never loaded (the
+    symbol-betas engine failed before loading them) a panel of the unit's own closes of
+    `symbols` — the same computation over a smaller universe, read from the same closes."""
+    panel = ctx.shared.return_panel
+    if panel is not None and all(s in panel.columns for s in symbols):
+        return panel
+    closes = ctx.closes.reindex(columns=sorted(symbols)).iloc[-(corr.CORRELATION_WINDOW + 1):]
+    returns = corr.log_returns(closes)
+    return corr.return_panel(list(returns.columns), returns.to_numpy(dtype=float))
+
+
 def run_correlations(ctx: UnitContext) -> JobOutcome:
     valuation: Valuation = ctx.outputs["valuation"]
     greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
@@ -711,8 +735,7 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     kept, excluded = corr.eligible_exposures(values, valuation.gross_exposure)
     result = None
     if len(kept) >= 2:
-        closes = ctx.closes.reindex(columns=sorted(kept)).iloc[-(corr.CORRELATION_WINDOW + 1):]
-        result = corr.correlate(kept, corr.log_returns(closes), excluded=excluded)
+        result = corr.correlate(kept, _correlation_panel(ctx, kept), excluded=excluded)
     total = valuation.num_positions
     for table in (CorrelationRun, CorrelationMatrix, CorrelationCluster):
         ctx.replace(table, [])
@@ -725,10 +748,8 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
         "effective_positions": result.effective_positions, "positions_included": result.positions_included,
         "positions_excluded": result.positions_excluded, "status": "success"}])
     symbols = result.symbols
-    # plain lists: element-wise .loc on the frames costs more than the statistics themselves
-    rhos = [[None if np.isnan(v) else float(v) for v in row]
-            for row in result.matrix.reindex(index=symbols, columns=symbols).to_numpy(dtype=float)]
-    counts = result.observations.reindex(index=symbols, columns=symbols).to_numpy().tolist()
+    rhos = [[None if math.isnan(v) else v for v in row] for row in result.matrix.tolist()]
+    counts = result.observations.tolist()
     # one row: the sorted symbols and both matrices (the pairwise_correlations view unnests it)
     ctx.replace(CorrelationMatrix, [{
         "window_days": corr.CORRELATION_WINDOW, "symbols": symbols, "matrix": rhos,
@@ -743,7 +764,7 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     analyzed = sum(1 for sym in stocks if sym in included)
     merged = sum(1 for sym in options if sym in included)
     quality = capped(_quality("full_history", f"{len(symbols)} symbols, {pairs} pairs", analyzed, total,
-                              int(result.observations.min().min()), positions_merged=merged,
+                              int(result.observations.min()), positions_merged=merged,
                               excluded=result.excluded), "excluded")
     quality["positions_skipped"] = total - analyzed - merged
     return JobOutcome("success", {

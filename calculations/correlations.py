@@ -6,7 +6,11 @@ their underlying; PRIVATE positions never reach this module):
 1. `eligible_exposures` — keep symbols whose |exposure| and |exposure| ÷ gross exposure pass the
    thresholds;
 2. `log_returns` — daily log returns from a close table indexed by NYSE session;
-3. `correlate` — pairwise-complete Pearson matrix, metrics and clusters, or None when fewer than
+3. `return_panel` — those returns prepared once for a whole universe (e.g. every market symbol
+   of an as-of date);
+4. `correlate` — the block of the universe's pairwise-complete Pearson matrix for the included
+   symbols (`ReturnPanel.correlations`: masked matrix products, one computation for every
+   case — gaps, short overlaps, constant series), metrics and clusters, or None when fewer than
    two symbols have enough history (the caller then emits the §8 skip payload).
 
 Units: exposures in dollars (signed, shorts negative), returns as natural-log fractions, weights
@@ -16,12 +20,12 @@ as fractions summing to 1. Pure: no database, clock, environment or logging.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 CORRELATION_WINDOW, MIN_OVERLAP = 90, 20
@@ -55,8 +59,8 @@ class Cluster:
 class CorrelationResult:
     """Correlations among the included symbols of one portfolio on one as-of date.
 
-    - `symbols`: included symbols, sorted; `matrix` and `observations` are indexed by them on both
-      axes, in that order.
+    - `symbols`: included symbols, sorted; `matrix` and `observations` (k × k arrays) are indexed
+      by them on both axes, in that order.
     - `excluded`: symbol → reason (`below_min_value`, `below_min_weight`, `insufficient_history`).
     - `weights`: |exposure| ÷ Σ|exposure| over the included symbols (sums to 1).
     - `matrix`: Pearson ρ on pairwise-complete observations; NaN where a pair has fewer than
@@ -79,8 +83,8 @@ class CorrelationResult:
     symbols: list[str]
     excluded: dict[str, str]
     weights: dict[str, float]
-    matrix: pd.DataFrame
-    observations: pd.DataFrame
+    matrix: np.ndarray
+    observations: np.ndarray
     avg_abs_correlation: float | None
     weighted_correlation: float | None
     effective_positions: float | None
@@ -155,9 +159,153 @@ def log_returns(closes: pd.DataFrame, window: int = CORRELATION_WINDOW) -> pd.Da
     return returns.iloc[-window:]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PairwiseCorrelations:
+    """Pairwise-complete Pearson correlations of k series (rows and columns in the caller's order).
+
+    - `matrix` (k × k float): ρ over the sessions where both series have a return; NaN where the
+      pair has fewer than `min_overlap` such sessions or either series is constant over them
+      (ρ undefined). Diagonal 1.0 where the series has ≥ `min_overlap` returns and is not
+      constant, else NaN. The same undefined entries as
+      `pandas.DataFrame.corr(min_periods=min_overlap)`, values equal to rounding.
+    - `observations` (k × k int64): the number of sessions where both have a return; the
+      diagonal is each series' own count.
+    """
+
+    matrix: np.ndarray
+    observations: np.ndarray
+
+
+# n·Σr² over a window of T sessions is at most T⁴, exact in float64 below 2⁵³ (T < 9,741).
+_MAX_SESSIONS = 9_000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReturnPanel:
+    """Returns of many symbols over one window, prepared once so that the pairwise-complete
+    correlations of any subset are a handful of masked matrix products (`correlations`).
+
+    Axes of the arrays: rows = the window's sessions (ascending), columns = `symbols`.
+    - `present`: 1.0 where the symbol has a return that session, 0.0 at a gap;
+    - `centred`: the return minus the symbol's mean over the whole window, 0.0 at a gap (Pearson
+      over any subset of sessions is shift-invariant; centring first keeps the one-pass sums
+      of `correlations` small, so they lose little to cancellation — see its precision note);
+    - `ranks`: the dense rank (1, 2, …) of the return among the symbol's distinct returns, 0.0
+      at a gap — small integers, so sums of them are exact and tell, exactly, whether a series
+      is constant over any set of sessions;
+    - `counts`: returns per symbol (int64).
+    Build with `return_panel`.
+    """
+
+    symbols: tuple[str, ...]
+    columns: dict[str, int]  # symbol → column
+    present: np.ndarray
+    centred: np.ndarray
+    ranks: np.ndarray
+    counts: np.ndarray
+
+    def count(self, symbol: str) -> int:
+        """Returns of `symbol` in the window (0 for a symbol the panel does not hold)."""
+        column = self.columns.get(symbol)
+        return 0 if column is None else int(self.counts[column])
+
+    def correlations(self, symbols: Sequence[str], min_overlap: int = MIN_OVERLAP) -> PairwiseCorrelations:
+        """The pairwise-complete correlations among `symbols` (each held by the panel), in
+        that order. For a pair (i, j) with overlap S (sessions where both have a return),
+        n = |S| and x the centred returns:
+
+            cov = Σ_S xᵢxⱼ − Σ_S xᵢ · Σ_S xⱼ ÷ n,   varᵢ = Σ_S xᵢ² − (Σ_S xᵢ)² ÷ n,
+            ρ = cov ÷ √(varᵢ varⱼ)
+
+        where every Σ_S is one matrix product with the presence mask (a gap contributes 0).
+        ρ is NaN when n < `min_overlap` or either series is constant over S (decided exactly on
+        the ranks: n·Σ_S r² = (Σ_S r)² only for a constant series), clipped to [−1, 1] and
+        exactly symmetric. Raises KeyError naming a symbol the panel does not hold.
+
+        Precision: ρ is within a few ulps × (d ÷ s)² of the exact value, where s is a series'
+        spread over the overlap and d the distance between its mean there and its window mean
+        (the centre subtracted); for daily returns d ≲ s and ρ agrees with pandas' per-pair
+        loop to ~1e-15. A series that barely moves over the overlap (say by 1e-9) while moving
+        by 1e-2 elsewhere loses digits; an exactly constant one is always NaN.
+        """
+        missing = [s for s in symbols if s not in self.columns]
+        if missing:
+            raise KeyError(f"symbols not in the return panel: {missing}")
+        cols = np.fromiter((self.columns[s] for s in symbols), dtype=np.intp, count=len(symbols))
+        return _pairwise(self.centred[:, cols], self.present[:, cols], self.ranks[:, cols], min_overlap)
+
+
+def return_panel(symbols: Sequence[str], returns: np.ndarray) -> ReturnPanel:
+    """Prepare `returns` (rows: sessions of one window, ascending; columns: `symbols`; NaN where
+    a symbol has no return) for `ReturnPanel.correlations`.
+
+    Raises ValueError for a shape that does not match `symbols`, duplicate symbols, infinite
+    returns, or a window longer than 9,000 sessions (beyond it the exact constancy test on
+    ranks could round).
+    """
+    values = np.asarray(returns, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(symbols):
+        raise ValueError(f"returns must be (sessions × {len(symbols)} symbols), got shape {values.shape}")
+    if len(set(symbols)) != len(symbols):
+        twice = sorted({s for s in symbols if list(symbols).count(s) > 1})
+        raise ValueError(f"duplicate symbols in the return panel: {twice}")
+    if values.shape[0] > _MAX_SESSIONS:
+        raise ValueError(f"return window must be at most {_MAX_SESSIONS} sessions, got {values.shape[0]}")
+    if np.isinf(values).any():
+        raise ValueError("returns contain infinite values")
+    present = ~np.isnan(values)
+    counts = present.sum(axis=0)
+    means = np.where(present, values, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    centred = np.where(present, values - means, 0.0)
+    # dense ranks per column: sort (NaN last), a new rank wherever the sorted value changes
+    order = np.argsort(values, axis=0, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=0)
+    step = np.ones(values.shape, dtype=np.int64)
+    step[1:] = ordered[1:] != ordered[:-1]
+    ranks = np.empty(values.shape, dtype=float)
+    np.put_along_axis(ranks, order, np.cumsum(step, axis=0).astype(float), axis=0)
+    return ReturnPanel(
+        symbols=tuple(symbols), columns={s: k for k, s in enumerate(symbols)},
+        present=present.astype(float), centred=centred, ranks=np.where(present, ranks, 0.0),
+        counts=counts.astype(np.int64))
+
+
+def pairwise_correlations(returns: np.ndarray, min_overlap: int = MIN_OVERLAP) -> PairwiseCorrelations:
+    """Pairwise-complete Pearson correlations among all columns of `returns` (rows: sessions;
+    NaN where missing), as `ReturnPanel.correlations` computes them."""
+    values = np.asarray(returns, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"returns must be 2-D (sessions × series), got shape {values.shape}")
+    labels = [str(k) for k in range(values.shape[1])]
+    return return_panel(labels, values).correlations(labels, min_overlap)
+
+
+def _pairwise(x: np.ndarray, m: np.ndarray, r: np.ndarray, min_overlap: int) -> PairwiseCorrelations:
+    """`ReturnPanel.correlations` on the selected columns: centred returns `x`, presence `m`,
+    ranks `r` (rows: sessions; columns: the k series)."""
+    n = m.T @ m  # n[i, j] = sessions where both have a return (exact small integers)
+    sx = x.T @ m  # sx[i, j] = Σ of xᵢ over the sessions shared with j
+    sxx = (x * x).T @ m
+    sxy = x.T @ x
+    sr = r.T @ m
+    srr = (r * r).T @ m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = sxy - sx * sx.T / n
+        var = sxx - sx * sx / n  # var[i, j]: variance sum of i over the overlap with j
+        scale = var * var.T
+        rho = cov / np.sqrt(scale)
+    varies = n * srr - sr * sr > 0  # i takes ≥ 2 distinct values over the overlap with j (exact)
+    defined = (n >= min_overlap) & varies & varies.T & (scale > 0)
+    rho = np.where(defined, np.clip(rho, -1.0, 1.0), np.nan)
+    rho = np.triu(rho, 1)
+    rho = rho + rho.T  # exactly symmetric (the strict upper triangle mirrored)
+    np.fill_diagonal(rho, np.where(np.diag(defined), 1.0, np.nan))
+    return PairwiseCorrelations(matrix=rho, observations=np.rint(n).astype(np.int64))
+
+
 def correlate(
     exposures: Mapping[str, float],
-    returns: pd.DataFrame,
+    panel: ReturnPanel,
     *,
     min_overlap: int = MIN_OVERLAP,
     threshold: float = CLUSTER_THRESHOLD,
@@ -166,24 +314,25 @@ def correlate(
     """Correlation matrix, diversification metrics and clusters for the given exposures.
 
     `exposures`: symbol → signed dollar exposure, already filtered by `eligible_exposures`
-    (finite; weights use |exposure|). `returns`: DataFrame indexed by session, one column per
-    symbol (e.g. from `log_returns`), NaN where missing; columns not in `exposures` are ignored.
-    `excluded`: exclusions decided upstream (e.g. the second value of `eligible_exposures`),
-    carried into the result so it lists every exclusion; must not overlap `exposures`.
+    (finite; weights use |exposure|). `panel`: the returns of a universe holding these symbols
+    (e.g. every market symbol of the date, from `log_returns` + `return_panel`); symbols it
+    does not hold have no history. `excluded`: exclusions decided upstream (e.g. the second
+    value of `eligible_exposures`), carried into the result so it lists every exclusion; must
+    not overlap `exposures`.
 
-    A symbol with fewer than `min_overlap` non-NaN returns (or no column at all) is excluded with
-    `insufficient_history`. Returns None when fewer than two symbols remain. Otherwise ρ is
-    Pearson over the rows where both symbols have a return, NaN for pairs with fewer than
-    `min_overlap` such rows (see `CorrelationResult` for the metrics' definitions).
+    A symbol with fewer than `min_overlap` returns (or none in the panel) is excluded with
+    `insufficient_history`. Returns None when fewer than two symbols remain. Otherwise the
+    matrix is the block of the panel's pairwise-complete correlations for the included symbols
+    (`ReturnPanel.correlations`; see `CorrelationResult` for the metrics' definitions).
 
     Clusters: average-linkage hierarchical clustering (scipy) on distance 1 − ρ, with NaN ρ taken
     as distance 1 (no evidence of co-movement); the tree is cut at distance 1 − `threshold`
     (inclusive), so a group is kept when its members' average ρ ≥ `threshold`; only groups of
     ≥ 2 symbols are reported. Symbols are sorted before anything is computed, so the result does
-    not depend on the order of `exposures` or of the columns of `returns`.
+    not depend on the order of `exposures` or of the panel's columns.
 
-    Raises ValueError for a non-finite exposure, all-zero included exposures, infinite returns,
-    duplicate return columns, `min_overlap` < 2, or a symbol both in `exposures` and `excluded`.
+    Raises ValueError for a non-finite exposure, all-zero included exposures, `min_overlap` < 2,
+    or a symbol both in `exposures` and `excluded`.
     """
     if min_overlap < 2:
         raise ValueError(f"min_overlap must be >= 2 (Pearson needs two points), "
@@ -195,19 +344,9 @@ def correlate(
     bad = sorted(s for s, v in exposures.items() if not math.isfinite(v))
     if bad:
         raise ValueError(f"exposures must be finite; got non-finite values for {bad}")
-    if not returns.columns.is_unique:
-        raise ValueError("returns has duplicate columns")
 
     candidates = sorted(exposures)
-    present = [s for s in candidates if s in returns.columns]
-    data = pd.DataFrame(returns[present].to_numpy(dtype=float, na_value=np.nan),
-                        index=returns.index, columns=present)
-    if np.isinf(data.to_numpy()).any():
-        raise ValueError("returns contain infinite values")
-    counts = data.notna().sum().to_dict()
-
-    history_excluded = {s: INSUFFICIENT_HISTORY for s in candidates
-                        if counts.get(s, 0) < min_overlap}
+    history_excluded = {s: INSUFFICIENT_HISTORY for s in candidates if panel.count(s) < min_overlap}
     symbols = [s for s in candidates if s not in history_excluded]
     all_excluded = {**prior, **history_excluded}
     if len(symbols) < 2:
@@ -220,15 +359,9 @@ def correlate(
     w = sizes / total
     weights = dict(zip(symbols, w.tolist(), strict=True))
 
-    data = data[symbols]
-    present_mask = data.notna().to_numpy(dtype=float)
-    obs = (present_mask.T @ present_mask).round().astype(np.int64)
-    observations = pd.DataFrame(obs, index=symbols, columns=symbols)
-
-    rho = data.corr(method="pearson", min_periods=min_overlap).to_numpy(dtype=float, copy=True)
-    rho = np.clip((rho + rho.T) / 2.0, -1.0, 1.0)  # exact symmetry; clip rounding past ±1
-    np.fill_diagonal(rho, 1.0)
-    matrix = pd.DataFrame(rho, index=symbols, columns=symbols)
+    pairs = panel.correlations(symbols, min_overlap)
+    rho = pairs.matrix
+    np.fill_diagonal(rho, 1.0)  # a constant included series still correlates 1 with itself
 
     iu = np.triu_indices(len(symbols), k=1)
     pair_rho = rho[iu]
@@ -250,8 +383,8 @@ def correlate(
         symbols=symbols,
         excluded=dict(sorted(all_excluded.items())),
         weights=weights,
-        matrix=matrix,
-        observations=observations,
+        matrix=rho,
+        observations=pairs.observations,
         avg_abs_correlation=avg_abs,
         weighted_correlation=weighted,
         effective_positions=effective,
@@ -270,10 +403,8 @@ def _clusters(symbols: list[str], rho: np.ndarray, weights: Mapping[str, float],
     distance = 1.0 - np.where(np.isnan(rho), 0.0, rho)
     np.fill_diagonal(distance, 0.0)
     tree = linkage(squareform(distance, checks=False), method="average")
-    labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
-
     groups: dict[int, list[int]] = {}
-    for index, label in enumerate(labels.tolist()):
+    for index, label in enumerate(_cut(tree, 1.0 - threshold)):
         groups.setdefault(label, []).append(index)
 
     found: list[tuple[list[str], float, float]] = []
@@ -291,3 +422,28 @@ def _clusters(symbols: list[str], rho: np.ndarray, weights: Mapping[str, float],
     found.sort(key=lambda c: (-c[2], c[0][0]))
     return [Cluster(number=n, symbols=names, avg_correlation=avg, weight=weight)
             for n, (names, avg, weight) in enumerate(found, start=1)]
+
+
+def _cut(tree: np.ndarray, height: float) -> list[int]:
+    """Flat-cluster label of each leaf of a scipy linkage `tree` cut at `height` (inclusive):
+    leaves whose subtree's highest merge is ≤ `height` share the label of that subtree's top —
+    scipy's `fcluster(tree, height, criterion="distance")`, without its per-call validation.
+    Rows of `tree` merge nodes (leaves 0..n−1, merge k is node n + k) in creation order."""
+    n = len(tree) + 1
+    parent = list(range(2 * n - 1))
+    top = [0.0] * (2 * n - 1)  # highest merge inside each node's subtree
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k, (a, b, dist, _) in enumerate(tree.tolist()):
+        node = n + k
+        top[node] = max(dist, top[int(a)], top[int(b)])
+        if top[node] <= height:
+            parent[root(int(a))] = node
+            parent[root(int(b))] = node
+    return [root(i) for i in range(n)]
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import uuid
 from datetime import date
 from pathlib import Path
@@ -171,6 +172,7 @@ def test_private_only_skip_payloads_are_the_contract_literally(seeded, engine):
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from datetime import date, timedelta
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.linalg import hadamard
 
 from calculations.correlations import (
+    ReturnPanel,
     CLUSTER_THRESHOLD,
     CORRELATION_WINDOW,
     MIN_OVERLAP,
@@ -29,9 +32,26 @@ from calculations.correlations import (
     correlate,
     eligible_exposures,
     log_returns,
+    pairwise_correlations,
+    return_panel,
 )
 
+SAMPLE_PRICES = Path(__file__).resolve().parents[2] / "batch" / "data" / "sample_prices.csv.gz"
+
 NaN = math.nan
+
+
+def correlate_frame(exposures: dict[str, float], returns: pd.DataFrame,
+                    **kwargs: object) -> CorrelationResult | None:
+    """`correlate` on a panel of every column of `returns` (rows: sessions)."""
+    return correlate(exposures, return_panel(list(returns.columns), returns.to_numpy(dtype=float)),
+                     **kwargs)
+
+
+def frames(result: CorrelationResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The result's matrix and observations labelled by its symbols, for readable look-ups."""
+    return (pd.DataFrame(result.matrix, index=result.symbols, columns=result.symbols),
+            pd.DataFrame(result.observations, index=result.symbols, columns=result.symbols))
 
 
 def approx(x: float) -> object:
@@ -182,6 +202,192 @@ def test_log_returns_rejects_unordered_index_and_bad_window() -> None:
         log_returns(pd.DataFrame({"A": [1.0, 2.0, 3.0]}, index=d), window=0)
 
 
+# ---------------------------------------------------------------- pairwise_correlations (matrix form)
+# Oracle: pandas' pairwise-complete Pearson, `DataFrame.corr(min_periods=20)` (a per-pair loop
+# over the common rows), and np.corrcoef on the common rows; never the masked sums under test.
+
+
+def pandas_oracle(returns: np.ndarray, min_overlap: int = MIN_OVERLAP) -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.DataFrame(returns)
+    present = frame.notna().to_numpy(dtype=np.int64)
+    return frame.corr(min_periods=min_overlap).to_numpy(), present.T @ present
+
+
+def assert_matches_oracle(returns: np.ndarray, min_overlap: int = MIN_OVERLAP) -> None:
+    expected, expected_n = pandas_oracle(returns, min_overlap)
+    got = pairwise_correlations(returns, min_overlap)
+    np.testing.assert_array_equal(got.observations, expected_n)
+    assert got.observations.dtype == np.int64
+    np.testing.assert_array_equal(np.isnan(got.matrix), np.isnan(expected))  # same undefined pairs
+    np.testing.assert_allclose(got.matrix, expected, rtol=0, atol=1e-12)  # NaN compares equal
+    np.testing.assert_array_equal(got.matrix, got.matrix.T)  # exactly symmetric
+
+
+def sample_log_returns() -> pd.DataFrame:
+    closes = pd.read_csv(SAMPLE_PRICES, index_col=0)
+    return np.log(closes).diff().iloc[1:]
+
+
+@pytest.mark.parametrize("end", range(90, 2264, 97))
+def test_pairwise_matches_pandas_on_the_sample_prices(end: int) -> None:
+    window = sample_log_returns().iloc[end - 90:end].to_numpy()  # 90 returns × 26 symbols
+    assert window.shape == (90, 26) and not np.isnan(window).any()
+    assert_matches_oracle(window)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pairwise_matches_pandas_on_the_sample_prices_with_gaps_and_stale_stretches(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    returns = sample_log_returns()
+    end = int(rng.integers(90, len(returns)))
+    window = returns.iloc[end - 90:end].to_numpy().copy()
+    window[rng.random(window.shape) < rng.uniform(0.05, 0.5)] = NaN  # scattered gaps
+    window[:int(rng.integers(50, 80)), 3] = NaN  # a late listing: some pairs < 20 overlaps
+    window[10:60, 5] = np.where(np.isnan(window[10:60, 5]), NaN, 0.0)  # a stale price: 0 returns
+    window[:, 7] = NaN  # no history at all
+    window[:, 9] = np.where(np.isnan(window[:, 9]), NaN, 0.0)  # constant over the whole window
+    assert_matches_oracle(window)
+
+
+def test_pairwise_hand_built_case() -> None:
+    # A, B: 25 sessions, B = 2A + 1 where both exist → ρ = 1 over their overlap;
+    # C = −A on the first 20 rows only → exactly 20 overlaps, ρ = −1;
+    # D: 19 returns → every pair of D below 20 overlaps (NaN) and its own diagonal NaN.
+    a = np.array([0.01 * ((k * 7) % 11 - 5) for k in range(25)])
+    returns = np.full((25, 4), NaN)
+    returns[:, 0] = a
+    returns[:, 1] = 2.0 * a + 1.0
+    returns[:20, 2] = -a[:20]
+    returns[6:, 3] = a[6:] ** 2
+    got = pairwise_correlations(returns)
+    assert got.observations.tolist() == [[25, 25, 20, 19], [25, 25, 20, 19],
+                                         [20, 20, 20, 14], [19, 19, 14, 19]]
+    m = got.matrix
+    assert m[0, 1] == pytest.approx(1.0, abs=1e-15) and m[0, 2] == pytest.approx(-1.0, abs=1e-15)
+    assert m[1, 2] == pytest.approx(-1.0, abs=1e-15)
+    assert np.isnan(m[3]).all() and np.isnan(m[:, 3]).all()
+    assert np.diag(m)[:3].tolist() == [1.0, 1.0, 1.0]
+    assert_matches_oracle(returns)
+
+
+def test_pairwise_constant_over_the_overlap_only_is_undefined() -> None:
+    # A is constant (0.0: a stale price) on rows 0..29 and varies on rows 30..59; B exists only
+    # on rows 0..29, C only on rows 20..59. A is constant over its overlap with B (ρ undefined,
+    # NaN, whatever B does) but not over its overlap with C. A value equal in every row but
+    # rounded differently would not count as constant: the test is exact equality.
+    rng = np.random.default_rng(4)
+    returns = np.full((60, 3), NaN)
+    returns[:30, 0] = 0.0
+    returns[30:, 0] = rng.normal(0.0, 0.02, 30)
+    returns[:30, 1] = rng.normal(0.0, 0.02, 30)
+    returns[20:, 2] = rng.normal(0.0, 0.02, 40)
+    got = pairwise_correlations(returns)
+    assert got.observations[0, 1] == 30 and got.observations[0, 2] == 40
+    assert np.isnan(got.matrix[0, 1]) and np.isnan(got.matrix[1, 0])
+    assert got.matrix[0, 2] == pytest.approx(numpy_pearson(returns[:, 0], returns[:, 2], 20)[0],
+                                             rel=1e-12)
+    assert_matches_oracle(returns)
+    # nonzero constant, and −0.0 mixed with 0.0 (equal values): still constant
+    returns[:30, 0] = 0.013
+    assert np.isnan(pairwise_correlations(returns).matrix[0, 1])
+    returns[:30, 0] = np.where(np.arange(30) % 2 == 0, 0.0, -0.0)
+    assert np.isnan(pairwise_correlations(returns).matrix[0, 1])
+    assert_matches_oracle(returns)
+
+
+def exact_pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson over the rows where both are present, in exact rational arithmetic (one final
+    rounding): an oracle that loses nothing to cancellation."""
+    both = ~np.isnan(x) & ~np.isnan(y)
+    a, b = [Fraction(v) for v in x[both]], [Fraction(v) for v in y[both]]
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(a, b, strict=True))
+    va, vb = sum((p - ma) ** 2 for p in a), sum((q - mb) ** 2 for q in b)
+    return float(cov) / math.sqrt(float(va) * float(vb))
+
+
+def test_pairwise_precise_when_the_series_sit_far_from_zero() -> None:
+    # Pearson is shift-invariant; one-pass sums on raw series around 100 with spread 1e-3 would
+    # lose ~10 digits to cancellation. Centring each column by its window mean first keeps the
+    # result within a few ulps of the exact value (pandas' running-mean update is off by ~4e-12
+    # on this input, so the oracle here is exact rational arithmetic).
+    rng = np.random.default_rng(21)
+    noise = rng.normal(0.0, 1e-3, size=(90, 4))
+    noise[:, 1] += 0.5 * noise[:, 0]
+    noise[rng.random(noise.shape) < 0.25] = NaN
+    returns = 100.0 + noise
+    got = pairwise_correlations(returns).matrix
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert got[i, j] == pytest.approx(exact_pearson(returns[:, i], returns[:, j]),
+                                              rel=0, abs=1e-14)
+
+
+def test_pairwise_degenerate_shapes() -> None:
+    one = pairwise_correlations(np.linspace(-0.01, 0.02, 30)[:, None])
+    assert one.matrix.tolist() == [[1.0]] and one.observations.tolist() == [[30]]
+    empty = pairwise_correlations(np.empty((90, 0)))
+    assert empty.matrix.shape == empty.observations.shape == (0, 0)
+    no_rows = pairwise_correlations(np.empty((0, 2)))
+    assert np.isnan(no_rows.matrix).all() and no_rows.observations.tolist() == [[0, 0], [0, 0]]
+    all_nan = pairwise_correlations(np.full((40, 2), NaN))
+    assert np.isnan(all_nan.matrix).all() and not all_nan.observations.any()
+    constant = pairwise_correlations(np.full((40, 2), 0.01))
+    assert np.isnan(constant.matrix).all() and (constant.observations == 40).all()
+
+
+def test_pairwise_min_overlap_boundary() -> None:
+    rng = np.random.default_rng(8)
+    returns = rng.normal(0.0, 0.02, size=(30, 2))
+    returns[:11, 1] = NaN  # 19 common sessions
+    assert np.isnan(pairwise_correlations(returns).matrix[0, 1])
+    assert not np.isnan(pairwise_correlations(returns, min_overlap=19).matrix[0, 1])
+    assert_matches_oracle(returns, 19)
+    returns[10, 1] = 0.001  # 20 common sessions
+    assert not np.isnan(pairwise_correlations(returns).matrix[0, 1])
+
+
+@settings(deadline=None, max_examples=200)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(0, 45), st.integers(1, 6)),
+                  elements=st.one_of(st.just(NaN), st.just(-0.0),
+                                     st.integers(-20, 20).map(lambda k: k * 0.005))))
+def test_pairwise_matches_pandas_on_arbitrary_tables(returns: np.ndarray) -> None:
+    # Returns on a coarse grid on purpose: ties, zeros (stale prices) and series constant over
+    # some overlap are common. (Not arbitrary floats: a series moving by 1e-9 over its overlap
+    # with another while moving by 1e-2 elsewhere is beyond one-pass sums — see
+    # `ReturnPanel.correlations`.)
+    assert_matches_oracle(returns)
+
+
+def test_panel_block_is_the_block_of_the_universe() -> None:
+    rng = np.random.default_rng(12)
+    data = rng.normal(0.0, 0.02, size=(90, 12)) + rng.normal(0.0, 0.01, size=(90, 1))
+    data[rng.random(data.shape) < 0.3] = NaN
+    symbols = [f"S{k:02d}" for k in range(12)]
+    panel = return_panel(symbols, data)
+    assert isinstance(panel, ReturnPanel)
+    expected, expected_n = pandas_oracle(data)
+    pick = ["S07", "S02", "S11", "S05"]  # any order: the block follows it
+    idx = [symbols.index(s) for s in pick]
+    block = panel.correlations(pick)
+    np.testing.assert_allclose(block.matrix, expected[np.ix_(idx, idx)], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(block.observations, expected_n[np.ix_(idx, idx)])
+    assert panel.count("S03") == int((~np.isnan(data[:, 3])).sum()) and panel.count("NOPE") == 0
+    with pytest.raises(KeyError, match="NOPE"):
+        panel.correlations(["S01", "NOPE"])
+
+
+def test_return_panel_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        return_panel(["A", "B"], np.zeros((5, 3)))
+    with pytest.raises(ValueError, match=r"duplicate symbols in the return panel: \['A'\]"):
+        return_panel(["A", "B", "A"], np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="infinite"):
+        return_panel(["A"], np.array([[0.01], [math.inf]]))
+    with pytest.raises(ValueError, match="at most 9000 sessions"):
+        return_panel(["A"], np.zeros((9_001, 1)))
+
+
 # ---------------------------------------------------------------- correlate: matrix
 
 
@@ -194,13 +400,13 @@ def test_pearson_matches_numpy_on_pairwise_complete_rows(seed: int) -> None:
     data[rng.random((90, 5)) < 0.2] = NaN
     data[:60, 4] = NaN  # XOM: ~24 returns, so some of its pairs fall below 20 overlaps
     returns = pd.DataFrame(data, columns=symbols)
-    result = correlate(dict.fromkeys(symbols, 50_000.0), returns)
+    result = correlate_frame(dict.fromkeys(symbols, 50_000.0), returns)
     assert result is not None
     assert result.symbols == symbols
     for i, a in enumerate(symbols):
         for j, b in enumerate(symbols):
-            got = result.matrix.loc[a, b]
-            n = int(result.observations.loc[a, b])
+            got = frames(result)[0].loc[a, b]
+            n = int(frames(result)[1].loc[a, b])
             if i == j:
                 assert got == 1.0
                 assert n == int(np.sum(~np.isnan(data[:, i])))
@@ -222,15 +428,14 @@ def test_pair_with_fewer_than_min_overlap_is_nan_not_zero() -> None:
     cols["C"][:] = rng.normal(0.0, 0.02, size=40)  # 40 returns
     cols["D"][20:40] = base[20:40] * 3.0  # exactly 20 returns; with B: rows 20..39 = 20
     returns = pd.DataFrame(cols)
-    result = correlate(dict.fromkeys("ABCD", 25_000.0), returns)
+    result = correlate_frame(dict.fromkeys("ABCD", 25_000.0), returns)
     assert result is not None
-    obs = result.observations
+    m, obs = frames(result)
     assert obs.loc["A", "B"] == obs.loc["B", "A"] == 15
     assert obs.loc["A", "C"] == 30 and obs.loc["B", "C"] == 25
     assert obs.loc["A", "D"] == 10 and obs.loc["B", "D"] == 20 and obs.loc["C", "D"] == 20
     assert [obs.loc[s, s] for s in "ABCD"] == [30, 25, 40, 20]
-    assert obs.to_numpy().dtype.kind == "i"
-    m = result.matrix
+    assert result.observations.dtype.kind == "i"
     assert math.isnan(m.loc["A", "B"]) and math.isnan(m.loc["B", "A"])  # identical data, 15 rows
     assert math.isnan(m.loc["A", "D"])
     assert m.loc["B", "D"] == pytest.approx(1.0, abs=1e-12)  # exactly 20 overlaps: has a value
@@ -239,10 +444,10 @@ def test_pair_with_fewer_than_min_overlap_is_nan_not_zero() -> None:
     # B and D (ρ = 1) are.
     assert [c.symbols for c in result.clusters] == [["B", "D"]]
 
-    relaxed = correlate(dict.fromkeys("ABCD", 25_000.0), returns, min_overlap=10)
+    relaxed = correlate_frame(dict.fromkeys("ABCD", 25_000.0), returns, min_overlap=10)
     assert relaxed is not None
-    assert relaxed.matrix.loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
-    assert relaxed.matrix.loc["A", "D"] == pytest.approx(1.0, abs=1e-12)
+    assert frames(relaxed)[0].loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
+    assert frames(relaxed)[0].loc["A", "D"] == pytest.approx(1.0, abs=1e-12)
     assert [c.symbols for c in relaxed.clusters] == [["A", "B", "D"]]
 
 
@@ -253,11 +458,11 @@ def test_three_symbol_metrics_by_hand() -> None:
     # ρ_XY = 0.6, ρ_XZ = −0.8, ρ_YZ = −0.48 by construction; Z is a short.
     target = [[1.0, 0.6, -0.8], [0.6, 1.0, -0.48], [-0.8, -0.48, 1.0]]
     returns = correlated_series(target, ["X", "Y", "Z"])
-    result = correlate({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns)
+    result = correlate_frame({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns)
     assert result is not None
     assert result.symbols == ["X", "Y", "Z"]
     assert result.weights == {"X": approx(0.5), "Y": approx(0.3), "Z": approx(0.2)}
-    np.testing.assert_allclose(result.matrix.to_numpy(), target, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.matrix, target, rtol=0, atol=1e-12)
     # mean |ρ| = (0.6 + 0.8 + 0.48) / 3
     assert result.avg_abs_correlation == approx(1.88 / 3)
     # Σ w_i w_j ρ_ij = 0.15·0.6 + 0.10·(−0.8) + 0.06·(−0.48) = −0.0188; Σ w_i w_j = 0.31
@@ -269,7 +474,7 @@ def test_three_symbol_metrics_by_hand() -> None:
     assert result.excluded == {}
 
     # Lower the bar to ρ ≥ 0.5: X and Y (ρ = 0.6) now form a cluster.
-    loose = correlate({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns, threshold=0.5)
+    loose = correlate_frame({"Z": -20_000.0, "X": 50_000.0, "Y": 30_000.0}, returns, threshold=0.5)
     assert loose is not None
     assert loose.clusters == [Cluster(1, ["X", "Y"], approx(0.6), approx(0.8))]
 
@@ -277,9 +482,9 @@ def test_three_symbol_metrics_by_hand() -> None:
 def test_orthogonal_series_effective_positions_equal_n() -> None:
     symbols = [f"S{i}" for i in range(8)]
     returns = pd.DataFrame(hadamard(64)[:, 1:9] * 2.0 ** -7, columns=symbols)
-    result = correlate(dict.fromkeys(symbols, 40_000.0), returns)
+    result = correlate_frame(dict.fromkeys(symbols, 40_000.0), returns)
     assert result is not None
-    off = result.matrix.to_numpy()[~np.eye(8, dtype=bool)]
+    off = result.matrix[~np.eye(8, dtype=bool)]
     np.testing.assert_allclose(off, 0.0, atol=1e-14)
     assert result.effective_positions == approx(8.0)
     assert result.avg_abs_correlation == pytest.approx(0.0, abs=1e-14)
@@ -295,15 +500,15 @@ def test_r_forced_to_identity_gives_exactly_n_and_no_pair_metrics() -> None:
     for k, s in enumerate("ABCD"):
         cols[s][20 * k:20 * (k + 1)] = rng.normal(0.0, 0.02, size=20)
     returns = pd.DataFrame(cols)
-    result = correlate(dict.fromkeys("ABCD", 30_000.0), returns)
+    result = correlate_frame(dict.fromkeys("ABCD", 30_000.0), returns)
     assert result is not None
     assert result.effective_positions == 4.0  # 1 / (4 · 0.25²), exact
     assert result.avg_abs_correlation is None and result.weighted_correlation is None
     assert result.clusters == []
-    assert np.isnan(result.matrix.to_numpy()[~np.eye(4, dtype=bool)]).all()
-    assert (result.observations.to_numpy() == np.diag([20, 20, 20, 20])).all()
+    assert np.isnan(result.matrix[~np.eye(4, dtype=bool)]).all()
+    assert (result.observations == np.diag([20, 20, 20, 20])).all()
 
-    unequal = correlate({"A": 60_000.0, "B": -30_000.0, "C": 15_000.0, "D": 15_000.0}, returns)
+    unequal = correlate_frame({"A": 60_000.0, "B": -30_000.0, "C": 15_000.0, "D": 15_000.0}, returns)
     assert unequal is not None
     assert unequal.effective_positions == approx(1 / (0.5**2 + 0.25**2 + 0.125**2 + 0.125**2))
 
@@ -312,7 +517,7 @@ def test_independent_random_series_effective_positions_close_to_n() -> None:
     rng = np.random.default_rng(11)
     symbols = ["A", "B", "C", "D", "E", "F"]
     returns = pd.DataFrame(rng.normal(0.0, 0.02, size=(5_000, 6)), columns=symbols)
-    result = correlate(dict.fromkeys(symbols, 20_000.0), returns)
+    result = correlate_frame(dict.fromkeys(symbols, 20_000.0), returns)
     assert result is not None
     assert result.effective_positions == pytest.approx(6.0, rel=0.05)
     assert result.avg_abs_correlation is not None and result.avg_abs_correlation < 0.05
@@ -324,14 +529,15 @@ def test_perfectly_correlated_pair_clusters_and_anticorrelated_does_not() -> Non
     base = rng.normal(0.0, 0.02, size=60)
     returns = pd.DataFrame({"A": base, "B": 2.5 * base, "C": -base,
                             "D": rng.normal(0.0, 0.02, size=60)})
-    result = correlate(dict.fromkeys("ABCD", 10_000.0), returns)
+    result = correlate_frame(dict.fromkeys("ABCD", 10_000.0), returns)
     assert result is not None
-    assert result.matrix.loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
-    assert result.matrix.loc["A", "C"] == pytest.approx(-1.0, abs=1e-12)
-    assert result.matrix.loc["B", "C"] == pytest.approx(-1.0, abs=1e-12)
+    m = frames(result)[0]
+    assert m.loc["A", "B"] == pytest.approx(1.0, abs=1e-12)
+    assert m.loc["A", "C"] == pytest.approx(-1.0, abs=1e-12)
+    assert m.loc["B", "C"] == pytest.approx(-1.0, abs=1e-12)
     assert result.clusters == [Cluster(1, ["A", "B"], pytest.approx(1.0, abs=1e-12), approx(0.5))]
 
-    pair = correlate({"A": 10_000.0, "C": 10_000.0}, returns)
+    pair = correlate_frame({"A": 10_000.0, "C": 10_000.0}, returns)
     assert pair is not None
     assert pair.clusters == []
     assert pair.weighted_correlation == pytest.approx(-1.0, abs=1e-12)
@@ -341,7 +547,7 @@ def test_perfectly_correlated_pair_clusters_and_anticorrelated_does_not() -> Non
 
 def test_weights_use_absolute_exposure() -> None:
     returns = correlated_series([[1.0, 0.0], [0.0, 1.0]], ["L", "S"])
-    result = correlate({"L": 75_000.0, "S": -25_000.0}, returns)
+    result = correlate_frame({"L": 75_000.0, "S": -25_000.0}, returns)
     assert result is not None
     assert result.weights == {"L": approx(0.75), "S": approx(0.25)}
     assert sum(result.weights.values()) == approx(1.0)
@@ -354,7 +560,7 @@ def test_average_linkage_not_single_linkage() -> None:
     # d_AB = 0.1, d_AC = 0.2, d_BC = 0.5. Single linkage joins C at 0.2; average linkage
     # joins C at (0.2 + 0.5) / 2 = 0.35 > 0.3, so C stays out.
     target = [[1.0, 0.9, 0.8], [0.9, 1.0, 0.5], [0.8, 0.5, 1.0]]
-    result = correlate(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
+    result = correlate_frame(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
     assert result is not None
     assert result.clusters == [Cluster(1, ["A", "B"], approx(0.9), approx(2 / 3))]
 
@@ -363,7 +569,7 @@ def test_average_linkage_not_complete_linkage() -> None:
     # d_AB = 0.1, d_AC = 0.2, d_BC = 0.35. Complete linkage would need 0.35 ≤ 0.3; average
     # linkage joins C at (0.2 + 0.35) / 2 = 0.275.
     target = [[1.0, 0.9, 0.8], [0.9, 1.0, 0.65], [0.8, 0.65, 1.0]]
-    result = correlate(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
+    result = correlate_frame(dict.fromkeys("ABC", 10_000.0), correlated_series(target, ["A", "B", "C"]))
     assert result is not None
     assert result.clusters == [Cluster(1, ["A", "B", "C"], approx((0.9 + 0.8 + 0.65) / 3),
                                        approx(1.0))]
@@ -375,7 +581,7 @@ def test_average_linkage_averages_over_all_members_not_subclusters() -> None:
     # linkage (WPGMA) would give (0.2 + 0.48) / 2 = 0.34 and leave D out.
     target = [[1.0, 0.95, 0.85, 0.8], [0.95, 1.0, 0.85, 0.8],
               [0.85, 0.85, 1.0, 0.52], [0.8, 0.8, 0.52, 1.0]]
-    result = correlate(dict.fromkeys("ABCD", 10_000.0),
+    result = correlate_frame(dict.fromkeys("ABCD", 10_000.0),
                        correlated_series(target, ["A", "B", "C", "D"]))
     assert result is not None
     assert result.clusters == [
@@ -395,18 +601,18 @@ def test_clusters_numbered_by_weight_then_first_symbol() -> None:
     returns = correlated_series(BLOCKS, BLOCK_SYMBOLS)
     heavy_tech = {"XOM": 10_000.0, "CVX": 10_000.0, "MSFT": 30_000.0, "AAPL": 30_000.0,
                   "KO": 20_000.0}
-    result = correlate(heavy_tech, returns)
+    result = correlate_frame(heavy_tech, returns)
     assert result is not None
     assert result.clusters == [Cluster(1, ["AAPL", "MSFT"], approx(0.9), approx(0.6)),
                                Cluster(2, ["CVX", "XOM"], approx(0.95), approx(0.2))]
 
     heavy_energy = {**heavy_tech, "XOM": 40_000.0, "CVX": 40_000.0}  # total 160,000
-    result = correlate(heavy_energy, returns)
+    result = correlate_frame(heavy_energy, returns)
     assert result is not None
     assert [(c.number, c.symbols, c.weight) for c in result.clusters] == [
         (1, ["CVX", "XOM"], approx(0.5)), (2, ["AAPL", "MSFT"], approx(0.375))]
 
-    equal = correlate(dict.fromkeys(BLOCK_SYMBOLS, 10_000.0), returns)
+    equal = correlate_frame(dict.fromkeys(BLOCK_SYMBOLS, 10_000.0), returns)
     assert equal is not None  # equal weights 0.4 / 0.4: ties broken by first symbol
     assert [(c.number, c.symbols) for c in equal.clusters] == [(1, ["AAPL", "MSFT"]),
                                                                (2, ["CVX", "XOM"])]
@@ -426,7 +632,7 @@ def _noisy_block_returns() -> tuple[dict[str, float], pd.DataFrame]:
 
 
 _EXPOSURES, _RETURNS = _noisy_block_returns()
-_REFERENCE = correlate(_EXPOSURES, _RETURNS)
+_REFERENCE = correlate_frame(_EXPOSURES, _RETURNS)
 
 
 def naive_average_linkage(symbols: list[str], dist: np.ndarray, cut: float) -> list[list[str]]:
@@ -468,7 +674,7 @@ def test_noisy_blocks_clusters_match_independent_average_linkage() -> None:
         Cluster(2, ["AAPL", "MSFT", "NVDA"], approx(mean_rho(["AAPL", "MSFT", "NVDA"])),
                 approx(6 / 36)),
     ]
-    again = correlate(_EXPOSURES, _RETURNS)
+    again = correlate_frame(_EXPOSURES, _RETURNS)
     assert again is not None and again.clusters == _REFERENCE.clusters  # deterministic runs
 
 
@@ -480,7 +686,7 @@ def test_random_clusters_match_independent_average_linkage(seed: int) -> None:
     data = factors @ loadings + rng.normal(0, 0.006, size=(60, 9))
     data[rng.random(data.shape) < 0.1] = NaN
     symbols = [f"S{k}" for k in range(9)]
-    result = correlate(dict.fromkeys(symbols, 1e5), pd.DataFrame(data, columns=symbols))
+    result = correlate_frame(dict.fromkeys(symbols, 1e5), pd.DataFrame(data, columns=symbols))
     assert result is not None
     rho = np.array([[1.0 if i == j else numpy_pearson(data[:, i], data[:, j], 20)[0]
                      for j in range(9)] for i in range(9)])
@@ -494,12 +700,12 @@ def test_clusters_and_matrix_independent_of_input_order(exposure_order: list[str
                                                          column_order: list[str]) -> None:
     assert _REFERENCE is not None
     exposures = {s: _EXPOSURES[s] for s in exposure_order}
-    result = correlate(exposures, _RETURNS[column_order])
+    result = correlate_frame(exposures, _RETURNS[column_order])
     assert result is not None
     assert result.symbols == _REFERENCE.symbols
     assert result.clusters == _REFERENCE.clusters
-    pd.testing.assert_frame_equal(result.matrix, _REFERENCE.matrix, check_exact=True)
-    pd.testing.assert_frame_equal(result.observations, _REFERENCE.observations)
+    np.testing.assert_array_equal(result.matrix, _REFERENCE.matrix)  # NaN where NaN, else equal
+    np.testing.assert_array_equal(result.observations, _REFERENCE.observations)
     assert result.weights == _REFERENCE.weights
     assert (result.avg_abs_correlation, result.weighted_correlation,
             result.effective_positions) == (_REFERENCE.avg_abs_correlation,
@@ -527,7 +733,7 @@ def test_matrix_symmetric_unit_diagonal_and_bounded(returns: pd.DataFrame) -> No
     symbols = list(returns.columns)
     counts = {s: int(returns[s].notna().sum()) for s in symbols}
     enough = sorted(s for s in symbols if counts[s] >= MIN_OVERLAP)
-    result = correlate(dict.fromkeys(symbols, 10_000.0), returns)
+    result = correlate_frame(dict.fromkeys(symbols, 10_000.0), returns)
     if len(enough) < 2:
         assert result is None
         return
@@ -535,13 +741,13 @@ def test_matrix_symmetric_unit_diagonal_and_bounded(returns: pd.DataFrame) -> No
     assert result.symbols == enough
     assert result.excluded == {s: "insufficient_history" for s in symbols if s not in enough}
     assert result.positions_included + result.positions_excluded == len(symbols)
-    m = result.matrix.to_numpy()
-    assert list(result.matrix.index) == list(result.matrix.columns) == enough
+    m = result.matrix
+    assert m.shape == (len(enough), len(enough))
     np.testing.assert_array_equal(m, m.T)  # NaN positions equal too
     assert (np.diag(m) == 1.0).all()
     finite = m[~np.isnan(m)]
     assert ((finite >= -1.0) & (finite <= 1.0)).all()
-    obs = result.observations.to_numpy()
+    obs = result.observations
     np.testing.assert_array_equal(obs, obs.T)
     present = returns[enough].notna().to_numpy()
     for i in range(len(enough)):
@@ -566,7 +772,7 @@ def test_insufficient_history_and_upstream_exclusions() -> None:
         {"A": 100_000.0, "B": -80_000.0, "SHORTHIST": 50_000.0, "NODATA": 40_000.0,
          "TINY": 5_000.0}, 275_000.0)
     assert upstream == {"TINY": "below_min_value"}
-    result = correlate(kept, returns, excluded=upstream)
+    result = correlate_frame(kept, returns, excluded=upstream)
     assert result is not None
     assert result.symbols == ["A", "B"]
     assert result.excluded == {"NODATA": "insufficient_history",
@@ -579,24 +785,48 @@ def test_fewer_than_two_symbols_returns_none() -> None:
     rng = np.random.default_rng(1)
     returns = pd.DataFrame(rng.normal(0, 0.02, size=(30, 2)), columns=["A", "B"])
     returns.loc[5:, "B"] = NaN
-    assert correlate({"A": 50_000.0, "B": 50_000.0}, returns) is None
-    assert correlate({"A": 50_000.0}, returns) is None
-    assert correlate({}, returns) is None
-    assert correlate({"A": 50_000.0, "B": 50_000.0}, returns.iloc[:0]) is None
+    assert correlate_frame({"A": 50_000.0, "B": 50_000.0}, returns) is None
+    assert correlate_frame({"A": 50_000.0}, returns) is None
+    assert correlate_frame({}, returns) is None
+    assert correlate_frame({"A": 50_000.0, "B": 50_000.0}, returns.iloc[:0]) is None
 
 
 def test_invalid_inputs_raise() -> None:
     returns = correlated_series([[1.0, 0.0], [0.0, 1.0]], ["A", "B"])
     with pytest.raises(ValueError, match="finite"):
-        correlate({"A": NaN, "B": 1.0}, returns)
+        correlate_frame({"A": NaN, "B": 1.0}, returns)
     with pytest.raises(ValueError, match="both included and excluded"):
-        correlate({"A": 1.0, "B": 1.0}, returns, excluded={"A": "below_min_value"})
+        correlate_frame({"A": 1.0, "B": 1.0}, returns, excluded={"A": "below_min_value"})
     with pytest.raises(ValueError, match="all zero"):
-        correlate({"A": 0.0, "B": 0.0}, returns)
+        correlate_frame({"A": 0.0, "B": 0.0}, returns)
     with pytest.raises(ValueError, match="infinite"):
-        correlate({"A": 1.0, "B": 1.0}, returns.assign(B=returns["B"].where(returns.index > 0,
+        correlate_frame({"A": 1.0, "B": 1.0}, returns.assign(B=returns["B"].where(returns.index > 0,
                                                                           math.inf)))
     with pytest.raises(ValueError, match="duplicate"):
-        correlate({"A": 1.0, "B": 1.0}, pd.concat([returns, returns["A"]], axis=1))
+        correlate_frame({"A": 1.0, "B": 1.0}, pd.concat([returns, returns["A"]], axis=1))
     with pytest.raises(ValueError, match="min_overlap"):
-        correlate({"A": 1.0, "B": 1.0}, returns, min_overlap=1)
+        correlate_frame({"A": 1.0, "B": 1.0}, returns, min_overlap=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tree_cut_equals_scipy_fcluster(seed: int) -> None:
+    # the clusters cut the average-linkage tree themselves; scipy's fcluster is the oracle,
+    # including cut heights exactly at a merge (inclusive)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    from calculations.correlations import _cut
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        rho = np.corrcoef(rng.normal(size=(n, 2)) @ rng.normal(size=(2, 40))
+                          + rng.normal(size=(n, 40)) * rng.uniform(0.1, 2.0))
+        distance = 1.0 - rho
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(distance, checks=False), method="average")
+        for height in (0.3, float(rng.uniform(0.0, 1.5)), float(tree[rng.integers(0, n - 1), 2])):
+            expected = fcluster(tree, t=height, criterion="distance")
+            got = np.array(_cut(tree, height))
+            assert {tuple(np.flatnonzero(expected == v)) for v in set(expected.tolist())} == \
+                   {tuple(np.flatnonzero(got == v)) for v in set(got.tolist())}
