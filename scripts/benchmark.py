@@ -58,7 +58,6 @@ from models import (  # noqa: E402
     MarketPrice,
     Portfolio,
     Position,
-    ViewBase,
 )
 
 AS_OF = date(2022, 12, 28)
@@ -184,9 +183,6 @@ def ensure_database(url: str) -> None:
 
 
 def wipe(engine) -> None:
-    with engine.begin() as conn:  # the migrations' views first: they depend on the tables
-        for view in ViewBase.metadata.tables:
-            conn.execute(text(f'DROP VIEW IF EXISTS "{view}"'))
     Base.metadata.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
