@@ -221,21 +221,32 @@ def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],
     the `constants` columns set on every row, inside the session's transaction, by the dialect's
     fastest path: `COPY` on PostgreSQL, one `executemany` elsewhere. Non-finite floats are stored
     as NULL, in numeric columns and inside JSON documents alike. Returns the row count."""
-    if not rows:
+    return bulk_insert_groups(session, table, [(constants or {}, rows)])
+
+
+def bulk_insert_groups(session: Session, table: Any,
+                       groups: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> int:
+    """`bulk_insert` of several groups of rows in one statement (one COPY on PostgreSQL, one
+    `executemany` elsewhere): each (constants, rows) group has its own `constants` columns (e.g.
+    one unit's portfolio_id and date); every group must set the same constant columns."""
+    groups = [(constants, rows) for constants, rows in groups if rows]
+    if not groups:
         return 0
     table = getattr(table, "__table__", table)
-    constants = constants or {}
+    first_constants, first_rows = groups[0]
+    constant_names = set(first_constants)
+    if any(set(constants) != constant_names for constants, _ in groups):
+        raise ValueError(f"bulk insert into {table.name}: the groups set different constant columns")
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True
-                                                 and c.name not in rows[0] and c.name not in constants)]
+                                                 and c.name not in first_rows[0] and c.name not in constant_names)]
     names = [c.name for c in columns]
-    fill = [constants[c.name] if c.name in constants else
-            c.default.arg if c.default is not None and c.default.is_scalar else None for c in columns]
-    from_row = [c.name not in constants for c in columns]
+    default = [c.default.arg if c.default is not None and c.default.is_scalar else None for c in columns]
+    from_row = [c.name not in constant_names for c in columns]
     numeric = [i for i, c in enumerate(columns) if isinstance(c.type, (Float, Numeric))]
     documents = [i for i, c in enumerate(columns) if isinstance(c.type, JSON)]
     postgres = session.get_bind().dialect.name == "postgresql"
 
-    def values(row: dict[str, Any]) -> list[Any]:
+    def values(row: dict[str, Any], fill: list[Any]) -> list[Any]:
         out = [row.get(n, f) if r else f for n, f, r in zip(names, fill, from_row, strict=True)]
         for i in numeric:
             v = out[i]
@@ -245,32 +256,72 @@ def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],
             out[i] = json_text(out[i]) if postgres else jsonable(out[i])
         return out
 
+    def filled(constants: dict[str, Any]) -> list[Any]:
+        return [constants[n] if n in constants else d for n, d in zip(names, default, strict=True)]
+
+    count = 0
     if postgres:
         quoted = ", ".join(f'"{n}"' for n in names)
         cursor = session.connection().connection.driver_connection.cursor()
         with cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row(values(row))
+            for constants, rows in groups:
+                fill = filled(constants)
+                for row in rows:
+                    copy.write_row(values(row, fill))
+                count += len(rows)
     else:
-        session.execute(table.insert(), [dict(zip(names, values(row), strict=True)) for row in rows])
-    return len(rows)
+        params = []
+        for constants, rows in groups:
+            fill = filled(constants)
+            params.extend(dict(zip(names, values(row, fill), strict=True)) for row in rows)
+        session.execute(table.insert(), params)
+        count = len(params)
+    return count
 
 
 def bulk_replace(session: Session, replacements: Sequence[tuple[Any, dict[str, Any], Sequence[dict]]]) -> int:
     """For each (table, key, rows): delete the rows of `table` matching `key` (column → value),
-    then insert `rows` with the key columns set (`bulk_insert`). On PostgreSQL the deletes go in
-    one pipelined round trip. Returns the number of rows inserted."""
-    tables = [(getattr(t, "__table__", t), key, rows) for t, key, rows in replacements]
+    then insert `rows` with the key columns set. Entries may repeat a table with other keys (the
+    units of a chunk): per table, one DELETE for all its keys when they differ in at most one
+    column (`c1 = v AND c2 IN (...)`, e.g. a chunk's portfolio ids for one date; else one DELETE
+    per key), then one insert of all its rows (`bulk_insert_groups`). On PostgreSQL the deletes
+    go in one pipelined round trip. Returns the number of rows inserted."""
+    by_table: dict[Any, list[tuple[dict[str, Any], Sequence[dict]]]] = {}
+    for t, key, rows in replacements:
+        by_table.setdefault(getattr(t, "__table__", t), []).append((key, rows))
+    deletes = [where for table, entries in by_table.items()
+               for where in _key_filters(table, [key for key, _ in entries])]
     if session.get_bind().dialect.name == "postgresql":
         driver = session.connection().connection.driver_connection
         with driver.pipeline(), driver.cursor() as cursor:
-            for table, key, _ in tables:
-                where = " AND ".join(f'"{column}" = %s' for column in key)
-                cursor.execute(f'DELETE FROM "{table.name}" WHERE {where}', list(key.values()))
+            for table, where in deletes:
+                clause = " AND ".join(f'"{c}" = ANY(%s)' if isinstance(v, list) else f'"{c}" = %s'
+                                      for c, v in where.items())
+                cursor.execute(f'DELETE FROM "{table.name}" WHERE {clause}', list(where.values()))
     else:
-        for table, key, _ in tables:
-            session.execute(table.delete().where(*(table.c[column] == v for column, v in key.items())))
-    return sum(bulk_insert(session, table, rows, key) for table, key, rows in tables)
+        for table, where in deletes:
+            session.execute(table.delete().where(*(table.c[c].in_(v) if isinstance(v, list) else table.c[c] == v
+                                                   for c, v in where.items())))
+    return sum(bulk_insert_groups(session, table, entries) for table, entries in by_table.items())
+
+
+def _key_filters(table: Any, keys: Sequence[dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
+    """The DELETE filters (table, column → value or list of values) covering exactly `keys`:
+    keys with the same columns that differ in at most one column share one filter."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for key in keys:
+        by_columns.setdefault(tuple(key), []).append(key)
+    filters = []
+    for columns, same in by_columns.items():
+        varying = [c for c in columns if len({k[c] for k in same}) > 1]
+        if len(varying) > 1:  # no single IN list describes them: one filter per key
+            filters.extend((table, dict(k)) for k in same)
+            continue
+        where = dict(same[0])
+        if varying:
+            where[varying[0]] = list(dict.fromkeys(k[varying[0]] for k in same))
+        filters.append((table, where))
+    return filters
 
 
 @dataclass(frozen=True)

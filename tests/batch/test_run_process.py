@@ -151,7 +151,7 @@ SIGNAL_DURING_THE_WRITE = """
 import os, signal, sys
 import psycopg, psycopg.copy
 from sqlalchemy.orm import Session
-from batch import cli, db, runner
+from batch import cli, db, persist
 
 pending = [getattr(signal, "SIG" + name) for name in os.environ["TEST_SIGNALS"].split(",")]
 sent, writing = [], []
@@ -185,7 +185,7 @@ def set_disposition(signum, handler):
     deliver("cleanup")
     return real_signal(signum, handler)
 
-real_bulk_replace, runner.bulk_replace = runner.bulk_replace, bulk_replace
+real_bulk_replace, persist.bulk_replace = persist.bulk_replace, bulk_replace
 real_finish, psycopg.copy.LibpqWriter.finish = psycopg.copy.LibpqWriter.finish, finish
 real_signal, signal.signal = signal.signal, set_disposition
 cleanup("rollback")
