@@ -6,7 +6,7 @@
 
 Either way the unit shipped is a `ChunkTask` (a few portfolios for one as-of date) and the
 worker runs it with `batch.runner.run_chunk_task`: its own database engine, the serial code path,
-one transaction per (portfolio, date). The run lock stays with the parent for the whole run;
+one transaction per chunk of units (SPEC §7). The run lock stays with the parent for the whole run;
 workers never take it, but confirm it before each commit (`LockRef.confirm`). The date's
 shared inputs (symbol betas, factor covariance, market closes) are computed once by the parent
 and shipped to the workers.

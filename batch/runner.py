@@ -1,5 +1,6 @@
-"""The run loop (SPEC §2, §7): lock, run record, global sync steps, then one transaction per
-(portfolio, as-of date) with a savepoint per engine, a soft deadline, a watchdog and signals."""
+"""The run loop (SPEC §2, §7): lock, run record, global sync steps, then the (portfolio, as-of
+date) units in chunks — each unit computed in memory, each chunk written in one transaction
+(batch/persist.py) — with a soft deadline, a watchdog and signals."""
 
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ _WORKER_ENGINES: dict[str, Engine] = {}  # one engine per database URL per worke
 
 def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     """Worker entry point: run a chunk with this process's own engine, exactly as the serial
-    run does (one transaction per unit, job records and progress with it)."""
+    run does (the task's portfolios are one chunk: one transaction, job records and progress
+    with it)."""
     engine = _WORKER_ENGINES.get(task.settings.database_url)
     if engine is None:
         configure_logging(task.settings.log_format, task.settings.log_level)
