@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -262,12 +263,21 @@ def bulk_insert_groups(session: Session, table: Any,
     count = 0
     if postgres:
         quoted = ", ".join(f'"{n}"' for n in names)
+        binary = _binary_copy_types(columns, session.get_bind().dialect)
+        fix = [] if binary is None else [(i, _BINARY_COERCE[t]) for i, t in enumerate(binary) if t in _BINARY_COERCE]
         cursor = session.connection().connection.driver_connection.cursor()
-        with cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
+        with cursor, cursor.copy(statement) as copy:
+            if binary is not None:
+                copy.set_types(binary)
             for constants, rows in groups:
                 fill = filled(constants)
                 for row in rows:
-                    copy.write_row(values(row, fill))
+                    out = values(row, fill)
+                    for i, coerce in fix:
+                        if out[i] is not None:
+                            out[i] = coerce(out[i])
+                    copy.write_row(out)
                 count += len(rows)
     else:
         params = []
@@ -277,6 +287,43 @@ def bulk_insert_groups(session: Session, table: Any,
         session.execute(table.insert(), params)
         count = len(params)
     return count
+
+
+# PostgreSQL column type (as SQLAlchemy compiles it, without modifiers) → the type whose binary
+# COPY format psycopg writes for it. `json`'s binary format is its text; `jsonb` (a version byte
+# first) and any type not listed here take the text COPY instead.
+_BINARY_COPY_TYPES = {
+    "UUID": "uuid", "DATE": "date", "DOUBLE PRECISION": "float8", "REAL": "float4", "INTEGER": "int4",
+    "BIGINT": "int8", "SMALLINT": "int2", "BOOLEAN": "bool", "JSON": "text", "TEXT": "text",
+    "VARCHAR": "text", "NUMERIC": "numeric", "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "TIMESTAMP WITHOUT TIME ZONE": "timestamp", "TIMESTAMP": "timestamp",
+}
+# what the text COPY accepts that a binary dumper does not: a float into NUMERIC (as its
+# shortest repr, the text COPY's digits), any true/false value, a UUID or other value as text
+_BINARY_COERCE = {
+    "numeric": lambda v: Decimal(repr(float(v))) if isinstance(v, float) else v,
+    "bool": bool,
+    "uuid": lambda v: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v)),
+    "text": lambda v: v if isinstance(v, str) else str(v),
+}
+
+
+def _binary_copy_types(columns: Sequence[Any], dialect: Any) -> list[str] | None:
+    """The psycopg type of each column for a binary COPY, or None when a column's type has no
+    entry in `_BINARY_COPY_TYPES` (the text COPY is used)."""
+    types = []
+    for column in columns:
+        compiled = column.type.compile(dialect=dialect).upper()
+        base, _, modifier = compiled.partition("(")
+        base = base.strip()
+        if base == "FLOAT":  # FLOAT(p): real up to 24 bits of precision, else double precision
+            precision = modifier.rstrip(")").strip()
+            base = "REAL" if precision.isdigit() and int(precision) <= 24 else "DOUBLE PRECISION"
+        name = _BINARY_COPY_TYPES.get(base)
+        if name is None:
+            return None
+        types.append(name)
+    return types
 
 
 def bulk_replace(session: Session, replacements: Sequence[tuple[Any, dict[str, Any], Sequence[dict]]]) -> int:

@@ -118,7 +118,7 @@ def test_sigterm_rolls_back_records_interrupted_and_releases_the_lock(database_u
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    # exactly the units recorded successful were committed; the one in progress rolled back
+    # exactly the units recorded successful were committed; the chunk in flight rolled back
     assert_interrupted_with_whole_units(engine, at_least=3)
 
 
@@ -163,7 +163,7 @@ def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url,
     assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
 
 
-# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (as
+# Delivers TEST_SIGNALS to the job itself: the first while a chunk's rows are being written (as
 # PostgreSQL's COPY ends, before SQLite's statements), each further one during the stop's cleanup (a
 # rollback, a session closing, a signal disposition changing), as an impatient supervisor would.
 SIGNAL_DURING_THE_WRITE = """
@@ -216,7 +216,7 @@ sys.exit(cli.main(sys.argv[1:]))
 @pytest.mark.parametrize(("signals", "code"), [("TERM,TERM", 143), ("INT,INT,INT", 130), ("HUP", 143)])
 def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
         database_url, engine, seeded, tmp_path, signals, code):
-    """A stop signal while a unit's rows are written (PostgreSQL: inside the COPY) rolls the unit
+    """A stop signal while a chunk's rows are written (PostgreSQL: inside the COPY) rolls the chunk
     back and records `interrupted`; signals repeated during the cleanup change nothing; SIGHUP is
     a SIGTERM. Exit 143 (SIGTERM, SIGHUP) or 130 (SIGINT), no traceback."""
     done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_THE_WRITE, "--date", "2022-12-28", "--skip-sync"],
@@ -230,7 +230,7 @@ def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
         snapshots = s.scalars(select(PortfolioSnapshot)).all()
     assert (run.status, run.exit_code, run.summary["status"]) == ("interrupted", code, "interrupted")
     assert run.finished_at is not None
-    assert snapshots == [] and unit_jobs == []  # the first unit, interrupted in its write, rolled back
+    assert snapshots == [] and unit_jobs == []  # the first chunk, interrupted in its write, rolled back
     with db.run_lock(engine):  # released
         pass
 
