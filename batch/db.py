@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import psycopg
 from alembic import command
 from alembic.config import Config
@@ -41,6 +42,12 @@ LOCK_WAIT_SECONDS = 30  # a new run's wait for the last commits of a run that lo
 UPSERT_CHUNK_ROWS = 500
 # what a failing database raises: through SQLAlchemy, or from the drivers used directly (COPY)
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, sqlite3.Error)
+
+
+# numpy integer and boolean scalars (what engines often produce) are stored by sqlite3 as BLOBs
+# unless adapted: store them as the Python int they are (numpy floats are Python floats already)
+for _numpy_type in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_):
+    sqlite3.register_adapter(_numpy_type, int)
 
 
 def make_engine(database_url: str, *, create: bool = True) -> Engine:
