@@ -111,7 +111,7 @@ class LocalProcesses(Executor):
         if self._pool is None:
             return
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in multiprocessing.active_children():  # units in progress roll back
+        for process in multiprocessing.active_children():  # their chunks in flight roll back
             process.terminate()
         for process in multiprocessing.active_children():
             process.join(timeout=10)
@@ -122,7 +122,7 @@ class DaskCluster(Executor):
     """The workers of the Dask scheduler at `address`, or a local cluster of `workers` worker
     processes (one thread each) when `address` is None. Every Dask worker needs this package
     installed and the database reachable. On a remote cluster an interrupt cancels the chunks
-    not yet started; chunks already running finish (each unit still commits or rolls back
+    not yet started; chunks already running finish (each chunk still commits or rolls back
     whole); a local cluster is shut down at once."""
 
     def __init__(self, address: str | None, workers: int) -> None:

@@ -586,15 +586,19 @@ class Runner:
         t0 = self.monotonic()
         try:
             self._write(lambda s: persist_chunk(s, self.run_id, chunk))
-            units = list(chunk.units)
         except Exception as exc:
             self._raise_if_stopping(exc)
             if len(chunk.units) == 1 and not chunk.units[0].writes:
                 raise  # job records alone cannot be written: the database fails (the run stops)
             log.warning("chunk_write_failed", error=describe_error(exc), units=len(chunk.units))
-            units = [self._persist_alone(chunk.as_of, unit) for unit in chunk.units]
+            for unit in chunk.units:  # each counted as it commits
+                written = self._persist_alone(chunk.as_of, unit)
+                self._count_jobs(written.records)
+                self._account(chunk.as_of, written, tally)
+            tally.add_time("unit_writes", self.monotonic() - t0)
+            return
         tally.add_time("unit_writes", self.monotonic() - t0)
-        for unit in units:
+        for unit in chunk.units:
             self._count_jobs(unit.records)
             self._account(chunk.as_of, unit, tally)
 
