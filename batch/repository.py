@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import uuid
@@ -364,14 +365,15 @@ _PG_CLOSES = ("COPY (SELECT (m.date - %s::date)::int4, (w.i - 1)::int4, m.close:
               " FROM market_prices m JOIN unnest(%s::text[]) WITH ORDINALITY AS w(symbol, i)"
               " ON m.symbol = w.symbol WHERE m.date >= %s AND m.date <= %s AND m.close IS NOT NULL)"
               " TO STDOUT (FORMAT BINARY)")
-_SQLITE_CLOSES = ("SELECT CAST(julianday(m.date) - julianday(?) AS INTEGER), CAST(w.key AS INTEGER),"
+# one number per (day, symbol): day offset × symbol count + symbol position (exact in a float64)
+_SQLITE_CLOSES = ("SELECT CAST(julianday(m.date) - julianday(?) AS INTEGER) * ? + CAST(w.key AS INTEGER),"
                   " CAST(m.close AS REAL) FROM json_each(?) AS w JOIN market_prices AS m"
                   " ON m.symbol = w.value WHERE m.date >= ? AND m.date <= ? AND m.close IS NOT NULL")
 
 
 def closes_arrays(session: Session, symbols: Sequence[str], start: date, end: date) -> ClosesArrays:
     """The closes of `symbols` dated in [start, end] in one statement, straight into numpy: a
-    binary COPY on PostgreSQL, one fetch of (day offset, symbol code, close) numbers on SQLite —
+    binary COPY on PostgreSQL, one fetch of (day and symbol code packed, close) numbers on SQLite —
     no date, text or row object per price. A NULL close is left out (read as missing)."""
     empty = ClosesArrays(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
     if not symbols:
@@ -383,15 +385,14 @@ def closes_arrays(session: Session, symbols: Sequence[str], start: date, end: da
         return _parse_pg_closes(data)
     cursor = driver.cursor()
     try:
-        cursor.execute(_SQLITE_CLOSES, (start.isoformat(), json.dumps(list(symbols)), start.isoformat(),
-                                        end.isoformat()))
+        cursor.execute(_SQLITE_CLOSES, (start.isoformat(), len(symbols), json.dumps(list(symbols)),
+                                        start.isoformat(), end.isoformat()))
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    if not rows:
-        return empty
-    days, codes = np.array([(r[0], r[1]) for r in rows], dtype=np.int64).T
-    return ClosesArrays(days, codes, np.fromiter((r[2] for r in rows), dtype=float, count=len(rows)))
+    pairs = np.fromiter(itertools.chain.from_iterable(rows), dtype=float, count=2 * len(rows)).reshape(-1, 2)
+    days, codes = np.divmod(pairs[:, 0].astype(np.int64), len(symbols))
+    return ClosesArrays(days, codes, pairs[:, 1].copy())
 
 
 def _parse_pg_closes(data: bytes) -> ClosesArrays:
