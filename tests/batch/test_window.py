@@ -197,3 +197,22 @@ def test_a_backfill_does_not_look_ahead(seeded, engine) -> None:
     old = next(v[0] for k, v in before["symbol_factor_betas"].items()
                if '"AAPL"' in k and '"Market"' in k and json.dumps(D[-1].isoformat()) in k)
     assert later != pytest.approx(old, rel=1e-6)
+
+
+def test_a_window_that_cannot_be_read_leaves_each_global_engine_to_read_its_own(
+        seeded, engine, monkeypatch, closes_reads) -> None:
+    """The window read fails (say the database hiccups): a warning, then symbol betas and the
+    factor covariance each read their closes as before — same rows as a run with the window."""
+    assert seeded("--date", "2022-12-28").code == 0
+    with_window = keyed_rows(engine)
+
+    def unreadable(cls, *args, **kwargs):
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(PriceWindow, "load", classmethod(unreadable))
+    closes_reads.clear()
+    result = seeded("--date", "2022-12-28", "--force", "--skip-sync", "--json")
+    assert result.code == 0, result.summary["failed_portfolios"]
+    assert '"price_window_failed"' in result.out and "disk I/O error" in result.out
+    assert len([c for c in closes_reads if c & MARKET]) == 2
+    assert_same_results(keyed_rows(engine), with_window)
