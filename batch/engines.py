@@ -85,14 +85,56 @@ class JobOutcome:
     result: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PriceWindow:
+    """The stored closes of a run's market symbols over every session its as-of dates need
+    (`history` sessions ending at the first date, through the last), read once
+    (`repository.load_closes`) and sliced for each date by `DateContext.load_closes`. Raw: a
+    non-positive or non-finite close is kept as stored (each slice is cleaned, `usable_closes`)."""
+
+    closes: pd.DataFrame  # indexed by every session of the range (ascending), one column per symbol
+    symbols: frozenset[str]
+
+    @classmethod
+    def load(cls, session: Session, symbols: set[str] | list[str], first: date, last: date,
+             history: int) -> PriceWindow:
+        """One read of `symbols` from `history` sessions before `first` (inclusive) to `last`."""
+        days = calendar.sessions_back(last, history + calendar.session_offset(first, last))
+        frame = repository.load_closes(session, symbols, days[0], last)
+        return cls(frame.reindex(index=pd.Index(days, dtype=object), columns=sorted(set(symbols))),
+                   frozenset(symbols))
+
+    @property
+    def first_session(self) -> date:
+        return self.closes.index[0]
+
+    @property
+    def last_session(self) -> date:
+        return self.closes.index[-1]
+
+    def slice(self, symbols: set[str] | list[str], as_of: date, sessions: int) -> pd.DataFrame:
+        """Exactly what `repository.session_closes(symbols, as_of, sessions)` reads: the
+        `sessions` sessions ending at `as_of` (nothing after it), one column per symbol. Raises
+        ValueError for sessions or symbols outside the window."""
+        days = calendar.sessions_back(as_of, sessions)
+        missing = set(symbols) - self.symbols
+        if days[0] < self.first_session or as_of > self.last_session or missing:
+            raise ValueError(f"closes of {sorted(missing)[:5] or 'its symbols'} {days[0]}..{as_of} are outside "
+                             f"the price window {self.first_session}..{self.last_session}")
+        return self.closes.reindex(index=pd.Index(days, dtype=object), columns=sorted(set(symbols)))
+
+
 @dataclass
 class DateContext:
     """Shared by everything computed for one as-of date: the global engines write `outputs`,
-    the portfolio engines read them. `session` is set only while a global engine runs."""
+    the portfolio engines read them. `session` is set only while a global engine runs.
+    `window` holds the run's closes (read once for all its dates); it is not sent to worker
+    processes, whose portfolio engines read `market_closes`."""
 
     settings: Settings
     as_of: date
     portfolio_ids: list[uuid.UUID] | None  # the run's --portfolio filter (None: all)
+    window: PriceWindow | None = None  # the global engines' closes; None: read from the database
     outputs: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # global engine → error
     session: Session | None = None
@@ -102,12 +144,26 @@ class DateContext:
     # symbol → sessions whose stored close was non-positive or non-finite, read as missing
     bad_closes: dict[str, list[date]] = field(default_factory=dict)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for the workers without the window and the session (they use neither)."""
+        return {**self.__dict__, "window": None, "session": None}
+
     def load_closes(self, symbols: set[str] | list[str], sessions: int) -> pd.DataFrame:
-        """Closes over the `sessions` sessions ending at `as_of` (repository.session_closes)
-        with every non-positive or non-finite close read as missing and recorded in
-        `bad_closes`: the one way the global engines read closes."""
+        """Closes over the `sessions` sessions ending at `as_of` (as repository.session_closes
+        reads them; a slice of `window`) with every non-positive or non-finite close read as
+        missing and recorded in `bad_closes`: the one way the global engines read closes. A
+        symbol the window lacks (an input row added since it was read) is read on its own."""
         assert self.session is not None
-        closes, bad = usable_closes(repository.session_closes(self.session, symbols, self.as_of, sessions))
+        wanted = set(symbols)
+        if self.window is None:
+            raw = repository.session_closes(self.session, wanted, self.as_of, sessions)
+        else:
+            extra = wanted - self.window.symbols
+            raw = self.window.slice(wanted - extra, self.as_of, sessions)
+            if extra:
+                raw = pd.concat([raw, repository.session_closes(self.session, extra, self.as_of, sessions)],
+                                axis=1)[sorted(wanted)]
+        closes, bad = usable_closes(raw)
         for symbol, days in bad.items():
             self.bad_closes[symbol] = sorted(set(self.bad_closes.get(symbol, [])) | set(days))
         return closes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import uuid
@@ -330,21 +331,84 @@ def session_closes(session: Session, symbols: Iterable[str], as_of: date, sessio
 
 def load_closes(session: Session, symbols: Iterable[str], start: date, end: date) -> pd.DataFrame:
     """Closes dated in [start, end] — never after `end` (no look-ahead) — as a DataFrame indexed
-    by date (ascending), one float column per requested symbol (all-NaN if it has no rows)."""
+    by date (ascending, `datetime.date`), one float column per requested symbol (all-NaN if it
+    has no rows). Stored values are read as the database casts them to a float (a non-positive
+    or non-finite close stays as it is, for `calculations.prices.usable_closes` to see).
+
+    Read as arrays, not row objects (`closes_arrays`), then placed with one numpy scatter."""
     wanted = sorted(set(symbols))
-    query = select(MarketPrice.date, MarketPrice.symbol, cast(MarketPrice.close, Float)).where(
-        MarketPrice.symbol.in_(wanted), MarketPrice.date >= start, MarketPrice.date <= end)
-    rows = session.connection().execute(query).all()  # Core: no ORM row processing
-    if not rows:
+    arrays = closes_arrays(session, wanted, start, end)
+    if arrays.days.size == 0:
         return pd.DataFrame(columns=wanted, dtype=float)
-    days, names, closes = zip(*rows, strict=True)
-    # a numpy pivot: building a long frame from row objects costs more than the query
-    day_index = sorted(set(days))
-    day_at = {d: i for i, d in enumerate(day_index)}
-    name_at = {n: i for i, n in enumerate(wanted)}
-    values = np.full((len(day_index), len(wanted)), np.nan)
-    values[[day_at[d] for d in days], [name_at[n] for n in names]] = closes
-    return pd.DataFrame(values, index=pd.Index(day_index, dtype=object), columns=wanted)
+    offsets, rows = np.unique(arrays.days, return_inverse=True)
+    values = np.full((offsets.size, len(wanted)), np.nan)
+    values[rows, arrays.codes] = arrays.closes
+    start_day = np.datetime64(start, "D")
+    index = pd.Index((start_day + offsets).astype(object), dtype=object)  # datetime.date values
+    return pd.DataFrame(values, index=index, columns=wanted)
+
+
+@dataclass(frozen=True)
+class ClosesArrays:
+    """Stored closes as three parallel arrays, one element per `market_prices` row."""
+
+    days: np.ndarray  # int64: days after the read's `start`
+    codes: np.ndarray  # int64: position of the row's symbol in the requested (sorted) symbols
+    closes: np.ndarray  # float64: the close as the database casts it (bad values kept)
+
+
+# PostgreSQL binary COPY: 11-byte signature, int32 flags, int32 header-extension length; each row
+# an int16 field count then (int32 length, value) per field; an int16 -1 trailer.
+_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_PG_ROW = np.dtype([("fields", ">i2"), ("day_len", ">i4"), ("day", ">i4"), ("code_len", ">i4"),
+                    ("code", ">i4"), ("close_len", ">i4"), ("close", ">f8")])
+_PG_CLOSES = ("COPY (SELECT (m.date - %s::date)::int4, (w.i - 1)::int4, m.close::float8"
+              " FROM market_prices m JOIN unnest(%s::text[]) WITH ORDINALITY AS w(symbol, i)"
+              " ON m.symbol = w.symbol WHERE m.date >= %s AND m.date <= %s AND m.close IS NOT NULL)"
+              " TO STDOUT (FORMAT BINARY)")
+# one number per (day, symbol): day offset × symbol count + symbol position (exact in a float64)
+_SQLITE_CLOSES = ("SELECT CAST(julianday(m.date) - julianday(?) AS INTEGER) * ? + CAST(w.key AS INTEGER),"
+                  " CAST(m.close AS REAL) FROM json_each(?) AS w JOIN market_prices AS m"
+                  " ON m.symbol = w.value WHERE m.date >= ? AND m.date <= ? AND m.close IS NOT NULL")
+
+
+def closes_arrays(session: Session, symbols: Sequence[str], start: date, end: date) -> ClosesArrays:
+    """The closes of `symbols` dated in [start, end] in one statement, straight into numpy: a
+    binary COPY on PostgreSQL, one fetch of (day and symbol code packed, close) numbers on SQLite —
+    no date, text or row object per price. A NULL close is left out (read as missing)."""
+    empty = ClosesArrays(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    if not symbols:
+        return empty
+    driver = session.connection().connection.driver_connection
+    if session.get_bind().dialect.name == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(_PG_CLOSES, (start, list(symbols), start, end)) as copy:
+            data = b"".join(bytes(block) for block in copy)
+        return _parse_pg_closes(data)
+    cursor = driver.cursor()
+    try:
+        cursor.execute(_SQLITE_CLOSES, (start.isoformat(), len(symbols), json.dumps(list(symbols)),
+                                        start.isoformat(), end.isoformat()))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    pairs = np.fromiter(itertools.chain.from_iterable(rows), dtype=float, count=2 * len(rows)).reshape(-1, 2)
+    days, codes = np.divmod(pairs[:, 0].astype(np.int64), len(symbols))
+    return ClosesArrays(days, codes, pairs[:, 1].copy())
+
+
+def _parse_pg_closes(data: bytes) -> ClosesArrays:
+    """The rows of a binary COPY of (int4 day, int4 code, float8 close) as arrays."""
+    if not data.startswith(_PG_SIGNATURE) or data[-2:] != b"\xff\xff":
+        raise ValueError("closes COPY: not a PostgreSQL binary COPY stream")
+    offset = len(_PG_SIGNATURE) + 8 + int.from_bytes(data[len(_PG_SIGNATURE) + 4:len(_PG_SIGNATURE) + 8], "big")
+    body = len(data) - offset - 2
+    if body % _PG_ROW.itemsize:
+        raise ValueError(f"closes COPY: {body} bytes of rows is not a whole number of {_PG_ROW.itemsize}-byte rows")
+    rows = np.frombuffer(data, dtype=_PG_ROW, offset=offset, count=body // _PG_ROW.itemsize)
+    if rows.size and not ((rows["fields"] == 3).all() and (rows["day_len"] == 4).all()
+                          and (rows["code_len"] == 4).all() and (rows["close_len"] == 8).all()):
+        raise ValueError("closes COPY: a row is not (int4, int4, float8)")
+    return ClosesArrays(rows["day"].astype(np.int64), rows["code"].astype(np.int64), rows["close"].astype(float))
 
 
 def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],

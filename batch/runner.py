@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from batch import repository
+from batch import calendar, repository
 from batch.db import (
     DATABASE_ERRORS,
     LockRef,
@@ -39,6 +39,7 @@ from batch.engines import (
     GLOBAL_ENGINES,
     DateContext,
     GlobalEngine,
+    PriceWindow,
     UnitContext,
     skipped_result,
 )
@@ -70,6 +71,7 @@ log = structlog.get_logger()
 # units per chunk (--chunk-size): their inputs are loaded together and their results committed in
 # one transaction (SPEC §7); bounds memory and what an interruption loses
 DEFAULT_CHUNK_SIZE = 200
+WINDOW_DATES = 260  # as-of dates one price window covers (about a year: bounds its memory)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each: roll back, record `interrupted`
 FINAL_RECORD_RETRY_SECONDS = 30.0  # how long a failing database is retried for the run's final record
 
@@ -232,6 +234,7 @@ class Runner:
         self.lock_lost: str | None = None  # why the run lock was lost mid-run
         self.job_counts: dict[str, dict[str, int]] = {}  # job → status → records this run
         self.chunk_size = DEFAULT_CHUNK_SIZE  # units per transaction (the request's, once it runs)
+        self.window: PriceWindow | None = None  # the closes the run's global engines slice
         self.monotonic = monotonic
         self.utcnow = utcnow
 
@@ -386,7 +389,8 @@ class Runner:
             return None
         structlog.contextvars.bind_contextvars(as_of=as_of.isoformat())
         structlog.contextvars.unbind_contextvars("portfolio_id")
-        shared = DateContext(self.settings, as_of, [p.id for p in portfolios] if request.portfolio_ids else None)
+        shared = DateContext(self.settings, as_of, [p.id for p in portfolios] if request.portfolio_ids else None,
+                             window=self._price_window(request, as_of))
         with Session(self.engine) as s:
             shared.stress_scenarios = repository.active_stress_scenarios(s)
         for engine in self.global_engines:
@@ -410,6 +414,28 @@ class Runner:
                 shared.session = None
             self._record_jobs(as_of, None, [JobRecord(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
         return shared
+
+    def _price_window(self, request: RunRequest, as_of: date) -> PriceWindow | None:
+        """The closes the global engines of `as_of` slice (no look-ahead: each date's slice ends
+        at that date): read once for `as_of` and up to WINDOW_DATES - 1 later dates of the request
+        — every market symbol held in that range and every factor proxy, HISTORY_SESSIONS sessions
+        before the first date through the last — and kept while the next dates fall inside it. A
+        window that cannot be read is None: each global engine then reads its own closes (and
+        fails alone if the database does)."""
+        if self.window is not None and self.window.first_session <= calendar.sessions_back(
+                as_of, HISTORY_SESSIONS)[0] and as_of <= self.window.last_session:
+            return self.window
+        dates = [d for d in request.as_of_dates if d >= as_of][:WINDOW_DATES]
+        try:
+            with Session(self.engine) as s:
+                symbols = set(repository.symbols_held(s, dates[0], dates[-1], request.portfolio_ids or None))
+                symbols |= set(repository.active_factor_proxies(s))
+                self.window = PriceWindow.load(s, symbols, dates[0], dates[-1], HISTORY_SESSIONS)
+        except Exception as exc:  # noqa: BLE001 the global engines read (and fail) on their own
+            self._raise_if_stopping(exc)
+            log.warning("price_window_failed", error=describe_error(exc))
+            self.window = None
+        return self.window
 
     def _run_chunks_elsewhere(self, as_of: date, portfolios: Sequence[repository.PortfolioRow],
                               complete: set[uuid.UUID], started: float, tally: _Tally,

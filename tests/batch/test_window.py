@@ -1,0 +1,218 @@
+"""Closes read as arrays, and a backfill reading its price window once (issue #11 item 5).
+
+- `repository.load_closes` returns the frame an independent pandas pivot of the stored rows
+  gives, bad closes included (for `usable_closes` to see);
+- `PriceWindow.slice` is exactly a per-date `repository.session_closes`;
+- a backfill reads the closes of its market symbols once, and stores what the single-date runs
+  it stands for store (SPEC §7), with no look-ahead (a price after D changes nothing of D).
+
+Every test runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from batch import calendar, repository
+from batch.engines import DateContext, PriceWindow
+from batch.settings import Settings
+from calculations.prices import usable_closes
+from models import MarketPrice, SymbolFactorBeta
+from tests.conftest import RESULT_TABLES
+
+NOW = datetime(2023, 1, 2, tzinfo=UTC)
+D = [date(2022, 12, d) for d in (20, 21, 22, 23, 27, 28)]  # NYSE sessions 2022-12-20..28 (26th closed)
+
+
+def store(engine, rows: list[tuple[str, date, float]]) -> None:
+    with Session(engine) as s, s.begin():
+        s.add_all(MarketPrice(symbol=sym, date=d, close=c, source="test", updated_at=NOW) for sym, d, c in rows)
+
+
+def test_closes_are_read_as_the_stored_rows_pivoted(engine) -> None:
+    """Expected frame: the rows in range pivoted by pandas; a symbol without rows is all NaN;
+    rows before `start` or after `end` are not read; a bad close (0, negative) is read as stored
+    and `usable_closes` reports it."""
+    days = calendar.sessions_back(date(2022, 12, 28), 8)
+    rows = [("AAA", d, 10.0 + i) for i, d in enumerate(days)]
+    rows += [("BBB", days[1], 0.0), ("BBB", days[3], -2.5), ("BBB", days[5], 7.25)]
+    rows += [("CCC", date(2022, 12, 29), 99.0), ("CCC", days[0], 5.0)]  # one after `end`, one before start
+    rows += [("ZZZ", days[4], 1.0)]  # not requested
+    store(engine, rows)
+    start, end = days[1], days[-1]
+    with Session(engine) as s:
+        frame = repository.load_closes(s, ["CCC", "BBB", "AAA", "NONE", "BBB"], start, end)
+    in_range = pd.DataFrame([r for r in rows if start <= r[1] <= end and r[0] in ("AAA", "BBB", "CCC")],
+                            columns=["symbol", "date", "close"])
+    expected = in_range.pivot(index="date", columns="symbol", values="close").reindex(
+        columns=["AAA", "BBB", "CCC", "NONE"]).astype(float)
+    expected.index = pd.Index(list(expected.index), dtype=object)
+    pd.testing.assert_frame_equal(frame, expected, check_names=False)
+    assert all(type(d) is date for d in frame.index) and frame.index.is_monotonic_increasing
+    assert frame.loc[days[3], "BBB"] == -2.5 and frame.loc[days[1], "BBB"] == 0.0
+    assert usable_closes(frame)[1] == {"BBB": [days[1], days[3]]}
+    with Session(engine) as s:
+        assert repository.load_closes(s, [], start, end).empty
+        nothing = repository.load_closes(s, ["NONE"], start, end)
+    assert list(nothing.columns) == ["NONE"] and nothing.empty
+
+
+def test_a_window_slice_is_the_per_date_read(engine) -> None:
+    """For each date of the window: the slice equals `session_closes` read for that date alone;
+    a date, a history or a symbol outside the window is refused with a one-line error."""
+    days = calendar.sessions_back(D[-1], 40)
+    rng = np.random.default_rng(7)
+    rows = [(sym, d, float(v)) for sym in ("AAA", "BBB", "CCC") for d, v in zip(days, rng.uniform(1, 9, 40))
+            if not (sym == "BBB" and d.day % 3 == 0)]  # BBB has gaps
+    store(engine, rows)
+    with Session(engine) as s:
+        window = PriceWindow.load(s, {"AAA", "BBB", "CCC", "NONE"}, D[0], D[-1], 20)
+        assert window.first_session == calendar.sessions_back(D[0], 20)[0] and window.last_session == D[-1]
+        for day in D:
+            for symbols, n in ((["AAA", "BBB", "CCC", "NONE"], 20), (["BBB"], 5)):
+                pd.testing.assert_frame_equal(window.slice(symbols, day, n),
+                                              repository.session_closes(s, symbols, day, n))
+    with pytest.raises(ValueError, match="outside the price window"):
+        window.slice(["AAA"], D[0], 21)
+    with pytest.raises(ValueError, match="outside the price window"):
+        window.slice(["AAA"], date(2022, 12, 29), 5)
+    with pytest.raises(ValueError, match=r"\['DDD'\]"):
+        window.slice(["AAA", "DDD"], D[-1], 5)
+
+
+def test_date_context_reads_a_symbol_the_window_lacks_from_the_database(engine) -> None:
+    """A position added after the window was read: its closes are read on their own, and the
+    frame is the per-date read of every symbol (bad closes reported for both sources)."""
+    days = calendar.sessions_back(D[-1], 10)
+    store(engine, [(sym, d, 0.0 if (sym, d) in (("AAA", days[2]), ("NEW", days[4])) else 5.0 + i)
+                   for sym in ("AAA", "NEW") for i, d in enumerate(days)])
+    with Session(engine) as s:
+        window = PriceWindow.load(s, {"AAA"}, D[-1], D[-1], 10)
+        ctx = DateContext(Settings(database_url="sqlite://", embedded_database=None), D[-1], None, window=window, session=s)
+        closes = ctx.load_closes({"AAA", "NEW"}, 10)
+        expected = usable_closes(repository.session_closes(s, ["AAA", "NEW"], D[-1], 10))[0]
+    pd.testing.assert_frame_equal(closes, expected)
+    assert ctx.bad_closes == {"AAA": [days[2]], "NEW": [days[4]]}
+
+
+# --- the backfill ----------------------------------------------------------------------------
+
+
+def keyed_rows(engine) -> dict[str, dict[tuple, list[float]]]:
+    """Every result table: its rows keyed by their columns that are not floats (the natural key
+    and any text/JSON value, JSON-encoded), each mapped to its float columns."""
+    out: dict[str, dict[tuple, list[float]]] = {}
+    with Session(engine) as s:
+        for model in RESULT_TABLES:
+            cols = [c for c in model.__table__.columns if c.name != "id"]
+            table: dict[tuple, list[float]] = {}
+            for row in s.execute(select(*cols)):
+                key = tuple(json.dumps(v, sort_keys=True, default=str) for v in row if not isinstance(v, float))
+                assert key not in table, (model.__tablename__, key)
+                table[key] = [v for v in row if isinstance(v, float)]
+            out[model.__tablename__] = table
+    return out
+
+
+def assert_same_results(got: dict, expected: dict) -> None:
+    """Same keys in every table, floats equal to 1e-12 relative (1e-12 absolute around zero)."""
+    for table, rows in expected.items():
+        assert got[table].keys() == rows.keys(), table
+        for key, values in rows.items():
+            assert len(got[table][key]) == len(values), (table, key)
+            for a, b in zip(got[table][key], values, strict=True):
+                assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12), (table, key, a, b)
+
+
+@pytest.fixture
+def closes_reads(monkeypatch):
+    """Every `repository.load_closes` call (the one statement that reads closes), as the set of
+    symbols it read."""
+    calls: list[frozenset[str]] = []
+    real = repository.load_closes
+
+    def spy(session, symbols, start, end):
+        symbols = list(symbols)
+        calls.append(frozenset(symbols))
+        return real(session, symbols, start, end)
+
+    monkeypatch.setattr(repository, "load_closes", spy)
+    return calls
+
+
+MARKET = {"AAPL", "MSFT", "XOM", "^GSPC", "VLUE"}  # demo holdings and factor proxies (batch/demo.py)
+
+
+def test_a_backfill_reads_its_closes_once_and_equals_single_date_runs(seeded, engine, closes_reads) -> None:
+    code, summary, *_ = seeded("--start", D[0].isoformat(), "--end", D[-1].isoformat(), "--json")
+    assert code == 0, summary["failed_portfolios"]
+    assert summary["portfolios"] == {"succeeded": 4 * len(D), "failed": 0, "skipped": 0}
+    market_reads = [c for c in closes_reads if c & MARKET]
+    assert len(market_reads) == 1, [sorted(c)[:5] for c in market_reads]
+    assert MARKET <= market_reads[0]
+    backfill = keyed_rows(engine)
+    assert all(backfill.values())
+
+    with Session(engine) as s, s.begin():
+        for model in RESULT_TABLES:
+            s.execute(delete(model))
+    closes_reads.clear()
+    for day in D:
+        code, summary, *_ = seeded("--date", day.isoformat(), "--skip-sync", "--json")
+        assert code == 0 and summary["portfolios"]["succeeded"] == 4, (day, summary["failed_portfolios"])
+    assert len([c for c in closes_reads if c & MARKET]) == len(D)  # the spy sees every read
+    assert_same_results(keyed_rows(engine), backfill)
+
+
+def test_a_backfill_does_not_look_ahead(seeded, engine) -> None:
+    """Prices after D changed in the database: D's rows (and every earlier date's) are unchanged
+    in a backfill that spans past D; a later date's betas do change (the edit is seen)."""
+    day = D[2]
+    assert seeded("--start", D[0].isoformat(), "--end", D[-1].isoformat()).code == 0
+    before = keyed_rows(engine)
+    with Session(engine) as s, s.begin():
+        s.execute(update(MarketPrice).where(MarketPrice.date > day, MarketPrice.symbol.in_(["AAPL", "^GSPC"]))
+                  .values(close=MarketPrice.close * 1.37))
+    assert seeded("--start", D[0].isoformat(), "--end", D[-1].isoformat(), "--force", "--skip-sync").code == 0
+    after = keyed_rows(engine)
+
+    def through(rows: dict, last: date) -> dict:  # rows dated on or before `last`
+        return {t: {k: v for k, v in r.items() if any(json.dumps(d.isoformat()) in k for d in D if d <= last)}
+                for t, r in rows.items()}
+
+    assert all(through(before, day).values())
+    assert_same_results(through(after, day), through(before, day))
+    with Session(engine) as s:
+        later = s.scalars(select(SymbolFactorBeta.beta).where(
+            SymbolFactorBeta.symbol == "AAPL", SymbolFactorBeta.factor == "Market",
+            SymbolFactorBeta.as_of_date == D[-1])).one()
+    old = next(v[0] for k, v in before["symbol_factor_betas"].items()
+               if '"AAPL"' in k and '"Market"' in k and json.dumps(D[-1].isoformat()) in k)
+    assert later != pytest.approx(old, rel=1e-6)
+
+
+def test_a_window_that_cannot_be_read_leaves_each_global_engine_to_read_its_own(
+        seeded, engine, monkeypatch, closes_reads) -> None:
+    """The window read fails (say the database hiccups): a warning, then symbol betas and the
+    factor covariance each read their closes as before — same rows as a run with the window."""
+    assert seeded("--date", "2022-12-28").code == 0
+    with_window = keyed_rows(engine)
+
+    def unreadable(cls, *args, **kwargs):
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(PriceWindow, "load", classmethod(unreadable))
+    closes_reads.clear()
+    result = seeded("--date", "2022-12-28", "--force", "--skip-sync", "--json")
+    assert result.code == 0, result.summary["failed_portfolios"]
+    assert '"price_window_failed"' in result.out and "disk I/O error" in result.out
+    assert len([c for c in closes_reads if c & MARKET]) == 2
+    assert_same_results(keyed_rows(engine), with_window)
