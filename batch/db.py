@@ -173,6 +173,8 @@ def create_if_empty(engine: Engine) -> bool:
     whether it did. Concurrent first starts are safe: on SQLite the check and the migration run in
     one `BEGIN IMMEDIATE` transaction, so one process creates the schema while the others wait for
     the write lock (the busy timeout) and then find the tables there."""
+    if not is_empty(engine):  # the common case, decided without taking the write lock
+        return False
     cfg = _alembic_config()
     with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
         if inspect(conn).get_table_names():
@@ -189,6 +191,14 @@ def require_current_schema(engine: Engine) -> None:
             f"{describe(engine)} is at migration {current or 'none'}, expected {head}: "
             "run `sigmasight-batch init-db`"
         )
+
+
+def write_session(engine: Engine) -> Session:
+    """A session for a transaction that reads, then writes. On SQLite (WAL) its BEGIN takes the
+    write lock at once: a deferred read transaction that later writes fails at once with
+    "database is locked" when another connection holds or has used the write lock meanwhile
+    (SQLite does not wait in that case). Elsewhere a plain session."""
+    return Session(engine.execution_options(sqlite_begin="IMMEDIATE"))
 
 
 def upsert(session: Session, table: Any, rows: Sequence[dict[str, Any]], key: Sequence[str]) -> int:

@@ -33,6 +33,7 @@ from batch.db import (
     jsonable,
     make_engine,
     run_lock,
+    write_session,
 )
 from batch.engines import (
     ENGINES,
@@ -277,7 +278,7 @@ class Runner:
             self._check_stop()  # a signal that came before the run record
             if request.skip_reason is None:
                 last = request.as_of_dates[-1]
-                with Session(self.engine) as s, s.begin():
+                with write_session(self.engine) as s, s.begin():  # reads, then writes
                     repository.ensure_factor_definitions(s, self.provider.name)
                     repository.ensure_stress_scenarios(s)
                     portfolios = repository.active_portfolios(s, request.portfolio_ids)
@@ -701,7 +702,7 @@ class Runner:
         one whose process died (killed, or lost its database) before recording its end. It is
         closed `failed` with reason `abandoned` (`history` shows it so) and no exit code."""
         now = self.utcnow()
-        with Session(self.engine) as s, s.begin():
+        with write_session(self.engine) as s, s.begin():  # reads, then writes
             abandoned = s.scalars(select(BatchRun.id).where(BatchRun.status == "running")).all()
             if abandoned:
                 s.execute(update(BatchRun).where(BatchRun.id.in_(abandoned)).values(
