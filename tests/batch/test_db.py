@@ -21,6 +21,7 @@ from models import Base, MarketPrice, Portfolio, StressScenario, StressTestResul
 SPEC_TABLES = {
     "portfolios", "positions", "market_prices", "company_profiles", "factor_definitions",
     "symbol_factor_betas", "position_factor_exposures", "portfolio_factor_exposures", "position_greeks",
+    "position_valuations",
     "market_risk_results", "stress_scenarios", "stress_test_results", "correlation_runs",
     "correlation_matrices", "correlation_clusters", "factor_correlations", "portfolio_snapshots",
     "batch_runs", "batch_job_results",
@@ -31,6 +32,7 @@ NATURAL_KEYS = {  # SPEC §4: the natural key of every result table is its prima
     "position_factor_exposures": ["position_id", "factor", "as_of_date"],
     "portfolio_factor_exposures": ["portfolio_id", "factor", "as_of_date"],
     "position_greeks": ["position_id", "as_of_date"],
+    "position_valuations": ["position_id", "as_of_date"],
     "market_risk_results": ["portfolio_id", "scenario", "as_of_date"],
     "stress_test_results": ["portfolio_id", "scenario_id", "as_of_date"],
     "correlation_runs": ["portfolio_id", "as_of_date", "window_days"],
