@@ -504,6 +504,8 @@ def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date,
 
 
 def run_valuation(ctx: UnitContext) -> JobOutcome:
+    """Value the book (SPEC §6.1) and stage one `position_valuations` row per position valued,
+    priced or not (an unpriced one: NULL price and market value, its reason in `flags`)."""
     stale_before = calendar.sessions_back(ctx.as_of, STALE_AFTER_SESSIONS + 1)[0]
     v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
                         stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate,
@@ -527,7 +529,7 @@ def run_valuation(ctx: UnitContext) -> JobOutcome:
         gross_exposure=v.gross_exposure, net_exposure=v.net_exposure, private_value=v.private_value,
         cash_value=v.cash_value, skipped_positions=list(v.skipped),
         positions=ctx.stored_in(PositionValuation),
-        flags=dict(Counter(flag for p in v.positions for flag in dict.fromkeys(p.flags)))))
+        flags=dict(Counter(name for p in v.positions for name in dict.fromkeys(p.flags)))))
 
 
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------
