@@ -30,7 +30,7 @@ from batch.errors import (
 from batch.executors import EXECUTORS, make_executor
 from batch.log import configure_logging, silence_stdout
 from batch.providers import MarketDataProvider, NotFetching, get_provider
-from batch.runner import Runner, RunRequest
+from batch.runner import DEFAULT_CHUNK_SIZE, Runner, RunRequest
 from batch.settings import Settings
 from models import BatchRun
 
@@ -42,7 +42,7 @@ EXIT_CODES_HELP = """exit codes:
   2        usage or configuration error (bad flag or date, unknown portfolio id, unreachable
            or unmigrated database, date outside the provider's data): nothing was computed
   75       another run holds the run lock: nothing was done
-  130/143  interrupted by SIGINT/SIGTERM: the portfolio in progress was rolled back"""
+  130/143  interrupted by SIGINT/SIGTERM: the chunk in flight was rolled back"""
 log = structlog.get_logger()
 
 
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the per-portfolio stage on N local worker processes (default 1: in this "
                           "process); with --executor dask and no DASK_SCHEDULER_ADDRESS, the size of a "
                           "local Dask cluster")
+    run.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="K",
+                     help=f"portfolio-dates written per transaction (default {DEFAULT_CHUNK_SIZE}): each "
+                          "unit is whole or absent, and an interruption loses at most the K in flight")
     run.add_argument("--executor", choices=EXECUTORS, default=None,
                      help="where the per-portfolio stage runs (default: dask if DASK_SCHEDULER_ADDRESS "
                           "is set, processes if --workers > 1, else serial)")
@@ -227,8 +230,11 @@ def resolve_request(args: argparse.Namespace, today: date) -> RunRequest:
         raise ConfigError("use either --date or --start/--end, not both")
     if bool(args.start) != bool(args.end):
         raise ConfigError("--start and --end go together")
+    if args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size {args.chunk_size} must be at least 1 (portfolio-dates per transaction)")
     common = dict(force=args.force, portfolio_ids=list(dict.fromkeys(args.portfolio)),
-                  skip_sync=args.skip_sync, skip_profiles=args.skip_profiles, trigger=args.trigger)
+                  skip_sync=args.skip_sync, skip_profiles=args.skip_profiles, trigger=args.trigger,
+                  chunk_size=args.chunk_size)
     if args.start:
         if args.start > args.end:
             raise ConfigError(f"--start {args.start} is after --end {args.end}")

@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import psycopg
 from alembic import command
 from alembic.config import Config
@@ -46,6 +48,12 @@ def compact_json(value: Any) -> str:
     """The JSON text every JSON column stores: no spaces after separators (job records, SPEC §8,
     are sized by these bytes)."""
     return json.dumps(value, separators=(",", ":"))
+
+
+# numpy integer and boolean scalars (what engines often produce) are stored by sqlite3 as BLOBs
+# unless adapted: store them as the Python int they are (numpy floats are Python floats already)
+for _numpy_type in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_):
+    sqlite3.register_adapter(_numpy_type, int)
 
 
 def make_engine(database_url: str, *, create: bool = True) -> Engine:
@@ -236,21 +244,32 @@ def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],
     the `constants` columns set on every row, inside the session's transaction, by the dialect's
     fastest path: `COPY` on PostgreSQL, one `executemany` elsewhere. Non-finite floats are stored
     as NULL, in numeric columns and inside JSON documents alike. Returns the row count."""
-    if not rows:
+    return bulk_insert_groups(session, table, [(constants or {}, rows)])
+
+
+def bulk_insert_groups(session: Session, table: Any,
+                       groups: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> int:
+    """`bulk_insert` of several groups of rows in one statement (one COPY on PostgreSQL, one
+    `executemany` elsewhere): each (constants, rows) group has its own `constants` columns (e.g.
+    one unit's portfolio_id and date); every group must set the same constant columns."""
+    groups = [(constants, rows) for constants, rows in groups if rows]
+    if not groups:
         return 0
     table = getattr(table, "__table__", table)
-    constants = constants or {}
+    first_constants, first_rows = groups[0]
+    constant_names = set(first_constants)
+    if any(set(constants) != constant_names for constants, _ in groups):
+        raise ValueError(f"bulk insert into {table.name}: the groups set different constant columns")
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True
-                                                 and c.name not in rows[0] and c.name not in constants)]
+                                                 and c.name not in first_rows[0] and c.name not in constant_names)]
     names = [c.name for c in columns]
-    fill = [constants[c.name] if c.name in constants else
-            c.default.arg if c.default is not None and c.default.is_scalar else None for c in columns]
-    from_row = [c.name not in constants for c in columns]
+    default = [c.default.arg if c.default is not None and c.default.is_scalar else None for c in columns]
+    from_row = [c.name not in constant_names for c in columns]
     numeric = [i for i, c in enumerate(columns) if isinstance(c.type, (Float, Numeric))]
     documents = [i for i, c in enumerate(columns) if isinstance(c.type, JSON)]
     postgres = session.get_bind().dialect.name == "postgresql"
 
-    def values(row: dict[str, Any]) -> list[Any]:
+    def values(row: dict[str, Any], fill: list[Any]) -> list[Any]:
         out = [row.get(n, f) if r else f for n, f, r in zip(names, fill, from_row, strict=True)]
         for i in numeric:
             v = out[i]
@@ -260,32 +279,118 @@ def bulk_insert(session: Session, table: Any, rows: Sequence[dict[str, Any]],
             out[i] = json_text(out[i]) if postgres else jsonable(out[i])
         return out
 
+    def filled(constants: dict[str, Any]) -> list[Any]:
+        return [constants[n] if n in constants else d for n, d in zip(names, default, strict=True)]
+
+    count = 0
     if postgres:
         quoted = ", ".join(f'"{n}"' for n in names)
+        binary = _binary_copy_types(columns, session.get_bind().dialect)
+        fix = [] if binary is None else [(i, _BINARY_COERCE[t]) for i, t in enumerate(binary) if t in _BINARY_COERCE]
         cursor = session.connection().connection.driver_connection.cursor()
-        with cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row(values(row))
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
+        with cursor, cursor.copy(statement) as copy:
+            if binary is not None:
+                copy.set_types(binary)
+            for constants, rows in groups:
+                fill = filled(constants)
+                for row in rows:
+                    out = values(row, fill)
+                    for i, coerce in fix:
+                        if out[i] is not None:
+                            out[i] = coerce(out[i])
+                    copy.write_row(out)
+                count += len(rows)
     else:
-        session.execute(table.insert(), [dict(zip(names, values(row), strict=True)) for row in rows])
-    return len(rows)
+        params = []
+        for constants, rows in groups:
+            fill = filled(constants)
+            params.extend(dict(zip(names, values(row, fill), strict=True)) for row in rows)
+        session.execute(table.insert(), params)
+        count = len(params)
+    return count
+
+
+# PostgreSQL column type (as SQLAlchemy compiles it, without modifiers) → the type whose binary
+# COPY format psycopg writes for it. `json`'s binary format is its text; `jsonb` (a version byte
+# first) and any type not listed here take the text COPY instead.
+_BINARY_COPY_TYPES = {
+    "UUID": "uuid", "DATE": "date", "DOUBLE PRECISION": "float8", "REAL": "float4", "INTEGER": "int4",
+    "BIGINT": "int8", "SMALLINT": "int2", "BOOLEAN": "bool", "JSON": "text", "TEXT": "text",
+    "VARCHAR": "text", "NUMERIC": "numeric", "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "TIMESTAMP WITHOUT TIME ZONE": "timestamp", "TIMESTAMP": "timestamp",
+}
+# what the text COPY accepts that a binary dumper does not: a float into NUMERIC (as its
+# shortest repr, the text COPY's digits), any true/false value, a UUID or other value as text
+_BINARY_COERCE = {
+    "numeric": lambda v: Decimal(repr(float(v))) if isinstance(v, float) else v,
+    "bool": bool,
+    "uuid": lambda v: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v)),
+    "text": lambda v: v if isinstance(v, str) else str(v),
+}
+
+
+def _binary_copy_types(columns: Sequence[Any], dialect: Any) -> list[str] | None:
+    """The psycopg type of each column for a binary COPY, or None when a column's type has no
+    entry in `_BINARY_COPY_TYPES` (the text COPY is used)."""
+    types = []
+    for column in columns:
+        compiled = column.type.compile(dialect=dialect).upper()
+        base, _, modifier = compiled.partition("(")
+        base = base.strip()
+        if base == "FLOAT":  # FLOAT(p): real up to 24 bits of precision, else double precision
+            precision = modifier.rstrip(")").strip()
+            base = "REAL" if precision.isdigit() and int(precision) <= 24 else "DOUBLE PRECISION"
+        name = _BINARY_COPY_TYPES.get(base)
+        if name is None:
+            return None
+        types.append(name)
+    return types
 
 
 def bulk_replace(session: Session, replacements: Sequence[tuple[Any, dict[str, Any], Sequence[dict]]]) -> int:
     """For each (table, key, rows): delete the rows of `table` matching `key` (column → value),
-    then insert `rows` with the key columns set (`bulk_insert`). On PostgreSQL the deletes go in
-    one pipelined round trip. Returns the number of rows inserted."""
-    tables = [(getattr(t, "__table__", t), key, rows) for t, key, rows in replacements]
+    then insert `rows` with the key columns set. Entries may repeat a table with other keys (the
+    units of a chunk): per table, one DELETE for all its keys when they differ in at most one
+    column (`c1 = v AND c2 IN (...)`, e.g. a chunk's portfolio ids for one date; else one DELETE
+    per key), then one insert of all its rows (`bulk_insert_groups`). On PostgreSQL the deletes
+    go in one pipelined round trip. Returns the number of rows inserted."""
+    by_table: dict[Any, list[tuple[dict[str, Any], Sequence[dict]]]] = {}
+    for t, key, rows in replacements:
+        by_table.setdefault(getattr(t, "__table__", t), []).append((key, rows))
+    deletes = [where for table, entries in by_table.items()
+               for where in _key_filters(table, [key for key, _ in entries])]
     if session.get_bind().dialect.name == "postgresql":
         driver = session.connection().connection.driver_connection
         with driver.pipeline(), driver.cursor() as cursor:
-            for table, key, _ in tables:
-                where = " AND ".join(f'"{column}" = %s' for column in key)
-                cursor.execute(f'DELETE FROM "{table.name}" WHERE {where}', list(key.values()))
+            for table, where in deletes:
+                clause = " AND ".join(f'"{c}" = ANY(%s)' if isinstance(v, list) else f'"{c}" = %s'
+                                      for c, v in where.items())
+                cursor.execute(f'DELETE FROM "{table.name}" WHERE {clause}', list(where.values()))
     else:
-        for table, key, _ in tables:
-            session.execute(table.delete().where(*(table.c[column] == v for column, v in key.items())))
-    return sum(bulk_insert(session, table, rows, key) for table, key, rows in tables)
+        for table, where in deletes:
+            session.execute(table.delete().where(*(table.c[c].in_(v) if isinstance(v, list) else table.c[c] == v
+                                                   for c, v in where.items())))
+    return sum(bulk_insert_groups(session, table, entries) for table, entries in by_table.items())
+
+
+def _key_filters(table: Any, keys: Sequence[dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
+    """The DELETE filters (table, column → value or list of values) covering exactly `keys`:
+    keys with the same columns that differ in at most one column share one filter."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for key in keys:
+        by_columns.setdefault(tuple(key), []).append(key)
+    filters = []
+    for columns, same in by_columns.items():
+        varying = [c for c in columns if len({k[c] for k in same}) > 1]
+        if len(varying) > 1:  # no single IN list describes them: one filter per key
+            filters.extend((table, dict(k)) for k in same)
+            continue
+        where = dict(same[0])
+        if varying:
+            where[varying[0]] = list(dict.fromkeys(k[varying[0]] for k in same))
+        filters.append((table, where))
+    return filters
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class WorkerLost(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """Raised from the SIGINT/SIGTERM/SIGHUP handler to unwind the unit in progress.
+    """Raised from the SIGINT/SIGTERM/SIGHUP handler to unwind the chunk in progress.
 
     A BaseException so that engine code catching `Exception` cannot swallow it.
     """

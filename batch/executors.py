@@ -6,7 +6,7 @@
 
 Either way the unit shipped is a `ChunkTask` (a few portfolios for one as-of date) and the
 worker runs it with `batch.runner.run_chunk_task`: its own database engine, the serial code path,
-one transaction per (portfolio, date). The run lock stays with the parent for the whole run;
+one transaction per chunk of units (SPEC §7). The run lock stays with the parent for the whole run;
 workers never take it, but confirm it before each commit (`LockRef.confirm`). The date's
 shared inputs (symbol betas, factor covariance, market closes) are computed once by the parent
 and shipped to the workers.
@@ -111,7 +111,7 @@ class LocalProcesses(Executor):
         if self._pool is None:
             return
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in multiprocessing.active_children():  # units in progress roll back
+        for process in multiprocessing.active_children():  # their chunks in flight roll back
             process.terminate()
         for process in multiprocessing.active_children():
             process.join(timeout=10)
@@ -122,7 +122,7 @@ class DaskCluster(Executor):
     """The workers of the Dask scheduler at `address`, or a local cluster of `workers` worker
     processes (one thread each) when `address` is None. Every Dask worker needs this package
     installed and the database reachable. On a remote cluster an interrupt cancels the chunks
-    not yet started; chunks already running finish (each unit still commits or rolls back
+    not yet started; chunks already running finish (each chunk still commits or rolls back
     whole); a local cluster is shut down at once."""
 
     def __init__(self, address: str | None, workers: int) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -372,34 +373,48 @@ def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],
 
 def rechain_later_snapshots(session: Session, portfolio_id: uuid.UUID, written: PriorSnapshot) -> int:
     """Re-chain every stored snapshot of `portfolio_id` dated after `written` (the snapshot just
-    written in this transaction) so the series equals one built from scratch (SPEC §6.7): each
-    later row's `daily_return`, `cumulative_pnl` and chain flag are recomputed from its own
-    `daily_pnl` and `total_value`. Only rows whose values change are updated. Returns that count."""
+    written in this transaction): `rechain_later_snapshots_of` for one portfolio."""
+    return rechain_later_snapshots_of(session, {portfolio_id: written})
+
+
+def rechain_later_snapshots_of(session: Session, written: dict[uuid.UUID, PriorSnapshot]) -> int:
+    """Re-chain, for each portfolio of `written`, every stored snapshot dated after its snapshot
+    just written in this transaction, so each series equals one built from scratch (SPEC §6.7):
+    each later row's `daily_return`, `cumulative_pnl` and chain flag are recomputed from its own
+    `daily_pnl` and `total_value`. One SELECT for all the portfolios and one UPDATE statement
+    (executemany) for the rows whose values change. Returns that count."""
+    if not written:
+        return 0
     snap = PortfolioSnapshot
     rows = session.execute(
-        select(snap.snapshot_date, snap.total_value, snap.daily_pnl, snap.daily_return,
+        select(snap.portfolio_id, snap.snapshot_date, snap.total_value, snap.daily_pnl, snap.daily_return,
                snap.cumulative_pnl, snap.data_quality)
-        .where(snap.portfolio_id == portfolio_id, snap.snapshot_date > written.snapshot_date)
-        .order_by(snap.snapshot_date)).all()
-    if not rows:
-        return 0
-    links = [ChainLink(r.snapshot_date, calendar.previous_session(r.snapshot_date), float(r.total_value),
-                       float(r.daily_pnl)) for r in rows]
+        .where(snap.portfolio_id.in_(list(written)),
+               snap.snapshot_date > min(w.snapshot_date for w in written.values()))
+        .order_by(snap.portfolio_id, snap.snapshot_date)).all()
+    later: dict[uuid.UUID, list[Any]] = {}
+    for r in rows:
+        if r.snapshot_date > written[r.portfolio_id].snapshot_date:
+            later.setdefault(r.portfolio_id, []).append(r)
     changes = []
-    for row, chained in zip(rows, rechain(written, links), strict=True):
-        quality = dict(row.data_quality or {})
-        kept = [f for f in quality.get("flags", []) if f not in CHAIN_FLAGS]
-        flags = ([chained.chain_flag] if chained.chain_flag else []) + kept
-        if (row.daily_return == chained.daily_return and row.cumulative_pnl == chained.cumulative_pnl
-                and quality.get("flags", []) == flags):
-            continue
-        quality["flags"] = flags
-        changes.append({"b_date": row.snapshot_date, "b_return": chained.daily_return,
-                        "b_cumulative": chained.cumulative_pnl, "b_quality": quality})
+    for portfolio_id, series in later.items():
+        links = [ChainLink(r.snapshot_date, calendar.previous_session(r.snapshot_date), float(r.total_value),
+                           float(r.daily_pnl)) for r in series]
+        for row, chained in zip(series, rechain(written[portfolio_id], links), strict=True):
+            quality = dict(row.data_quality or {})
+            kept = [f for f in quality.get("flags", []) if f not in CHAIN_FLAGS]
+            flags = ([chained.chain_flag] if chained.chain_flag else []) + kept
+            if (row.daily_return == chained.daily_return and row.cumulative_pnl == chained.cumulative_pnl
+                    and quality.get("flags", []) == flags):
+                continue
+            quality["flags"] = flags
+            changes.append({"b_portfolio": portfolio_id, "b_date": row.snapshot_date,
+                            "b_return": chained.daily_return, "b_cumulative": chained.cumulative_pnl,
+                            "b_quality": quality})
     if changes:
         table = snap.__table__
         session.connection().execute(
-            update(table).where(table.c.portfolio_id == portfolio_id,
+            update(table).where(table.c.portfolio_id == bindparam("b_portfolio", type_=table.c.portfolio_id.type),
                                 table.c.snapshot_date == bindparam("b_date", type_=table.c.snapshot_date.type))
             .values(daily_return=bindparam("b_return", type_=table.c.daily_return.type),
                     cumulative_pnl=bindparam("b_cumulative", type_=table.c.cumulative_pnl.type),

@@ -1,5 +1,6 @@
-"""The run loop (SPEC §2, §7): lock, run record, global sync steps, then one transaction per
-(portfolio, as-of date) with a savepoint per engine, a soft deadline, a watchdog and signals."""
+"""The run loop (SPEC §2, §7): lock, run record, global sync steps, then the (portfolio, as-of
+date) units in chunks — each unit computed in memory, each chunk written in one transaction
+(batch/persist.py) — with a soft deadline, a watchdog and signals."""
 
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ from batch import repository
 from batch.db import (
     DATABASE_ERRORS,
     LockRef,
-    bulk_insert,
-    bulk_replace,
     describe,
     describe_error,
     jsonable,
@@ -46,6 +45,15 @@ from batch.engines import (
 from batch.engines import Engine as CalcEngine
 from batch.errors import Interrupted, InvalidInputRow, LockLost, WorkerLost
 from batch.log import configure_logging
+from batch.persist import (
+    ChunkResult,
+    Failure,
+    JobRecord,
+    Replacement,
+    UnitResult,
+    add_job_records,
+    persist_chunk,
+)
 from batch.providers import MarketDataProvider
 from batch.settings import Settings
 from batch.sync import (
@@ -55,12 +63,13 @@ from batch.sync import (
     sync_company_profiles,
     sync_market_data,
 )
-from calculations.snapshot import PriorSnapshot
-from models import BatchJobResult, BatchRun, PortfolioSnapshot
+from models import BatchRun
 
 log = structlog.get_logger()
 
-UNIT_CHUNK = 200  # portfolios whose inputs are loaded together (bounds memory, amortises queries)
+# units per chunk (--chunk-size): their inputs are loaded together and their results committed in
+# one transaction (SPEC §7); bounds memory and what an interruption loses
+DEFAULT_CHUNK_SIZE = 200
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each: roll back, record `interrupted`
 FINAL_RECORD_RETRY_SECONDS = 30.0  # how long a failing database is retried for the run's final record
 
@@ -78,6 +87,7 @@ class RunRequest:
     skip_sync: bool = False
     skip_profiles: bool = False
     trigger: str = "manual"
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # units written per transaction (SPEC §7)
 
 
 @dataclass
@@ -157,7 +167,8 @@ _WORKER_ENGINES: dict[str, Engine] = {}  # one engine per database URL per worke
 
 def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     """Worker entry point: run a chunk with this process's own engine, exactly as the serial
-    run does (one transaction per unit, job records and progress with it)."""
+    run does (the task's portfolios are one chunk: one transaction, job records and progress
+    with it)."""
     engine = _WORKER_ENGINES.get(task.settings.database_url)
     if engine is None:
         configure_logging(task.settings.log_format, task.settings.log_level)
@@ -220,6 +231,7 @@ class Runner:
         self.lock_ref: LockRef | None = None  # set while the run holds the lock
         self.lock_lost: str | None = None  # why the run lock was lost mid-run
         self.job_counts: dict[str, dict[str, int]] = {}  # job → status → records this run
+        self.chunk_size = DEFAULT_CHUNK_SIZE  # units per transaction (the request's, once it runs)
         self.monotonic = monotonic
         self.utcnow = utcnow
 
@@ -246,6 +258,7 @@ class Runner:
     def _run_locked(self, run_id: uuid.UUID, request: RunRequest) -> dict[str, Any]:
         started = self.monotonic()
         self.run_id = run_id
+        self.chunk_size = request.chunk_size
         self._create_run_record(request)
         tally = _Tally()
         market = {"symbols_requested": 0, "symbols_updated": 0, "rows_written": 0,
@@ -281,8 +294,8 @@ class Runner:
                     tally.add_time("global_engines", self.monotonic() - t0)
                     t0 = self.monotonic()
                     if self.executor is None:
-                        for start in range(0, len(portfolios), UNIT_CHUNK):
-                            self.run_chunk(as_of, portfolios[start:start + UNIT_CHUNK], complete, started,
+                        for start in range(0, len(portfolios), self.chunk_size):
+                            self.run_chunk(as_of, portfolios[start:start + self.chunk_size], complete, started,
                                            tally, shared)
                     else:
                         self._run_chunks_elsewhere(as_of, portfolios, complete, started, tally, shared)
@@ -328,13 +341,13 @@ class Runner:
             self._raise_if_stopping(exc)
             log.exception("market_data_failed")
             error = f"{type(exc).__name__}: {exc}"
-            self._record_jobs(as_of, None, [("market_data", "failed", self._ms(started), error, None)])
+            self._record_jobs(as_of, None, [JobRecord("market_data", "failed", self._ms(started), error)])
             global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
             return {"symbols_requested": 0, "symbols_updated": 0, "rows_written": 0,
                     "failed_symbols": [], "status": "failed"}
         status = "failed" if result.all_failed else "success"
         error = "every requested symbol failed" if result.all_failed else None
-        self._record_jobs(as_of, None, [("market_data", status, self._ms(started), error, result.result())])
+        self._record_jobs(as_of, None, [JobRecord("market_data", status, self._ms(started), error, result.result())])
         if result.all_failed:
             global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
         return {**result.summary(), "status": status}
@@ -357,7 +370,7 @@ class Runner:
                        "duration_seconds": round((self.monotonic() - started), 3),
                        "error": f"{type(exc).__name__}: {exc}"}
         status = "failed" if summary["status"] == "failed" else "success"
-        self._record_jobs(as_of, None, [("company_profiles", status, self._ms(started),
+        self._record_jobs(as_of, None, [JobRecord("company_profiles", status, self._ms(started),
                                          summary.get("error"), summary)])
         return {k: summary[k] for k in ("status", "total", "successful", "failed", "duration_seconds")}
 
@@ -391,11 +404,11 @@ class Runner:
                 shared.failed[engine.name] = error
                 global_failures.append({"portfolio_id": None, "as_of": as_of.isoformat(),
                                         "job": engine.name, "error": error})
-                self._record_jobs(as_of, None, [(engine.name, "failed", self._ms(t0), error, None)])
+                self._record_jobs(as_of, None, [JobRecord(engine.name, "failed", self._ms(t0), error)])
                 continue
             finally:
                 shared.session = None
-            self._record_jobs(as_of, None, [(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
+            self._record_jobs(as_of, None, [JobRecord(engine.name, outcome.status, self._ms(t0), None, outcome.result)])
         return shared
 
     def _run_chunks_elsewhere(self, as_of: date, portfolios: Sequence[repository.PortfolioRow],
@@ -405,7 +418,7 @@ class Runner:
         slow chunk does not leave the others idle. A chunk whose worker was lost (process killed,
         task error) counts every unit of it as failed; units of it without a job record get one."""
         assert self.executor is not None
-        size = max(1, min(UNIT_CHUNK, math.ceil(len(portfolios) / (4 * self.executor.workers))))
+        size = max(1, min(self.chunk_size, math.ceil(len(portfolios) / (4 * self.executor.workers))))
         remaining = self.settings.batch_timeout_seconds - (self.monotonic() - started)
         tasks = [ChunkTask(self.settings, self.run_id, as_of, list(portfolios[i:i + size]),
                            frozenset(p.id for p in portfolios[i:i + size] if p.id in complete),
@@ -446,11 +459,13 @@ class Runner:
             tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
                                             "job": "worker", "error": error})
             if portfolio.id not in recorded:
-                self._record_jobs(as_of, portfolio.id, [("worker", "failed", 0, error, None)])
+                self._record_jobs(as_of, portfolio.id, [JobRecord("worker", "failed", 0, error)])
 
     def run_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
                   started: float, tally: _Tally, shared: DateContext | None) -> None:
-        """Run (or skip) the units of `chunk` for `as_of`, their inputs loaded in one go."""
+        """Run (or skip) the units of `chunk` for `as_of`: their inputs loaded in one go, each unit
+        computed in memory (`_compute_unit`), then the whole chunk written in one transaction
+        (`_persist_chunk`). Past the deadline, the units not started are recorded skipped."""
         todo = [p.id for p in chunk if p.id not in complete]
         inputs: dict[uuid.UUID, repository.UnitInputs | InvalidInputRow] = {}
         load_error = None
@@ -464,159 +479,193 @@ class Runner:
                 self._raise_if_stopping(exc)
                 log.exception("unit_inputs_failed")
                 load_error = f"{type(exc).__name__}: {exc}"
+        units: list[UnitResult] = []
         for i, portfolio in enumerate(chunk):
             self._check_stop()
             if self.monotonic() - started > self.settings.batch_timeout_seconds:
-                self._skip_for_deadline(as_of, chunk[i:], tally)
-                return
-            self._run_unit_or_skip(as_of, portfolio, portfolio.id in complete, started, tally, shared,
-                                   inputs.get(portfolio.id), load_error)
+                units.extend(self._deadline_skips(as_of, chunk[i:]))
+                break
+            units.append(self._compute_unit(as_of, portfolio, portfolio.id in complete, shared,
+                                            inputs.get(portfolio.id), load_error))
+        self._persist_chunk(ChunkResult(as_of, tuple(units)), tally)
 
-    def _skip_for_deadline(self, as_of: date, portfolios: Sequence[repository.PortfolioRow],
-                           tally: _Tally) -> None:
-        """Past the soft deadline: record every unit of `portfolios` skipped (`deadline`) in one
-        transaction (one bulk insert, one progress update). This is the bookkeeping the deadline
-        asks for, not a hang: the watchdog is re-armed with a fresh grace for it."""
+    def _deadline_skips(self, as_of: date, portfolios: Sequence[repository.PortfolioRow]) -> list[UnitResult]:
+        """Past the soft deadline: every unit of `portfolios` skipped (`deadline`), recorded with
+        the chunk. This is the bookkeeping the deadline asks for, not a hang: the watchdog is
+        re-armed with a fresh grace for it."""
         _arm_watchdog(self.settings.watchdog_grace_seconds)
-        units = [(p.id, [(e.name, "skipped", 0, "deadline",
-                          skipped_result(e.name, p, as_of, None, "deadline", "run deadline passed"))
-                         for e in self.engines]) for p in portfolios]
-        with Session(self.engine) as s, s.begin():
-            self._add_units_records(s, as_of, units)
-        tally.skipped += len(units)
-        tally.deadline_skips += len(units)
         structlog.contextvars.unbind_contextvars("portfolio_id")
-        log.warning("units_skipped", reason="deadline", as_of=as_of.isoformat(), units=len(units))
+        log.warning("units_skipped", reason="deadline", as_of=as_of.isoformat(), units=len(portfolios))
+        return [UnitResult(p.id, "skipped", tuple(
+            JobRecord(e.name, "skipped", 0, "deadline",
+                      skipped_result(e.name, p, as_of, None, "deadline", "run deadline passed"))
+            for e in self.engines), deadline=True) for p in portfolios]
 
-    def _run_unit_or_skip(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
-                          started: float, tally: _Tally, shared: DateContext | None,
-                          inputs: repository.UnitInputs | InvalidInputRow | None, load_error: str | None) -> None:
+    def _compute_unit(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
+                      shared: DateContext | None, inputs: repository.UnitInputs | InvalidInputRow | None,
+                      load_error: str | None) -> UnitResult:
+        """Compute one (portfolio, as_of) unit in memory (nothing is written here). The engines run
+        in order and stage their rows; the first failure loses the unit: nothing of it is written,
+        the engines after it are recorded `skipped` (`upstream_failed` if they depend on it, else
+        `rolled_back`) and those that had succeeded become `skipped` (`rolled_back`). Engines
+        depending on a failed global engine are skipped with `upstream_failed` and the unit fails
+        (the next run computes it again). A stored input row that cannot be used
+        (`InvalidInputRow`) fails the unit as job `inputs`, nothing computed. A unit with results
+        already (`complete`, no --force) is skipped."""
         structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
         if complete:  # results exist and no --force
-            tally.skipped += 1
-            self._record_jobs(as_of, portfolio.id, [
-                (e.name, "skipped", 0, None, skipped_result(
+            log.info("unit_skipped", reason="already_complete")
+            return UnitResult(portfolio.id, "skipped", tuple(
+                JobRecord(e.name, "skipped", 0, None, skipped_result(
                     e.name, portfolio, as_of, None, "already_complete",
                     "results exist for this date; use --force to recompute"))
-                for e in self.engines])
-            log.info("unit_skipped", reason="already_complete")
-            return
+                for e in self.engines))
         assert shared is not None, "the date step runs whenever a unit of the date needs computing"
-        failure = self._run_unit(as_of, portfolio, shared, inputs, load_error, tally)
-        if failure is None:
-            tally.succeeded += 1
-        else:
-            tally.failed += 1
-            tally.failed_portfolios.append({"portfolio_id": str(portfolio.id), "as_of": as_of.isoformat(),
-                                            "job": failure[0], "error": failure[1]})
-
-    def _run_unit(self, as_of: date, portfolio: repository.PortfolioRow, shared: DateContext,
-                  inputs: repository.UnitInputs | InvalidInputRow | None, load_error: str | None,
-                  tally: _Tally) -> tuple[str, str] | None:
-        """One transaction for (portfolio, as_of). The engines run in order and stage their rows;
-        if they all succeed, every staged table is replaced in bulk and the job records and the
-        run's progress are written in the same transaction. The first failure stops the unit:
-        nothing of it is written, the engines after it are recorded `skipped` (`upstream_failed`
-        if they depend on it). Engines depending on a failed global engine are skipped with
-        `upstream_failed`. A stored input row that cannot be used (`InvalidInputRow`) fails the
-        unit as job `inputs` with its one-line message, nothing computed. Returns the first
-        failure, if any."""
         invalid = inputs if isinstance(inputs, InvalidInputRow) else portfolio.invalid
         if invalid is not None:
-            failure = ("inputs", str(invalid))
-            self._record_jobs(as_of, portfolio.id, [("inputs", "failed", 0, failure[1], None)])
-            log.error("portfolio_failed", job=failure[0], error=failure[1])
-            return failure
-        records: list[tuple] = []
+            failure = Failure("inputs", str(invalid))
+            return UnitResult(portfolio.id, "failed", (JobRecord("inputs", "failed", 0, failure.error),),
+                              failure=failure)
+        records: list[JobRecord] = []
         broken: dict[str, str] = {name: name for name in shared.failed}  # engine → root failure
-        failure: tuple[str, str] | None = None
+        failure: Failure | None = None
         unit_started = self.monotonic()
-        committed = False
+        try:
+            if inputs is None:
+                raise RuntimeError(f"inputs not loaded: {load_error}")
+            ctx = UnitContext(self.settings, portfolio, as_of, inputs, shared)
+            for engine in self.engines:
+                self._check_stop()
+                root = next((broken[d] for d in engine.depends_on if d in broken), None)
+                if root is None and failure is not None:  # the unit is lost: do not compute
+                    records.append(JobRecord(engine.name, "skipped", 0, f"rolled_back: {failure.job} failed",
+                                             skipped_result(engine.name, portfolio, as_of, len(ctx.held),
+                                                            "rolled_back", f"{failure.job} failed")))
+                    continue
+                if root is not None:
+                    broken[engine.name] = root
+                    records.append(JobRecord(engine.name, "skipped", 0, f"upstream_failed: {root}",
+                                             skipped_result(engine.name, portfolio, as_of, len(ctx.held),
+                                                            "upstream_failed", f"{root} failed")))
+                    # a failed global step leaves this portfolio-date incomplete: it fails
+                    # so that the next run computes it again
+                    if root in shared.failed and failure is None:
+                        failure = Failure(engine.name, f"upstream_failed: {root}: {shared.failed[root]}")
+                    continue
+                t0 = self.monotonic()
+                try:
+                    outcome = engine.run(ctx)
+                except Interrupted:
+                    raise
+                except Exception as exc:
+                    self._raise_if_stopping(exc)
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.exception("engine_failed", job=engine.name)
+                    broken[engine.name] = engine.name
+                    failure = failure or Failure(engine.name, error)
+                    records.append(JobRecord(engine.name, "failed", self._ms(t0), error))
+                    continue
+                records.append(JobRecord(engine.name, outcome.status, self._ms(t0), None, outcome.result))
+        except Exception as exc:  # the inputs were not loaded, or the context could not be built
+            self._raise_if_stopping(exc)
+            log.exception("unit_failed")
+            failure = failure or Failure("unit", f"{type(exc).__name__}: {exc}")
+        if failure is not None:
+            return UnitResult(portfolio.id, "failed", self._rolled_back(records, failure, unit_started),
+                              failure=failure, duration_ms=self._ms(unit_started))
+        writes = tuple(Replacement(table, key, rows) for table, (key, rows) in ctx.writes.items())
+        return UnitResult(portfolio.id, "succeeded", tuple(records), writes, duration_ms=self._ms(unit_started))
+
+    def _persist_chunk(self, chunk: ChunkResult, tally: _Tally) -> None:
+        """Write `chunk` in one transaction (`persist_chunk`, the run lock confirmed before the
+        commit). If that write fails (e.g. a constraint one unit's rows violate), it is rolled back
+        and each unit is written in its own transaction instead, so only the offending unit fails
+        (job `write`). An interrupt loses the whole chunk: nothing of it is committed."""
+        if not chunk.units:
+            return
+        t0 = self.monotonic()
+        try:
+            self._write(lambda s: persist_chunk(s, self.run_id, chunk))
+        except Exception as exc:
+            self._raise_if_stopping(exc)
+            if len(chunk.units) == 1 and not chunk.units[0].writes:
+                raise  # job records alone cannot be written: the database fails (the run stops)
+            log.warning("chunk_write_failed", error=describe_error(exc), units=len(chunk.units))
+            for unit in chunk.units:  # each counted as it commits
+                written = self._persist_alone(chunk.as_of, unit)
+                self._count_jobs(written.records)
+                self._account(chunk.as_of, written, tally)
+            tally.add_time("unit_writes", self.monotonic() - t0)
+            return
+        tally.add_time("unit_writes", self.monotonic() - t0)
+        for unit in chunk.units:
+            self._count_jobs(unit.records)
+            self._account(chunk.as_of, unit, tally)
+
+    def _persist_alone(self, as_of: date, unit: UnitResult) -> UnitResult:
+        """Write one unit in its own transaction; if its rows cannot be written, record it failed
+        (job `write`, its engines `skipped` as rolled back) and return that instead."""
+        t0 = self.monotonic()
+        try:
+            self._write(lambda s: persist_chunk(s, self.run_id, ChunkResult(as_of, (unit,))))
+            return unit
+        except Exception as exc:
+            self._raise_if_stopping(exc)
+            if not unit.writes:
+                raise  # job records alone cannot be written: the database fails (the run stops)
+            structlog.contextvars.bind_contextvars(portfolio_id=str(unit.portfolio_id), as_of=as_of.isoformat())
+            error = describe_error(exc)
+            log.exception("unit_write_failed")
+            failure = Failure("write", error)
+            records = self._rolled_back([*unit.records, JobRecord("write", "failed", self._ms(t0), error)],
+                                        failure, t0)
+        failed = UnitResult(unit.portfolio_id, "failed", records, failure=failure, duration_ms=unit.duration_ms)
+        self._write(lambda s: add_job_records(s, self.run_id, as_of, [(unit.portfolio_id, records)]))
+        return failed
+
+    def _write(self, body: Callable[[Session], Any]) -> None:
+        """Run `body` in one transaction and commit it after confirming the run lock. On an
+        interrupt the connection is discarded (the signal may have landed mid-statement, e.g. in a
+        COPY not ended: closing it rolls back on any connection state); on an error the
+        transaction is rolled back and the error raised."""
         with Session(self.engine) as s:
             s.begin()
             try:
-                if inputs is None:
-                    raise RuntimeError(f"inputs not loaded: {load_error}")
-                ctx = UnitContext(self.settings, portfolio, as_of, inputs, shared)
-                for engine in self.engines:
-                    self._check_stop()
-                    root = next((broken[d] for d in engine.depends_on if d in broken), None)
-                    if root is None and failure is not None:  # the unit is lost: do not compute
-                        records.append((engine.name, "skipped", 0, f"rolled_back: {failure[0]} failed",
-                                        skipped_result(engine.name, portfolio, as_of, len(ctx.held),
-                                                       "rolled_back", f"{failure[0]} failed")))
-                        continue
-                    if root is not None:
-                        broken[engine.name] = root
-                        records.append((engine.name, "skipped", 0, f"upstream_failed: {root}",
-                                        skipped_result(engine.name, portfolio, as_of, len(ctx.held),
-                                                       "upstream_failed", f"{root} failed")))
-                        # a failed global step leaves this portfolio-date incomplete: it fails
-                        # (and rolls back) so the next run computes it again
-                        if root in shared.failed and failure is None:
-                            failure = (engine.name, f"upstream_failed: {root}: {shared.failed[root]}")
-                        continue
-                    t0 = self.monotonic()
-                    try:
-                        outcome = engine.run(ctx)
-                    except Interrupted:
-                        raise
-                    except Exception as exc:
-                        self._raise_if_stopping(exc)
-                        error = f"{type(exc).__name__}: {exc}"
-                        log.exception("engine_failed", job=engine.name)
-                        broken[engine.name] = engine.name
-                        failure = failure or (engine.name, error)
-                        records.append((engine.name, "failed", self._ms(t0), error, None))
-                        continue
-                    records.append((engine.name, outcome.status, self._ms(t0), None, outcome.result))
-                if failure is None:  # results and their job records commit together
-                    t0 = self.monotonic()
-                    try:
-                        bulk_replace(s, [(table, key, rows) for table, (key, rows) in ctx.writes.items()])
-                        if PortfolioSnapshot in ctx.writes:  # the series always chains (SPEC §6.7)
-                            written = ctx.writes[PortfolioSnapshot][1][0]
-                            repository.rechain_later_snapshots(s, portfolio.id, PriorSnapshot(
-                                as_of, written["total_value"], written["cumulative_pnl"]))
-                    except Exception as exc:  # e.g. a constraint the staged rows violate
-                        self._raise_if_stopping(exc)
-                        error = f"{type(exc).__name__}: {exc}"
-                        log.exception("unit_write_failed")
-                        failure = ("write", error)
-                        records.append(("write", "failed", self._ms(t0), error, None))
-                        s.rollback()
-                    tally.add_time("unit_writes", self.monotonic() - t0)
-                if failure is None:
-                    self._add_job_records(s, as_of, portfolio.id, records)
-                    self._check_stop()
-                    self._confirm_lock(s)
-                    s.commit()
-                    committed = True
-                else:
-                    s.rollback()
-            except Interrupted:  # the signal may have landed mid-statement (e.g. a COPY not ended):
-                _discard(s)  # closing the connection rolls the unit back on any connection state
+                body(s)
+                self._check_stop()
+                self._confirm_lock(s)
+                s.commit()
+            except Interrupted:
+                _discard(s)
                 raise
-            except Exception as exc:  # loading inputs or the commit itself failed
+            except Exception:
                 _roll_back_or_discard(s)
-                self._raise_if_stopping(exc)
-                log.exception("unit_failed")
-                failure = failure or ("unit", f"{type(exc).__name__}: {exc}")
-        if not committed:
-            records = self._rolled_back(records, failure, unit_started)
-            self._record_jobs(as_of, portfolio.id, records)
-        if failure is not None:
-            log.error("portfolio_failed", job=failure[0], error=failure[1])
-        else:
-            log.info("portfolio_succeeded", duration_ms=self._ms(unit_started))
-        return failure
+                raise
 
-    def _rolled_back(self, records: list[tuple], failure: tuple[str, str],
-                     unit_started: float) -> list[tuple]:
-        """Job records of a unit that rolled back: engines that had succeeded become skipped."""
-        records = [r if r[1] != "success" else
-                   (r[0], "skipped", r[2], f"rolled_back: {failure[0]} failed", r[4]) for r in records]
-        return records or [(failure[0], "failed", self._ms(unit_started), failure[1], None)]
+    def _account(self, as_of: date, unit: UnitResult, tally: _Tally) -> None:
+        """Count a written unit in the tally and log its outcome."""
+        structlog.contextvars.bind_contextvars(portfolio_id=str(unit.portfolio_id), as_of=as_of.isoformat())
+        if unit.outcome == "succeeded":
+            tally.succeeded += 1
+            log.info("portfolio_succeeded", duration_ms=unit.duration_ms)
+        elif unit.outcome == "failed":
+            assert unit.failure is not None
+            tally.failed += 1
+            tally.failed_portfolios.append({"portfolio_id": str(unit.portfolio_id), "as_of": as_of.isoformat(),
+                                            "job": unit.failure.job, "error": unit.failure.error})
+            log.error("portfolio_failed", job=unit.failure.job, error=unit.failure.error)
+        else:
+            tally.skipped += 1
+            tally.deadline_skips += unit.deadline
+        structlog.contextvars.unbind_contextvars("portfolio_id")
+
+    def _rolled_back(self, records: Sequence[JobRecord], failure: Failure,
+                     unit_started: float) -> tuple[JobRecord, ...]:
+        """Job records of a unit that is not written: engines that had succeeded become skipped."""
+        out = tuple(r if r.status != "success" else
+                    JobRecord(r.job, "skipped", r.duration_ms, f"rolled_back: {failure.job} failed", r.result)
+                    for r in records)
+        return out or (JobRecord(failure.job, "failed", self._ms(unit_started), failure.error),)
 
     # -- records ------------------------------------------------------------------------------
 
@@ -651,33 +700,18 @@ class Runner:
             s.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(**values))
 
     def _record_jobs(self, as_of: date | None, portfolio_id: uuid.UUID | None,
-                     records: Sequence[tuple]) -> None:
+                     records: Sequence[JobRecord]) -> None:
+        """Insert job records (and, for a portfolio unit, advance the progress) in a transaction
+        of their own."""
         with Session(self.engine) as s, s.begin():
-            self._add_job_records(s, as_of, portfolio_id, records)
+            add_job_records(s, self.run_id, as_of, [(portfolio_id, records)])
+        self._count_jobs(records)
 
-    def _add_job_records(self, session: Session, as_of: date | None, portfolio_id: uuid.UUID | None,
-                         records: Sequence[tuple]) -> None:
-        """Insert the job records; for a portfolio unit, also advance the run's progress in the
-        same transaction (an increment, so concurrent workers count correctly)."""
-        self._add_units_records(session, as_of, [(portfolio_id, records)])
-
-    def _add_units_records(self, session: Session, as_of: date | None,
-                           units: Sequence[tuple[uuid.UUID | None, Sequence[tuple]]]) -> None:
-        """`_add_job_records` for several (portfolio_id, records) at once: one bulk insert, and
-        one progress increment by the number of portfolio units among them."""
-        for _, records in units:
-            for job, status, _, _, _ in records:
-                counts = self.job_counts.setdefault(job, {})
-                counts[status] = counts.get(status, 0) + 1
-        bulk_insert(session, BatchJobResult, [
-            {"run_id": self.run_id, "as_of_date": as_of, "portfolio_id": portfolio_id, "job": job,
-             "status": status, "duration_ms": int(duration_ms), "error": error, "result": result}
-            for portfolio_id, records in units for job, status, duration_ms, error, result in records])
-        portfolio_ids = [portfolio_id for portfolio_id, _ in units if portfolio_id is not None]
-        if portfolio_ids:
-            session.execute(update(BatchRun).where(BatchRun.id == self.run_id).values(
-                completed_units=BatchRun.completed_units + len(portfolio_ids),
-                current_unit=f"{portfolio_ids[-1]}@{as_of.isoformat() if as_of else None}"))
+    def _count_jobs(self, records: Sequence[JobRecord]) -> None:
+        """Count committed job records in `job_counts` (job → status → n)."""
+        for r in records:
+            counts = self.job_counts.setdefault(r.job, {})
+            counts[r.status] = counts.get(r.status, 0) + 1
 
     def _finish_run_record(self, summary: dict[str, Any]) -> bool:
         """Write the run's final state. A failing database (an outage, a full disk) is tried again

@@ -60,7 +60,7 @@ def test_help_lists_the_commands_the_run_options_and_the_exit_codes(cli_in):
     code, out, _ = cli_in("--help")
     assert code == 0
     for word in ("init-db", "seed-demo", "check", "history", "--date", "--start", "--end", "--force",
-                 "--portfolio", "--skip-sync", "--skip-profiles", "--json", "--workers", "--executor",
+                 "--portfolio", "--skip-sync", "--skip-profiles", "--json", "--workers", "--chunk-size", "--executor",
                  "--version", "exit codes:"):
         assert word in out, word
     codes = out.split("exit codes:")[1].split()

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from batch import cli, db
 from batch.errors import LockHeld, LockLost
-from models import Base, MarketPrice, Portfolio, StressScenario, StressTestResult
+from models import Base, CorrelationRun, MarketPrice, Portfolio, StressScenario, StressTestResult
 
 SPEC_TABLES = {
     "portfolios", "positions", "market_prices", "company_profiles", "factor_definitions",
@@ -217,6 +218,40 @@ def test_bulk_replace_writes_nulls_for_non_finite_numbers_and_replaces_only_its_
     stored = _scenario_rows(engine)
     assert set(stored) == {(mine, day, "s2"), (other, day, "s2")}  # mine replaced, other untouched
     assert stored[(mine, day, "s2")].direct_pnl == 7.0 and stored[(other, day, "s2")].direct_pnl == 1.5
+
+
+def test_bulk_replace_of_a_chunk_deletes_exactly_its_keys_and_stores_values_exactly(engine):
+    """A chunk's replacement: five units' keys of one table in one call (one DELETE for all of
+    them) replace exactly those units' rows — a unit of another date and a unit outside the
+    chunk keep theirs. Values arrive as the engines produce them (numpy scalars, ints in float
+    columns, floats needing all 17 digits) and are stored exactly (binary COPY on PostgreSQL)."""
+    books = [uuid.UUID(int=i) for i in range(1, 8)]
+    day, other_day = date(2022, 12, 28), date(2022, 12, 27)
+    with Session(engine) as s, s.begin():
+        s.add_all([Portfolio(id=b, name=str(b), cash_balance=0.0) for b in books])
+
+    def run_row(tag: float) -> dict:
+        return {"window_days": 90, "avg_abs_correlation": tag, "weighted_correlation": None,
+                "effective_positions": 3, "positions_included": 5, "positions_excluded": 0, "status": "ok"}
+
+    with Session(engine) as s, s.begin():  # the old rows: books 0-5 on `day`, book 0 on `other_day`
+        db.bulk_replace(s, [(CorrelationRun, {"portfolio_id": b, "as_of_date": day}, [run_row(-1.0)])
+                            for b in books[:6]] +
+                        [(CorrelationRun, {"portfolio_id": books[0], "as_of_date": other_day}, [run_row(-2.0)])])
+    tricky = [0.1 + 0.2, 1e-300, -1.5e300, 2.0 ** 53 + 2, 1 / 3]
+    chunk = [(CorrelationRun, {"portfolio_id": b, "as_of_date": day},
+              [{**run_row(np.float64(x)), "positions_included": np.int64(i), "effective_positions": np.int64(7)}])
+             for i, (b, x) in enumerate(zip(books[:5], tricky, strict=True))]
+    with Session(engine) as s, s.begin():
+        assert db.bulk_replace(s, chunk) == 5
+    with Session(engine) as s:
+        stored = {(r.portfolio_id, r.as_of_date): r for r in s.scalars(select(CorrelationRun))}
+    assert set(stored) == {(b, day) for b in books[:6]} | {(books[0], other_day)}
+    for i, (b, x) in enumerate(zip(books[:5], tricky, strict=True)):
+        r = stored[(b, day)]
+        assert (r.avg_abs_correlation, r.positions_included, r.effective_positions) == (x, i, 7.0)
+    assert stored[(books[5], day)].avg_abs_correlation == -1.0  # outside the chunk: untouched
+    assert stored[(books[0], other_day)].avg_abs_correlation == -2.0  # another date: untouched
 
 
 def _alembic(url: str, command_name: str, revision: str) -> None:

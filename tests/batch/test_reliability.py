@@ -48,8 +48,9 @@ def test_watchdog_ends_a_hung_engine(database_url, cli, tmp_path):
 
 
 def test_failing_statement_rolls_back_only_its_portfolio(seeded, engine, monkeypatch):
-    """A real constraint violation (a duplicate natural key) while one portfolio's staged rows
-    are written: that unit rolls back whole, the others commit."""
+    """A real constraint violation (a duplicate natural key) in one portfolio's staged rows: the
+    chunk's write fails and rolls back, then each unit is written alone — that unit fails whole
+    (job `write`), the others commit."""
     victim = demo_id("portfolio", HEDGE_FUND)
 
     def duplicate_snapshot(ctx):

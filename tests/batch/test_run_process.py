@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,28 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from batch import cli, db
-from models import BatchJobResult, BatchRun, Portfolio, PortfolioSnapshot
+from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
+from batch.engines import ENGINES
+from models import (
+    BatchJobResult,
+    BatchRun,
+    CorrelationCluster,
+    CorrelationRun,
+    MarketRiskResult,
+    PairwiseCorrelation,
+    Portfolio,
+    PortfolioFactorExposure,
+    PortfolioSnapshot,
+    PositionFactorExposure,
+    PositionGreeks,
+    StressTestResult,
+)
 from tests.conftest import assert_interrupted_with_whole_units, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
+# the per-(portfolio, date) result tables the portfolio engines write
+UNIT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
+               StressTestResult, CorrelationRun, PairwiseCorrelation, CorrelationCluster, PortfolioSnapshot)
 
 
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -99,7 +118,7 @@ def test_sigterm_rolls_back_records_interrupted_and_releases_the_lock(database_u
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    # exactly the units recorded successful were committed; the one in progress rolled back
+    # exactly the units recorded successful were committed; the chunk in flight rolled back
     assert_interrupted_with_whole_units(engine, at_least=3)
 
 
@@ -144,14 +163,14 @@ def test_a_broken_stdout_stops_neither_the_run_nor_its_bookkeeping(database_url,
     assert sorted(d.isoformat() for d in snapshots) == ["2022-12-27"] * 4 + ["2022-12-28"] * 4
 
 
-# Delivers TEST_SIGNALS to the job itself: the first while a unit's rows are being written (as
+# Delivers TEST_SIGNALS to the job itself: the first while a chunk's rows are being written (as
 # PostgreSQL's COPY ends, before SQLite's statements), each further one during the stop's cleanup (a
 # rollback, a session closing, a signal disposition changing), as an impatient supervisor would.
 SIGNAL_DURING_THE_WRITE = """
 import os, signal, sys
 import psycopg, psycopg.copy
 from sqlalchemy.orm import Session
-from batch import cli, db, runner
+from batch import cli, db, persist
 
 pending = [getattr(signal, "SIG" + name) for name in os.environ["TEST_SIGNALS"].split(",")]
 sent, writing = [], []
@@ -185,7 +204,7 @@ def set_disposition(signum, handler):
     deliver("cleanup")
     return real_signal(signum, handler)
 
-real_bulk_replace, runner.bulk_replace = runner.bulk_replace, bulk_replace
+real_bulk_replace, persist.bulk_replace = persist.bulk_replace, bulk_replace
 real_finish, psycopg.copy.LibpqWriter.finish = psycopg.copy.LibpqWriter.finish, finish
 real_signal, signal.signal = signal.signal, set_disposition
 cleanup("rollback")
@@ -197,7 +216,7 @@ sys.exit(cli.main(sys.argv[1:]))
 @pytest.mark.parametrize(("signals", "code"), [("TERM,TERM", 143), ("INT,INT,INT", 130), ("HUP", 143)])
 def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
         database_url, engine, seeded, tmp_path, signals, code):
-    """A stop signal while a unit's rows are written (PostgreSQL: inside the COPY) rolls the unit
+    """A stop signal while a chunk's rows are written (PostgreSQL: inside the COPY) rolls the chunk
     back and records `interrupted`; signals repeated during the cleanup change nothing; SIGHUP is
     a SIGTERM. Exit 143 (SIGTERM, SIGHUP) or 130 (SIGINT), no traceback."""
     done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_THE_WRITE, "--date", "2022-12-28", "--skip-sync"],
@@ -211,7 +230,7 @@ def test_stop_signals_during_a_unit_write_and_its_cleanup_record_interrupted(
         snapshots = s.scalars(select(PortfolioSnapshot)).all()
     assert (run.status, run.exit_code, run.summary["status"]) == ("interrupted", code, "interrupted")
     assert run.finished_at is not None
-    assert snapshots == [] and unit_jobs == []  # the first unit, interrupted in its write, rolled back
+    assert snapshots == [] and unit_jobs == []  # the first chunk, interrupted in its write, rolled back
     with db.run_lock(engine):  # released
         pass
 
@@ -288,3 +307,70 @@ def test_first_starts_at_once_on_a_new_embedded_database_exit_only_0_or_75(tmp_p
         assert set(codes) <= {0, 75} and 0 in codes, \
             (round_, [(c, out[-800:]) for c, out in zip(codes, outputs, strict=True) if c not in (0, 75)])
         assert sum("database_created" in out for out in outputs) == 1, round_
+
+
+# Sends TEST_SIGNAL to the job itself in the middle of the third chunk's write (--chunk-size 3
+# over the demo's 4 books: chunks of 3 and 1 per date, so the first date's two chunks have
+# committed): after the COPY/insert of that chunk's third result table, before its commit.
+SIGNAL_DURING_A_CHUNK_WRITE = """
+import os, signal, sys
+from batch import cli, db, runner
+
+chunks, inserts = [], []
+
+def persist_chunk(session, run_id, chunk):
+    chunks.append(chunk)
+    return real_persist(session, run_id, chunk)
+
+def bulk_insert_groups(session, table, groups):
+    count = real_insert(session, table, groups)
+    if len(chunks) == 3:
+        inserts.append(table)
+        if len(inserts) == 3:
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["TEST_SIGNAL"]))
+    return count
+
+real_persist, runner.persist_chunk = runner.persist_chunk, persist_chunk
+real_insert, db.bulk_insert_groups = db.bulk_insert_groups, bulk_insert_groups
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("TERM", 143), ("KILL", -signal.SIGKILL)])
+def test_a_signal_or_kill_9_mid_chunk_write_leaves_whole_committed_chunks_and_nothing_of_the_chunk_in_flight(
+        database_url, engine, seeded, tmp_path, name, code):
+    """A 4-session backfill with --chunk-size 3, stopped (SIGTERM) or killed (SIGKILL) inside the
+    third chunk's transaction, after three of its tables' rows were sent: the first date's four
+    units (two committed chunks) are whole — a row in every analytic table for each public book,
+    a snapshot, the seven job records — and nothing of the second date exists: no result row, no
+    job record, no progress."""
+    first, second = "2022-12-22", "2022-12-23"
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_A_CHUNK_WRITE, "--start", first,
+                           "--end", "2022-12-28", "--chunk-size", "3"], cwd=tmp_path,
+                          env=process_env(DATABASE_URL=database_url, TEST_SIGNAL=name),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    books = [demo_id("portfolio", k) for k in (INDIVIDUAL, HNW, HEDGE_FUND, PRIVATE_ONLY)]
+    day = date.fromisoformat(first)
+    with Session(engine) as s:
+        run = s.scalars(select(BatchRun)).one()
+        jobs = s.execute(select(BatchJobResult.portfolio_id, BatchJobResult.as_of_date, BatchJobResult.job)
+                         .where(BatchJobResult.portfolio_id.is_not(None))).all()
+        rows = {model.__tablename__: set(s.execute(select(
+            model.portfolio_id, model.snapshot_date if model is PortfolioSnapshot else model.as_of_date)
+            .distinct()).all()) for model in UNIT_TABLES}
+    assert sorted(jobs) == sorted((b, day, e.name) for b in books for e in ENGINES)
+    assert rows["portfolio_snapshots"] == {(b, day) for b in books}
+    for table, units in rows.items():  # nothing of the chunk in flight, nor of any later unit
+        assert {d for _, d in units} <= {day}, table
+    for model in (PositionFactorExposure, MarketRiskResult, StressTestResult, CorrelationRun):
+        assert rows[model.__tablename__] == {(b, day) for b in books[:3]}, model.__tablename__
+    assert run.completed_units == 4 and run.current_unit.endswith(f"@{first}")
+    if name == "TERM":
+        assert (run.status, run.exit_code) == ("interrupted", 143)
+    else:  # the process died with the transaction open: the lock is free, the record `running`
+        assert run.status == "running" and run.finished_at is None
+    assert second not in {d.isoformat() for _, d, _ in jobs}
+    with db.run_lock(engine):  # released
+        pass
