@@ -69,6 +69,7 @@ from models import (
     PortfolioFactorExposure,
     PortfolioSnapshot,
     PositionFactorExposure,
+    PositionValuation,
     StressTestResult,
     SymbolFactorBeta,
 )
@@ -459,11 +460,11 @@ def capped(record: dict[str, Any], *keys: str, notes: dict[str, Any] | None = No
 
 
 def valuation_payload(flag: str, message: str, total: int | None, **values: Any) -> dict[str, Any]:
-    """`positions` summarises the per-position valuation (no result table holds it): the count
-    of each price source and the flags of each flagged position (id → flags), capped."""
+    """`positions` points at `position_valuations` (one row per valued position: price, source,
+    market value, flags); `flags` counts the positions carrying each flag ({} when none is)."""
     base = {"total_value": None, "long_value": None, "short_value": None, "gross_exposure": None,
             "net_exposure": None, "private_value": None, "cash_value": None, "num_positions": total,
-            "skipped_positions": [], "positions": {"price_sources": {}, "flagged": {}}}
+            "skipped_positions": [], "positions": {}, "flags": {}}
     analyzed = values.pop("analyzed", 0)
     quality = _quality(flag, message, analyzed, total, 1 if analyzed else 0)
     return {**capped({**base, **values}, "skipped_positions", notes=quality), "data_quality": quality}
@@ -559,6 +560,8 @@ def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date,
 
 
 def run_valuation(ctx: UnitContext) -> JobOutcome:
+    """Value the book (SPEC §6.1) and stage one `position_valuations` row per position valued,
+    priced or not (an unpriced one: NULL price and market value, its reason in `flags`)."""
     stale_before = calendar.sessions_back(ctx.as_of, STALE_AFTER_SESSIONS + 1)[0]
     v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
                         stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate,
@@ -569,6 +572,10 @@ def run_valuation(ctx: UnitContext) -> JobOutcome:
             if {p.position.symbol, p.position.market_symbol} & ctx.bad_closes.keys() else p
             for p in v.positions))
     ctx.outputs["valuation"] = v
+    ctx.replace(PositionValuation, [
+        {"position_id": p.position.id, "symbol": p.position.symbol, "quantity": p.position.quantity,
+         "price": p.price, "price_date": p.price_date, "price_source": p.price_source,
+         "market_value": p.market_value, "flags": list(p.flags)} for p in v.positions])
     stale = [p.position.symbol for p in v.positions if "stale_prices" in p.flags]
     flag = "missing_prices" if v.skipped else ("stale_prices" if stale else "ok")
     return JobOutcome("success", valuation_payload(
@@ -577,9 +584,8 @@ def run_valuation(ctx: UnitContext) -> JobOutcome:
         total_value=v.total_value, long_value=v.long_value, short_value=v.short_value,
         gross_exposure=v.gross_exposure, net_exposure=v.net_exposure, private_value=v.private_value,
         cash_value=v.cash_value, skipped_positions=list(v.skipped),
-        positions=capped({
-            "price_sources": dict(Counter(p.price_source for p in v.positions if p.market_value is not None)),
-            "flagged": {str(p.position.id): list(p.flags) for p in v.positions if p.flags}}, "flagged")))
+        positions=ctx.stored_in(PositionValuation),
+        flags=dict(Counter(name for p in v.positions for name in dict.fromkeys(p.flags)))))
 
 
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from models.schema import (  # noqa: F401
     Position,
     PositionFactorExposure,
     PositionGreeks,
+    PositionValuation,
     ProfileAbsence,
     ProviderRequestCount,
     StressScenario,

@@ -211,6 +211,27 @@ class PositionGreeks(Base):
     status: Mapped[str] = mapped_column(String(32))
 
 
+class PositionValuation(Base):
+    """One row per position valued for a portfolio-date (SPEC §6.1), held or skipped: `price`
+    (dollars per share or per contract unit; an option's model price for `price_source =
+    model`), `market_value` signed dollars (quantity × price × multiplier, shorts negative),
+    NULL with the reason in `flags` when the position could not be priced (never 0)."""
+
+    __tablename__ = "position_valuations"
+    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
+    )
+    as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[float] = mapped_column(Money)
+    price: Mapped[float | None] = mapped_column(Float)
+    price_date: Mapped[date | None] = mapped_column(Date)
+    price_source: Mapped[str | None] = mapped_column(String(16))  # market, mark, entry, intrinsic, model
+    market_value: Mapped[float | None] = mapped_column(Float)
+    flags: Mapped[list] = mapped_column(JSON)
+
+
 class MarketRiskResult(Base):
     __tablename__ = "market_risk_results"
     portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)

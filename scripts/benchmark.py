@@ -92,9 +92,10 @@ SESSIONS = 300
 BUILD_BATCH = 250  # portfolios inserted per transaction while building
 PROXIES = {"Market": "^GSPC", "Value": "VLUE", "Growth": "VUG", "Momentum": "MTUM", "Quality": "QUAL",
            "Size": "SIZE", "Low Volatility": "USMV", "Interest Rate": "TLT"}
-RESULT_TABLES = ("position_factor_exposures", "portfolio_factor_exposures", "position_greeks",
-                 "market_risk_results", "stress_test_results", "correlation_runs", "correlation_matrices",
-                 "correlation_clusters", "portfolio_snapshots", "symbol_factor_betas", "factor_correlations")
+RESULT_TABLES = ("position_valuations", "position_factor_exposures", "portfolio_factor_exposures",
+                 "position_greeks", "market_risk_results", "stress_test_results", "correlation_runs",
+                 "correlation_matrices", "correlation_clusters", "portfolio_snapshots", "symbol_factor_betas",
+                 "factor_correlations")
 
 
 def build_universe(engine, portfolios: int, positions: int, symbols: int, seed: int,

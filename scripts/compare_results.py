@@ -44,6 +44,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "symbol_factor_betas": ("symbol", "factor", "as_of_date"),
     "position_factor_exposures": ("position_id", "factor", "as_of_date"),
     "portfolio_factor_exposures": ("portfolio_id", "factor", "as_of_date"),
+    "position_valuations": ("position_id", "as_of_date"),
     "position_greeks": ("position_id", "as_of_date"),
     "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
     "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),

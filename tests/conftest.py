@@ -35,6 +35,7 @@ from models import (
     PortfolioSnapshot,
     PositionFactorExposure,
     PositionGreeks,
+    PositionValuation,
     StressTestResult,
     SymbolFactorBeta,
 )
@@ -110,7 +111,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 # Every result table (batch_runs / batch_job_results are run records, not results).
-RESULT_TABLES = (PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
+RESULT_TABLES = (PositionValuation, PositionFactorExposure, PortfolioFactorExposure, PositionGreeks, MarketRiskResult,
                  StressTestResult, CorrelationRun, CorrelationMatrix, CorrelationCluster,
                  PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation)
 

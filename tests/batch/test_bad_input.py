@@ -40,6 +40,7 @@ from models import (
     Position,
     PositionFactorExposure,
     PositionGreeks,
+    PositionValuation,
     SymbolFactorBeta,
 )
 from tests.conftest import RESULT_TABLES
@@ -308,6 +309,13 @@ def non_finite_numbers(engine) -> list[tuple[str, str, float]]:
     return found
 
 
+def valuations(engine, portfolio_id: uuid.UUID) -> dict[uuid.UUID, PositionValuation]:
+    """The book's stored per-position valuations on AS_OF, by position id."""
+    with Session(engine) as s:
+        return {v.position_id: v for v in s.scalars(select(PositionValuation).where(
+            PositionValuation.portfolio_id == portfolio_id, PositionValuation.as_of_date == AS_OF))}
+
+
 def jobs(engine, portfolio_id: uuid.UUID, run_id: str) -> dict[str, BatchJobResult]:
     with Session(engine) as s:
         return {j.job: j for j in s.scalars(select(BatchJobResult).where(
@@ -352,8 +360,11 @@ def test_bad_positions_are_skipped_and_flagged_and_change_nobody_else(seeded, en
     # and is not flagged.
     bad_jobs = jobs(engine, BAD, result.summary["run_id"])
     valuation = bad_jobs["valuation"].result
-    flagged = valuation["positions"]["flagged"]
-    assert str(GOOD_ID) not in flagged
+    stored = valuations(engine, BAD)
+    good = stored[GOOD_ID]
+    assert (good.symbol, good.quantity, good.price, good.price_date, good.price_source, good.flags) == (
+        "KO", 100.0, ko_close, AS_OF, "market", [])
+    assert good.market_value == pytest.approx(100 * ko_close, rel=1e-12)
     assert GOOD_ID in exposed
     assert good_exposure.exposure_dollar == pytest.approx(100 * ko_close * good_exposure.beta)
 
@@ -376,9 +387,24 @@ def test_bad_positions_are_skipped_and_flagged_and_change_nobody_else(seeded, en
     assert valuation["skipped_positions"] == snapshot.data_quality["skipped_positions"][:RECORD_LIST_CAP]
     assert (valuation["data_quality"]["skipped_positions_count"],
             valuation["data_quality"]["skipped_positions_truncated"]) == (7, True)
-    assert (valuation["positions"]["flagged_count"], valuation["positions"]["flagged_truncated"]) == (8, True)
-    assert len(flagged) == RECORD_LIST_CAP and {uuid.UUID(k) for k in flagged} <= set(BAD_POSITIONS)
-    assert all(flagged.values())
+    # Every bad position has its row in position_valuations, with its reason: unpriced ones a NULL
+    # market value (never 0); the option without an underlying price held at its entry price
+    # (2 contracts × 100 × 5.0). The record counts the flags and points at the table.
+    assert set(stored) == {GOOD_ID, *BAD_POSITIONS}
+    expected = {0xBAD01: ["invalid_quantity"], 0xBAD02: ["invalid_quantity"], 0xBAD03: ["invalid_dates"],
+                0xBAD05: ["invalid_contract"], 0xBAD06: ["missing_price"], 0xBAD07: ["missing_price"],
+                0xBAD08: ["missing_price"]}
+    for number, flags in expected.items():
+        row = stored[uuid.UUID(int=number)]
+        assert (row.market_value, row.price, row.price_source, row.flags) == (None, None, None, flags), hex(number)
+    assert stored[uuid.UUID(int=0xBAD01)].quantity == -10.0
+    assert stored[uuid.UUID(int=0xBAD08)].symbol == SQL_SYMBOL.upper()
+    unmodelled = stored[uuid.UUID(int=0xBAD04)]
+    assert (unmodelled.price, unmodelled.price_source, unmodelled.market_value, unmodelled.flags) == (
+        5.0, "entry", 1000.0, ["model_price_unavailable"])
+    assert valuation["positions"] == {"stored_in": "position_valuations", "rows": 9}
+    assert valuation["flags"] == {"invalid_quantity": 2, "invalid_dates": 1, "invalid_contract": 1,
+                                  "missing_price": 3, "model_price_unavailable": 1}
     assert {"model_price_unavailable", "pnl_incomplete"} <= set(snapshot.data_quality["flags"])
     assert snapshot.num_short == 0  # the SHORT with a positive quantity is not counted as anything
 
@@ -571,8 +597,12 @@ def test_investment_class_is_read_whatever_its_case_and_whitespace(seeded, engin
         greeks = {g.position_id: g for g in s.scalars(select(PositionGreeks).where(
             PositionGreeks.portfolio_id == pid))}
     valuation = jobs(engine, pid, result.summary["run_id"])["valuation"].result
-    assert valuation["skipped_positions"] == []
-    assert valuation["positions"] == {"price_sources": {"entry": 1, "market": 1, "model": 1}, "flagged": {}}
+    assert valuation["skipped_positions"] == [] and valuation["flags"] == {}
+    stored = valuations(engine, pid)
+    assert {k: (v.price_source, v.flags) for k, v in stored.items()} == {
+        holding: ("entry", []), ko: ("market", []), option: ("model", [])}
+    assert stored[option].price == greeks[option].model_price
+    assert (stored[holding].market_value, stored[ko].market_value) == (250_000.0, pytest.approx(100 * ko_close))
     assert (snapshot.private_value, snapshot.num_private) == (250_000.0, 1)  # at its entry value (no mark)
     assert list(greeks) == [option]  # modelled as an option
     option_value = 2 * 100 * greeks[option].model_price  # 2 contracts of 100 at the model price
@@ -707,7 +737,14 @@ def test_bad_stored_closes_are_missing_data_for_every_engine(seeded, engine) -> 
     # its beta), flagged, and reported
     valuation = jobs(engine, BAD_CLOSES_BOOK, result.summary["run_id"])["valuation"].result
     assert zero_exposure.exposure_dollar == pytest.approx(1000 * rows["ZERO"][-2][1] * zero_exposure.beta, rel=1e-12)
-    assert "bad_closes_ignored" in valuation["positions"]["flagged"][str(ZERO_ID)]
+    zero = valuations(engine, BAD_CLOSES_BOOK)[ZERO_ID]
+    assert (zero.price, zero.price_date, zero.price_source) == (rows["ZERO"][-2][1], rows["ZERO"][-2][0], "market")
+    assert zero.market_value == pytest.approx(1000 * rows["ZERO"][-2][1], rel=1e-12)
+    assert "bad_closes_ignored" in zero.flags
+    # ZERO, NEG and the call on NEG are priced from symbols with a bad close; FLAT is not
+    assert {k for k, v in valuations(engine, BAD_CLOSES_BOOK).items() if "bad_closes_ignored" in v.flags} == {
+        ZERO_ID, uuid.UUID(int=0xBADC02), NEG_CALL}
+    assert valuation["flags"] == {"bad_closes_ignored": 3}
     assert "bad_closes_ignored" in snapshot.data_quality["flags"]
     assert snapshot.data_quality["bad_close_symbols"] == ["NEG", "NEG230317C00110000", "ZERO"]
     with Session(engine) as s:

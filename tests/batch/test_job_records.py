@@ -31,6 +31,7 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 # Where each map of a computed record is, for a book with options (the hedge fund): job → path → table.
 HEDGE_FUND_STORED_IN = {
+    ("valuation", "positions"): "position_valuations",
     ("greeks", "positions"): "position_greeks",
     ("factors", "factor_betas"): "portfolio_factor_exposures",
     ("factors", "position_betas"): "position_factor_exposures",
@@ -113,14 +114,14 @@ def test_demo_job_records_are_summaries_under_4_kb(seeded, engine):
         if key == HEDGE_FUND:
             assert {k: e["stored_in"] for k, e in entries.items()} == HEDGE_FUND_STORED_IN
             rows = {k: e["rows"] for k, e in entries.items()}
-            # the hedge fund's 8 options, 22 stocks (231 pairs), 6 factors with data, 18 scenarios
-            assert rows["greeks", "positions"] == 8
+            # the hedge fund's 30 positions: 8 options, 22 stocks (231 pairs), 6 factors with data, 18 scenarios
+            assert rows["valuation", "positions"] == 30 and rows["greeks", "positions"] == 8
             assert rows["correlations", "correlation_matrix"] == 22 * 21 // 2
             assert rows["factors", "factor_betas"] == 6 and rows["factors", "position_betas"] == 30 * 6
             assert rows["stress_tests", "stress_test_results.direct_impacts"] == 18
             assert rows["stress_tests", "correlation_matrix_info"] == 6 * 7 // 2
         if key == PRIVATE_ONLY:  # computed: valuation and snapshot only
-            assert set(entries) == {("snapshot", "greeks")}
+            assert set(entries) == {("valuation", "positions"), ("snapshot", "greeks")}
 
 
 def test_private_only_skip_payloads_are_the_contract_literally(seeded, engine):

@@ -1,5 +1,6 @@
 """Migration 0003 (natural-key primary keys, correlation_matrices, the pairwise_correlations view)
-upgraded and downgraded on a database holding data written by the 0002 schema, on both dialects.
+upgraded and downgraded on a database holding data written by the 0002 schema, and migration 0004
+(position_valuations) on a database holding that data migrated to 0003, on both dialects.
 
 Rows are written and read with plain SQL through the migrated tables (not the models, which follow
 the head): what the database held before the upgrade must be exactly what it holds after it, and
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from batch import db
 
 BEFORE, AFTER = "0002_profile_absences", "0003_natural_keys_matrices"
+VALUATIONS = "0004_position_valuations"
 # every table whose primary key 0003 changes, with its natural key
 KEYED = {
     "market_prices": ("symbol", "date"),
@@ -220,6 +222,83 @@ def test_upgrade_and_downgrade_keep_every_row(fresh_url):
         db.migrate(engine, AFTER)  # and up again
         assert dump(engine, KEYED) == before
         assert pairs(engine) == old_pairs
-        assert db.current_revision(engine) == db.head_revision()
+        assert db.current_revision(engine) == AFTER
+    finally:
+        engine.dispose()
+
+
+# position_valuations rows written after the upgrade: priced (market, model, short), unpriced
+VALUATION_COLUMNS = ("position_id", "portfolio_id", "as_of_date", "symbol", "quantity", "price", "price_date",
+                     "price_source", "market_value", "flags")
+VALUATION_ROWS = [
+    (POS_A1, BOOK_A, D1, "AAPL", 100.0, 125.123456, D1, "market", 12512.3456, []),
+    (POS_A2, BOOK_A, D1, "MSFT", -100.0, None, None, None, None, ["missing_price"]),
+    (POS_A1, BOOK_A, D2, "AAPL", 100.0, 3.2109876543210985, None, "model", 32109.876543210985,
+     ["stale_prices", "bad_closes_ignored"]),
+]
+
+
+def put_valuations(engine, rows) -> None:
+    meta = ReflectedMetaData()
+    meta.reflect(engine, only=["position_valuations"])
+    table = meta.tables["position_valuations"]
+    for name in ("position_id", "portfolio_id"):
+        table.c[name].type = Uuid()  # SQLite reflects CHAR(32)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [dict(zip(VALUATION_COLUMNS, r, strict=True)) for r in rows])
+
+
+def valuation_rows(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT {', '.join(VALUATION_COLUMNS)} FROM position_valuations")).all()
+    postgres = engine.dialect.name == "postgresql"
+    return sorted((uuid.UUID(str(r[0])), uuid.UUID(str(r[1])),
+                   r[2] if postgres else date.fromisoformat(r[2]), r[3], float(r[4]), r[5],
+                   r[6] if postgres or r[6] is None else date.fromisoformat(r[6]), r[7], r[8], _decoded(r[9]))
+                  for r in rows)
+
+
+def test_0004_adds_position_valuations_and_keeps_every_row(fresh_url):
+    engine = db.make_engine(fresh_url)
+    try:
+        db.migrate(engine, BEFORE)
+        write_0002_data(engine)
+        db.migrate(engine, AFTER)
+        tables = (*KEYED, "correlation_matrices")
+        before = dump(engine, tables)
+        old_pairs = pairs(engine)
+        assert "position_valuations" not in inspect(engine).get_table_names()
+
+        db.migrate(engine, VALUATIONS)
+        assert db.current_revision(engine) == VALUATIONS
+        inspector = inspect(engine)
+        pk = inspector.get_pk_constraint("position_valuations")
+        assert (pk["name"], pk["constrained_columns"]) == ("pk_position_valuations", ["position_id", "as_of_date"])
+        assert [c["name"] for c in inspector.get_columns("position_valuations")] == list(VALUATION_COLUMNS)
+        nullable = {c["name"]: c["nullable"] for c in inspector.get_columns("position_valuations")}
+        assert [c for c, n in nullable.items() if n] == ["price", "price_date", "price_source", "market_value"]
+        assert {(tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes("position_valuations")} \
+            == {(("portfolio_id",), False)}
+        assert {(tuple(f["constrained_columns"]), f["referred_table"], f["options"].get("ondelete"))
+                for f in inspector.get_foreign_keys("position_valuations")} == {
+            (("portfolio_id",), "portfolios", "CASCADE"), (("position_id",), "positions", "CASCADE")}
+        assert dump(engine, tables) == before  # nothing else touched
+        assert pairs(engine) == old_pairs
+
+        put_valuations(engine, VALUATION_ROWS)
+        assert valuation_rows(engine) == sorted(VALUATION_ROWS)  # NULLs stay NULL, floats exact
+        with engine.begin() as conn, pytest.raises(IntegrityError):  # one row per natural key
+            conn.execute(text("INSERT INTO position_valuations SELECT * FROM position_valuations"))
+
+        db.downgrade(engine, AFTER)
+        assert db.current_revision(engine) == AFTER
+        assert "position_valuations" not in inspect(engine).get_table_names()
+        assert dump(engine, tables) == before
+        assert pairs(engine) == old_pairs
+
+        db.migrate(engine, VALUATIONS)  # and up again: empty, the rest as it was
+        assert db.current_revision(engine) == db.head_revision() == VALUATIONS
+        assert valuation_rows(engine) == []
+        assert dump(engine, tables) == before
     finally:
         engine.dispose()
