@@ -38,20 +38,15 @@ from sqlalchemy.exc import DBAPIError  # noqa: E402
 from batch import db  # noqa: E402
 from batch.errors import ConfigError, DatabaseUnavailable  # noqa: E402
 from batch.settings import normalise_database_url  # noqa: E402
+from models import Base  # noqa: E402
 
-# table → natural key (SPEC §4); the date column is the one --as-of filters on
+# table → natural key (SPEC §4): each result table's primary key, as the models declare it, plus
+# the pairs the `pairwise_correlations` view (a table before migration 0003) unnests
+_COMPARED = ("symbol_factor_betas", "position_factor_exposures", "portfolio_factor_exposures",
+             "position_valuations", "position_greeks", "market_risk_results", "stress_test_results",
+             "correlation_runs", "correlation_clusters", "factor_correlations", "portfolio_snapshots")
 TABLES: dict[str, tuple[str, ...]] = {
-    "symbol_factor_betas": ("symbol", "factor", "as_of_date"),
-    "position_factor_exposures": ("position_id", "factor", "as_of_date"),
-    "portfolio_factor_exposures": ("portfolio_id", "factor", "as_of_date"),
-    "position_valuations": ("position_id", "as_of_date"),
-    "position_greeks": ("position_id", "as_of_date"),
-    "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
-    "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),
-    "correlation_runs": ("portfolio_id", "as_of_date", "window_days"),
-    "correlation_clusters": ("portfolio_id", "as_of_date", "cluster_number"),
-    "factor_correlations": ("as_of_date", "factor_1", "factor_2"),
-    "portfolio_snapshots": ("portfolio_id", "snapshot_date"),
+    **{name: tuple(c.name for c in Base.metadata.tables[name].primary_key) for name in _COMPARED},
     "pairwise_correlations": ("portfolio_id", "as_of_date", "symbol_1", "symbol_2"),
 }
 SURROGATE = "id"
