@@ -349,6 +349,10 @@ def bulk_insert_columns(session: Session, table: Any, columns: dict[str, Sequenc
     binary = _binary_copy_types(chosen, dialect) if postgres else None
 
     def values(i: int, column: Any) -> list[Any]:
+        if postgres:
+            coerce = _BINARY_COERCE.get(binary[i]) if binary is not None else None
+        else:
+            coerce = column.type.bind_processor(dialect)
         if column.name in columns:
             raw = columns[column.name]
             if isinstance(raw, np.ndarray):
@@ -363,12 +367,12 @@ def bulk_insert_columns(session: Session, table: Any, columns: dict[str, Sequenc
                                   and column.default.is_scalar else None)
             if isinstance(value, float) and not math.isfinite(value):
                 value = None
-            out = [value] * count
-        if postgres:
-            coerce = _BINARY_COERCE.get(binary[i]) if binary is not None else None
-            return out if coerce is None else [None if v is None else coerce(v) for v in out]
-        process = column.type.bind_processor(dialect)
-        return out if process is None else [process(v) for v in out]
+            if coerce is not None and value is not None:
+                value = coerce(value)  # once for the whole column
+            return [value] * count
+        if coerce is None:
+            return out
+        return [None if v is None else coerce(v) for v in out] if postgres else [coerce(v) for v in out]
 
     rows = list(zip(*(values(i, c) for i, c in enumerate(chosen)), strict=True))
     if postgres:
