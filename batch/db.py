@@ -321,6 +321,76 @@ def bulk_insert_groups(session: Session, table: Any,
     return count
 
 
+def bulk_insert_columns(session: Session, table: Any, columns: dict[str, Sequence[Any] | np.ndarray],
+                        constants: dict[str, Any] | None = None) -> int:
+    """`bulk_insert` of rows given column-wise: `columns` maps a column name to its values (a
+    list or a 1-D numpy array, all the same length), `constants` a column to one value for every
+    row; any other column takes its scalar default, else NULL. Non-finite floats are stored as
+    NULL. No Python object is built per row beyond the tuple the driver reads: binary COPY on
+    PostgreSQL, one DBAPI `executemany` elsewhere. JSON columns are not supported here (use
+    `bulk_insert`). Returns the row count."""
+    table = getattr(table, "__table__", table)
+    constants = constants or {}
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"bulk insert into {table.name}: columns of different lengths {sorted(lengths)}")
+    count = lengths.pop() if lengths else 0
+    if count == 0:
+        return 0
+    unknown = sorted((set(columns) | set(constants)) - set(table.columns.keys()))
+    if unknown:
+        raise ValueError(f"bulk insert into {table.name}: unknown column(s) {unknown}")
+    chosen = [c for c in table.columns if c.name in columns or c.name in constants
+              or not (c.primary_key and c.autoincrement is True)]
+    if any(isinstance(c.type, JSON) for c in chosen):
+        raise ValueError(f"bulk insert into {table.name}: JSON columns need bulk_insert")
+    dialect = session.get_bind().dialect
+    postgres = dialect.name == "postgresql"
+    binary = _binary_copy_types(chosen, dialect) if postgres else None
+
+    def values(i: int, column: Any) -> list[Any]:
+        if postgres:
+            coerce = _BINARY_COERCE.get(binary[i]) if binary is not None else None
+        else:
+            coerce = column.type.bind_processor(dialect)
+        if column.name in columns:
+            raw = columns[column.name]
+            if isinstance(raw, np.ndarray):
+                if raw.dtype.kind == "f":
+                    out = np.where(np.isfinite(raw), raw, None).tolist()
+                else:
+                    out = raw.tolist()  # ints, bools and objects as Python values
+            else:
+                out = [None if isinstance(v, float) and not math.isfinite(v) else v for v in raw]
+        else:
+            value = constants.get(column.name, column.default.arg if column.default is not None
+                                  and column.default.is_scalar else None)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            if coerce is not None and value is not None:
+                value = coerce(value)  # once for the whole column
+            return [value] * count
+        if coerce is None:
+            return out
+        return [None if v is None else coerce(v) for v in out] if postgres else [coerce(v) for v in out]
+
+    rows = list(zip(*(values(i, c) for i, c in enumerate(chosen)), strict=True))
+    if postgres:
+        quoted = ", ".join(f'"{c.name}"' for c in chosen)
+        cursor = session.connection().connection.driver_connection.cursor()
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
+        with cursor, cursor.copy(statement) as copy:
+            if binary is not None:
+                copy.set_types(binary)
+            for row in rows:
+                copy.write_row(row)
+    else:
+        quoted = ", ".join(f'"{c.name}"' for c in chosen)
+        marks = ", ".join("?" for _ in chosen)
+        session.connection().exec_driver_sql(f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', rows)
+    return count
+
+
 # PostgreSQL column type (as SQLAlchemy compiles it, without modifiers) → the type whose binary
 # COPY format psycopg writes for it. `json`'s binary format is its text; `jsonb` (a version byte
 # first) and any type not listed here take the text COPY instead.

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from batch import calendar, repository
-from batch.db import bulk_insert
+from batch.db import bulk_insert, bulk_insert_columns
 from batch.settings import Settings
 from batch.sync import HISTORY_SESSIONS
 from calculations import correlations as corr
@@ -348,26 +347,67 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     factor_frame, unavailable = usable_factors(*factors.factor_returns(returns[proxy_symbols], proxies))
     fit = factors.fit_symbol_betas(returns[to_fit], factor_frame, unavailable)
     all_unavailable = {**fit.unavailable, **unavailable}
-    fitted = sorted({e.symbol for e in fit.estimates})
-    rows = [{"symbol": e.symbol, "factor": e.factor, "as_of_date": ctx.as_of, "beta": e.beta,
-             "std_error": e.std_error, "t_stat": e.t_stat, "r_squared": e.r_squared,
-             "observations": e.observations, "window_days": fit.window_days, "capped": e.capped,
-             "quality_flag": e.quality or ("full_history" if e.observations >= fit.window_days
-                                           else "limited_history")}
-            for e in fit.estimates]
-    rows += [{"symbol": symbol, "factor": factor, "as_of_date": ctx.as_of, "beta": None,
-              "std_error": None, "t_stat": None, "r_squared": None, "observations": 0,
-              "window_days": fit.window_days, "capped": False, "quality_flag": reason}
-             for symbol in fitted for factor, reason in all_unavailable.items()]
+    fitted = fit.fitted_symbols()
+    columns = _symbol_beta_columns(fit, fitted, all_unavailable)
     stale = delete(SymbolFactorBeta).where(SymbolFactorBeta.as_of_date == ctx.as_of)
     if ctx.portfolio_ids:
         stale = stale.where(SymbolFactorBeta.symbol.in_(to_fit))
     s.execute(stale)
-    bulk_insert(s, SymbolFactorBeta, rows)
+    written = bulk_insert_columns(s, SymbolFactorBeta, columns,
+                                  {"as_of_date": ctx.as_of, "window_days": fit.window_days})
+    ctx.outputs["symbol_betas"] = _symbol_betas_output(fit, stored, all_unavailable)
+    capped_cells = np.nonzero(fit.capped)
+    return JobOutcome("success", {
+        "symbols": len(symbols), "fitted": len(fitted), "reused": len(reused), "skipped": fit.skipped,
+        "factor_unavailable": all_unavailable, "vif": fit.vif,
+        "capped": sorted({f"{fit.symbols[i]}:{fit.factors[j]}" for i, j in zip(*capped_cells, strict=True)}),
+        "degenerate": {flag: sorted({fit.symbols[i] for i in np.flatnonzero((fit.quality == flag).any(axis=1))})
+                       for flag in (factors.EXACT_FIT, factors.ZERO_VARIANCE)},
+        "window_days": fit.window_days, "rows_written": written,
+        "bad_closes": {sym: [d.isoformat() for d in days] for sym, days in ctx.bad_closes.items()},
+    })
+
+
+def _symbol_beta_columns(fit: factors.BetaFit, fitted: list[str],
+                         unavailable: dict[str, str]) -> dict[str, Any]:
+    """The `symbol_factor_betas` rows of a fit, column-wise (as_of_date and window_days are
+    constants): one per fitted (symbol, factor) cell, then one NULL row per fitted symbol and
+    unavailable factor carrying the reason. A cell's quality_flag is its degenerate-fit flag,
+    else full_history when its fit used the whole window, else limited_history."""
+    rows, cols = np.nonzero(fit.fitted)
+    observations = fit.observations[rows, cols]
+    history = np.where(observations >= fit.window_days, "full_history", "limited_history").astype(object)
+    degenerate = fit.quality[rows, cols]
+    flags = np.where(degenerate == None, history, degenerate)  # noqa: E711 (elementwise)
+    symbols = np.array(fit.symbols, dtype=object)
+    names = np.array(fit.factors, dtype=object)
+    n_missing = len(fitted) * len(unavailable)
+    missing_symbols = np.repeat(np.array(fitted, dtype=object), len(unavailable))
+    missing_factors = np.tile(np.array(list(unavailable), dtype=object), len(fitted))
+    missing_flags = np.tile(np.array(list(unavailable.values()), dtype=object), len(fitted))
+    nothing = np.full(n_missing, np.nan)
+    return {
+        "symbol": np.concatenate([symbols[rows], missing_symbols]),
+        "factor": np.concatenate([names[cols], missing_factors]),
+        "beta": np.concatenate([fit.beta[rows, cols], nothing]),
+        "std_error": np.concatenate([fit.std_error[rows, cols], nothing]),
+        "t_stat": np.concatenate([fit.t_stat[rows, cols], nothing]),
+        "r_squared": np.concatenate([fit.r_squared[rows, cols], nothing]),
+        "observations": np.concatenate([observations, np.zeros(n_missing, dtype=np.int64)]),
+        "capped": np.concatenate([fit.capped[rows, cols], np.zeros(n_missing, dtype=bool)]),
+        "quality_flag": np.concatenate([flags, missing_flags]),
+    }
+
+
+def _symbol_betas_output(fit: factors.BetaFit, stored: list[SymbolFactorBeta],
+                         unavailable: dict[str, str]) -> SymbolBetas:
+    """The in-memory `SymbolBetas` of a fit plus the rows reused from storage: betas where a
+    cell has one, the Market cell's r_squared and observations as a symbol's stats, and the
+    symbols whose returns were constant (zero_variance)."""
     betas: dict[str, dict[str, float]] = {}
     stats: dict[str, dict[str, Any]] = {}
     zero_variance: set[str] = set()
-    for r in stored + [SimpleNamespace(**row) for row in rows]:
+    for r in stored:
         if r.beta is None:
             if r.quality_flag == factors.ZERO_VARIANCE:
                 zero_variance.add(r.symbol)
@@ -375,16 +415,22 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
         betas.setdefault(r.symbol, {})[r.factor] = float(r.beta)
         if r.factor == factors.MARKET:
             stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
-    ctx.outputs["symbol_betas"] = SymbolBetas(betas, stats, all_unavailable, frozenset(zero_variance))
-    return JobOutcome("success", {
-        "symbols": len(symbols), "fitted": len(fitted), "reused": len(reused), "skipped": fit.skipped,
-        "factor_unavailable": all_unavailable, "vif": fit.vif,
-        "capped": sorted({f"{e.symbol}:{e.factor}" for e in fit.estimates if e.capped}),
-        "degenerate": {flag: sorted({e.symbol for e in fit.estimates if e.quality == flag})
-                       for flag in (factors.EXACT_FIT, factors.ZERO_VARIANCE)},
-        "window_days": fit.window_days, "rows_written": len(rows),
-        "bad_closes": {sym: [d.isoformat() for d in days] for sym, days in ctx.bad_closes.items()},
-    })
+    has_beta = fit.fitted & ~np.isnan(fit.beta)
+    names = fit.factors
+    beta_rows = fit.beta.tolist()
+    for i in np.flatnonzero(has_beta.any(axis=1)).tolist():
+        row, keep = beta_rows[i], has_beta[i]
+        betas[fit.symbols[i]] = {names[j]: row[j] for j in range(len(names)) if keep[j]}
+    if factors.MARKET in names:
+        m = names.index(factors.MARKET)
+        r_squared = fit.r_squared[:, m].tolist()
+        observations = fit.observations[:, m].tolist()
+        for i in np.flatnonzero(has_beta[:, m]).tolist():
+            r2 = r_squared[i]
+            stats[fit.symbols[i]] = {"r_squared": None if r2 != r2 else r2, "observations": observations[i]}
+    zero_variance.update(fit.symbols[i] for i in
+                         np.flatnonzero((fit.quality == factors.ZERO_VARIANCE).any(axis=1)).tolist())
+    return SymbolBetas(betas, stats, unavailable, frozenset(zero_variance))
 
 
 # --- global: factor covariance and correlations (SPEC §6.5, §6.6) ------------------------------

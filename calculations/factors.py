@@ -160,19 +160,52 @@ class BetaEstimate:
 
 @dataclass(frozen=True)
 class BetaFit:
-    """Result of `fit_symbol_betas`.
+    """Result of `fit_symbol_betas`, as arrays (no Python object per estimate).
 
-    `estimates`: one per (fitted symbol, fitted factor), symbols in input column order, factors
-    in `FACTOR_ORDER`. `skipped`: symbol → reason for symbols with no estimates at all.
-    `unavailable`: factor → "factor_unavailable" (as passed in). `vif`: variance inflation
-    factor per joint-model factor (Market and styles), over the window's complete cases of
-    those factor columns. `window_days`: sessions in the window (≤ `window`)."""
+    `symbols`: every input symbol, in input column order (S). `factors`: the fitted factor
+    columns, in `FACTOR_ORDER` (F). The S × F arrays hold one estimate per cell where `fitted`
+    is True (the fields of `BetaEstimate`):
+      - `beta`, `std_error`, `t_stat`, `r_squared`: float, NaN where the `BetaEstimate` field
+        would be None (and wherever `fitted` is False);
+      - `observations`: int, sessions in the fit the cell came from (0 where not fitted);
+      - `capped`: bool; `quality`: object array of "zero_variance" / "exact_fit" / None.
+    `r_squared` and `observations` are per cell, not per symbol: Interest Rate comes from its
+    own univariate fit, so its R² and row count differ from the joint model's.
+    `skipped`: symbol → reason for symbols with no estimates at all. `unavailable`: factor →
+    "factor_unavailable" (as passed in). `vif`: variance inflation factor per joint-model factor
+    (Market and styles), over the window's complete cases of those factor columns.
+    `window_days`: sessions in the window (≤ `window`)."""
 
-    estimates: list[BetaEstimate]
+    symbols: tuple[str, ...]
+    factors: tuple[str, ...]
+    fitted: np.ndarray
+    beta: np.ndarray
+    std_error: np.ndarray
+    t_stat: np.ndarray
+    r_squared: np.ndarray
+    observations: np.ndarray
+    capped: np.ndarray
+    quality: np.ndarray
     skipped: dict[str, str]
     unavailable: dict[str, str]
     vif: dict[str, float]
     window_days: int
+
+    def fitted_symbols(self) -> list[str]:
+        """Symbols with at least one estimate, in input order."""
+        return [self.symbols[i] for i in np.flatnonzero(self.fitted.any(axis=1))]
+
+    def estimates(self) -> list[BetaEstimate]:
+        """One `BetaEstimate` per fitted cell, symbols in input order, factors in
+        `FACTOR_ORDER` (a readable view for tests and debugging; the engines read the arrays)."""
+        def value(array: np.ndarray, i: int, j: int) -> float | None:
+            v = float(array[i, j])
+            return None if np.isnan(v) else v
+        return [BetaEstimate(self.symbols[i], self.factors[j], value(self.beta, i, j),
+                             value(self.std_error, i, j), value(self.t_stat, i, j),
+                             value(self.r_squared, i, j), int(self.observations[i, j]),
+                             bool(self.capped[i, j]), self.quality[i, j])
+                for i, j in zip(*np.nonzero(self.fitted), strict=True)]
 
 
 @dataclass(frozen=True)
@@ -219,13 +252,18 @@ def _ols(regressors: np.ndarray, targets: np.ndarray) -> _Ols | None:
 
 def _groups_by_mask(valid: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Group the columns of the boolean matrix `valid` (rows × symbols) by identical column.
-    Returns (row mask, column indices) pairs, in order of first appearance."""
+    Returns (row mask, column indices ascending) pairs, in order of first appearance."""
     if valid.shape[1] == 0:
         return []
-    masks, inverse = np.unique(valid.T, axis=0, return_inverse=True)
+    # one bytes key per column (its rows packed into bits), so np.unique sorts scalars, not rows
+    packed = np.ascontiguousarray(np.packbits(valid.T, axis=1))
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    order = sorted(range(len(masks)), key=lambda g: int(np.argmax(inverse == g)))
-    return [(masks[g], np.flatnonzero(inverse == g)) for g in order]
+    members = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(first)))[:-1]
+    groups = np.split(members, bounds)
+    return [(valid[:, groups[g][0]], groups[g]) for g in np.argsort(first, kind="stable")]
 
 
 def _vif(design: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -312,27 +350,29 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
     symbols = [str(s) for s in symbol_returns.columns]
     symbol_valid = ~np.isnan(returns_window)
 
-    fitted: dict[int, dict[str, BetaEstimate]] = {}
+    fitted_names = joint + ([RATES] if has_rates else [])
+    shape = (len(symbols), len(fitted_names))
+    fitted = np.zeros(shape, dtype=bool)
+    beta, std_error, t_stat, r_squared = (np.full(shape, np.nan) for _ in range(4))
+    observations = np.zeros(shape, dtype=np.int64)
+    capped = np.zeros(shape, dtype=bool)
+    quality = np.full(shape, None, dtype=object)
     skipped: dict[str, str] = {}
 
     def record(result: _Ols, columns: np.ndarray, names: list[str]) -> None:
-        for g, col in enumerate(columns):
-            per_symbol = fitted.setdefault(int(col), {})
-            for p, name in enumerate(names, start=1):
-                if result.zero_variance[g]:
-                    per_symbol[name] = BetaEstimate(symbols[col], name, None, None, None, None,
-                                                    result.nobs, False, ZERO_VARIANCE)
-                    continue
-                beta = float(result.params[p, g])
-                capped = abs(beta) > cap
-                exact = bool(result.exact_fit[g])
-                per_symbol[name] = BetaEstimate(
-                    symbol=symbols[col], factor=name,
-                    beta=float(np.copysign(cap, beta)) if capped else beta,
-                    std_error=None if exact else float(result.bse[p, g]),
-                    t_stat=None if exact else float(result.tvalues[p, g]),
-                    r_squared=float(result.rsquared[g]), observations=result.nobs,
-                    capped=bool(capped), quality=EXACT_FIT if exact else None)
+        cells = np.ix_(columns, [fitted_names.index(n) for n in names])
+        zero = result.zero_variance[:, None]
+        exact = result.exact_fit[:, None]
+        raw = result.params[1:].T  # g × p, the intercept dropped
+        over = (np.abs(raw) > cap) & ~zero
+        fitted[cells] = True
+        beta[cells] = np.where(zero, np.nan, np.where(over, np.copysign(cap, raw), raw))
+        std_error[cells] = np.where(zero | exact, np.nan, result.bse[1:].T)
+        t_stat[cells] = np.where(zero | exact, np.nan, result.tvalues[1:].T)
+        r_squared[cells] = np.where(zero, np.nan, np.broadcast_to(result.rsquared[:, None], raw.shape))
+        observations[cells] = result.nobs
+        capped[cells] = over
+        quality[cells] = np.where(zero, ZERO_VARIANCE, np.where(exact, EXACT_FIT, None))
 
     def fit(regressors: np.ndarray, regressor_valid: np.ndarray, columns: np.ndarray,
             names: list[str], skip: bool) -> None:
@@ -362,10 +402,10 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
         remaining = np.array([c for c in all_columns if symbols[c] not in skipped], dtype=int)
         fit(rate, ~np.isnan(rate[:, 0]), remaining, [RATES], skip=not joint)
 
-    estimates = [fitted[c][f] for c in all_columns if c in fitted
-                 for f in FACTOR_ORDER if f in fitted[c]]
-    return BetaFit(estimates=estimates, skipped=skipped, unavailable=dict(unavailable),
-                   vif=vif, window_days=len(factor_window))
+    return BetaFit(symbols=tuple(symbols), factors=tuple(fitted_names), fitted=fitted, beta=beta,
+                   std_error=std_error, t_stat=t_stat, r_squared=r_squared,
+                   observations=observations, capped=capped, quality=quality, skipped=skipped,
+                   unavailable=dict(unavailable), vif=vif, window_days=len(factor_window))
 
 
 # --------------------------------------------------------------------------------------------

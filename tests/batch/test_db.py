@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from batch import cli, db
 from batch.errors import LockHeld, LockLost
-from models import Base, CorrelationRun, MarketPrice, Portfolio, StressScenario, StressTestResult
+from models import Base, CorrelationRun, MarketPrice, Portfolio, StressScenario, StressTestResult, SymbolFactorBeta
 
 SPEC_TABLES = {
     "portfolios", "positions", "market_prices", "company_profiles", "factor_definitions",
@@ -302,3 +302,39 @@ def test_migration_0002_upgrades_and_downgrades_keeping_data(blank_database_url)
         assert db.current_revision(engine) == db.head_revision()
     finally:
         engine.dispose()
+
+
+def test_bulk_insert_columns_stores_arrays_exactly_with_nulls_constants_and_defaults(engine):
+    """Column-wise rows (numpy arrays and lists) as the symbol_betas engine writes them: NaN and
+    ±inf become NULL, floats keep all 17 digits, numpy ints and bools arrive as Python values,
+    constants go on every row, and an omitted column takes its default (capped → False)."""
+    day = date(2022, 12, 28)
+    tricky = np.array([0.1 + 0.2, np.nan, -1.5e300, np.inf, 1 / 3])
+    columns = {"symbol": np.array(["A", "B", "C", "D", "E"], dtype=object), "factor": ["Market"] * 5,
+               "beta": tricky, "std_error": [1e-300, math.nan, 2.0, 3.0, -math.inf],
+               "observations": np.array([90, 0, 61, 90, 2 ** 31 - 1], dtype=np.int64),
+               "quality_flag": np.array(["full_history", "factor_unavailable", "limited_history",
+                                         "exact_fit", "zero_variance"], dtype=object)}
+    with Session(engine) as s, s.begin():
+        assert db.bulk_insert_columns(s, SymbolFactorBeta, columns, {"as_of_date": day, "window_days": 90}) == 5
+        assert db.bulk_insert_columns(s, SymbolFactorBeta, {"symbol": np.array(["F"]), "factor": ["Market"],
+                                                            "capped": np.array([True])},
+                                      {"as_of_date": day, "quality_flag": "x", "observations": 1,
+                                       "window_days": 90}) == 1
+        assert db.bulk_insert_columns(s, SymbolFactorBeta, {"symbol": [], "factor": []}) == 0
+    with Session(engine) as s:
+        stored = {r.symbol: r for r in s.scalars(select(SymbolFactorBeta))}
+    assert [stored[k].beta for k in "ABCDE"] == [0.1 + 0.2, None, -1.5e300, None, 1 / 3]
+    assert [stored[k].std_error for k in "ABCDE"] == [1e-300, None, 2.0, 3.0, None]
+    assert [stored[k].observations for k in "ABCDE"] == [90, 0, 61, 90, 2 ** 31 - 1]
+    assert [stored[k].quality_flag for k in "ABCDE"] == list(columns["quality_flag"])
+    assert all(stored[k].capped is False and stored[k].t_stat is None and stored[k].as_of_date == day
+               and stored[k].window_days == 90 for k in "ABCDE")
+    assert (stored["F"].capped, stored["F"].quality_flag, stored["F"].beta) == (True, "x", None)
+
+
+def test_bulk_insert_columns_rejects_ragged_or_unknown_columns(engine):
+    with Session(engine) as s, pytest.raises(ValueError, match="different lengths"):
+        db.bulk_insert_columns(s, SymbolFactorBeta, {"symbol": ["A", "B"], "factor": ["Market"]})
+    with Session(engine) as s, pytest.raises(ValueError, match=r"unknown column\(s\) \['betta'\]"):
+        db.bulk_insert_columns(s, SymbolFactorBeta, {"symbol": ["A"], "betta": [1.0]})

@@ -165,7 +165,7 @@ def test_known_betas_are_recovered() -> None:
 
     fit = fit_symbol_betas(returns, factors)
 
-    est = by_key(fit.estimates)
+    est = by_key(fit.estimates())
     for factor, beta in KNOWN_BETAS.items():
         assert est["STOCK", factor].beta == pytest.approx(beta, abs=1e-3)
         assert est["STOCK", factor].observations == 90
@@ -176,7 +176,7 @@ def test_known_betas_are_recovered() -> None:
     assert fit.skipped == {}
     assert fit.window_days == 90
     # one estimate per (symbol, factor), symbols in input order, factors in FACTOR_ORDER
-    assert [(e.symbol, e.factor) for e in fit.estimates] == (
+    assert [(e.symbol, e.factor) for e in fit.estimates()] == (
         [("STOCK", f) for f in FACTOR_ORDER] + [("BOND", f) for f in FACTOR_ORDER])
 
 
@@ -212,7 +212,7 @@ def test_matches_statsmodels_with_several_gap_patterns() -> None:
     fit = fit_symbol_betas(returns, factors)
 
     assert fit.skipped == {}
-    est = by_key(fit.estimates)
+    est = by_key(fit.estimates())
     window_returns, window_factors = returns.iloc[-90:], factors.iloc[-90:]
     observed = set()
     for symbol in returns.columns:
@@ -241,7 +241,7 @@ def test_cap_applies_at_five_and_keeps_uncapped_statistics() -> None:
 
     fit = fit_symbol_betas(returns, factors)
 
-    est = by_key(fit.estimates)
+    est = by_key(fit.estimates())
     assert est["UP", MARKET].beta == 5.0 and est["UP", MARKET].capped
     assert est["DOWN", MARKET].beta == -5.0 and est["DOWN", MARKET].capped
     assert not est["UP", "Value"].capped
@@ -263,9 +263,9 @@ def test_too_short_history_is_skipped() -> None:
     fit = fit_symbol_betas(returns, factors)
 
     assert fit.skipped == {"SHORT": "insufficient_history", "EDGE59": "insufficient_history"}
-    fitted = {e.symbol for e in fit.estimates}
+    fitted = {e.symbol for e in fit.estimates()}
     assert fitted == {"EDGE60", "FULL"}
-    assert {e.observations for e in fit.estimates if e.symbol == "EDGE60"} == {60}
+    assert {e.observations for e in fit.estimates() if e.symbol == "EDGE60"} == {60}
 
 
 def test_all_nan_symbol_is_skipped_and_empty_input_fits_nothing() -> None:
@@ -274,7 +274,7 @@ def test_all_nan_symbol_is_skipped_and_empty_input_fits_nothing() -> None:
     returns = pd.DataFrame({"GONE": np.nan}, index=factors.index)
     assert fit_symbol_betas(returns, factors).skipped == {"GONE": "insufficient_history"}
     empty = fit_symbol_betas(pd.DataFrame(index=factors.index), factors)
-    assert empty.estimates == [] and empty.skipped == {}
+    assert empty.estimates() == [] and empty.skipped == {}
 
 
 def test_rate_fit_too_short_omits_only_the_rate_estimate() -> None:
@@ -283,7 +283,7 @@ def test_rate_fit_too_short_omits_only_the_rate_estimate() -> None:
     factors.iloc[:40, factors.columns.get_loc(RATES)] = np.nan  # 50 rate rows < 60
     returns = pd.DataFrame({"A": rng.normal(0.0, 0.01, size=90)}, index=factors.index)
     fit = fit_symbol_betas(returns, factors)
-    assert [e.factor for e in fit.estimates] == JOINT
+    assert [e.factor for e in fit.estimates()] == JOINT
     assert fit.skipped == {}
 
 
@@ -315,8 +315,8 @@ def test_gaps_from_closes_drop_both_adjacent_returns() -> None:
 
     assert fit.window_days == 90
     assert fit.unavailable == unavailable
-    assert {e.observations for e in fit.estimates} == {90 - 6}
-    assert by_key(fit.estimates)["XYZ", MARKET].beta == pytest.approx(1.1, abs=0.05)
+    assert {e.observations for e in fit.estimates()} == {90 - 6}
+    assert by_key(fit.estimates())["XYZ", MARKET].beta == pytest.approx(1.1, abs=0.05)
 
 
 def test_rate_beta_matches_polyfit_and_lstsq() -> None:
@@ -337,13 +337,13 @@ def test_rate_beta_matches_polyfit_and_lstsq() -> None:
     design = np.column_stack([np.ones(keep.sum()), x[keep]])
     (_, lstsq_slope), rss, _, _ = np.linalg.lstsq(design, y[keep], rcond=None)
     tss = ((y[keep] - y[keep].mean()) ** 2).sum()
-    estimate = by_key(fit.estimates)["BOND", RATES]
+    estimate = by_key(fit.estimates())["BOND", RATES]
     assert estimate.beta == pytest.approx(slope, rel=1e-10)
     assert estimate.beta == pytest.approx(lstsq_slope, rel=1e-10)
     assert estimate.observations == 86
     assert estimate.r_squared == pytest.approx(1.0 - rss[0] / tss, rel=1e-10)
     # the joint fit ignores the rate gaps
-    assert by_key(fit.estimates)["BOND", MARKET].observations == 88
+    assert by_key(fit.estimates())["BOND", MARKET].observations == 88
 
 
 def test_vif_matches_direct_computation() -> None:
@@ -393,7 +393,7 @@ def test_collinear_factors_are_skipped_not_fitted() -> None:
     fit = fit_symbol_betas(returns, factors)
 
     assert fit.skipped == {"A": "collinear_factors"}
-    assert fit.estimates == []
+    assert fit.estimates() == []
     assert fit.vif["Size"] > 1e10 and fit.vif["Market"] > 1e10
 
 
@@ -404,7 +404,7 @@ def test_interest_rate_alone_decides_skipping() -> None:
                             "B": np.r_[np.full(50, np.nan), rng.normal(0.0, 0.01, size=40)]},
                            index=factors.index)
     fit = fit_symbol_betas(returns, factors, {f: "factor_unavailable" for f in JOINT})
-    assert [(e.symbol, e.factor) for e in fit.estimates] == [("A", RATES)]
+    assert [(e.symbol, e.factor) for e in fit.estimates()] == [("A", RATES)]
     assert fit.skipped == {"B": "insufficient_history"}
     assert fit.vif == {}
 
@@ -415,7 +415,7 @@ def test_short_input_reports_window_days() -> None:
     returns = pd.DataFrame({"A": rng.normal(0.0, 0.01, size=70)}, index=factors.index)
     fit = fit_symbol_betas(returns, factors)
     assert fit.window_days == 70
-    assert {e.observations for e in fit.estimates} == {70}
+    assert {e.observations for e in fit.estimates()} == {70}
 
 
 def test_fit_rejects_bad_inputs() -> None:
@@ -442,8 +442,8 @@ def test_betas_scale_with_returns_and_ignore_a_constant(scale: float, sign: floa
     base = pd.DataFrame({"A": factors[JOINT].to_numpy() @ np.full(len(JOINT), 0.4)
                          + rng.normal(0.0, 0.01, size=90)}, index=factors.index)
     c = sign * scale
-    plain = by_key(fit_symbol_betas(base, factors).estimates)
-    scaled = by_key(fit_symbol_betas(base * c + shift, factors).estimates)
+    plain = by_key(fit_symbol_betas(base, factors).estimates())
+    scaled = by_key(fit_symbol_betas(base * c + shift, factors).estimates())
     for key, e in plain.items():
         assert scaled[key].beta == pytest.approx(c * e.beta, rel=1e-9, abs=1e-12)
         assert scaled[key].t_stat == pytest.approx(sign * e.t_stat, rel=1e-9, abs=1e-9)
@@ -543,7 +543,7 @@ def test_a_proxy_regressed_on_its_own_factor_is_an_exact_fit_without_statistics(
     noisy = proxy + rng.normal(0.0, 0.002, size=90)
     returns = pd.DataFrame({"VLUE": proxy, "NOISY": noisy}, index=factors.index)
 
-    est = by_key(fit_symbol_betas(returns, factors).estimates)
+    est = by_key(fit_symbol_betas(returns, factors).estimates())
 
     for factor in JOINT:
         e = est["VLUE", factor]
@@ -568,7 +568,7 @@ def test_constant_returns_have_zero_variance_and_no_beta_or_statistics() -> None
 
     fit = fit_symbol_betas(returns, factors)
 
-    est = by_key(fit.estimates)
+    est = by_key(fit.estimates())
     for symbol in ("FLAT", "DRIFT"):
         for factor in FACTOR_ORDER:
             e = est[symbol, factor]
