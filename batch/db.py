@@ -10,7 +10,7 @@ import socket
 import sqlite3
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -294,14 +294,10 @@ def bulk_insert_groups(session: Session, table: Any,
 
     count = 0
     if postgres:
-        quoted = ", ".join(f'"{n}"' for n in names)
         binary = _binary_copy_types(columns, session.get_bind().dialect)
         fix = [] if binary is None else [(i, _BINARY_COERCE[t]) for i, t in enumerate(binary) if t in _BINARY_COERCE]
-        cursor = session.connection().connection.driver_connection.cursor()
-        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
-        with cursor, cursor.copy(statement) as copy:
-            if binary is not None:
-                copy.set_types(binary)
+
+        def copied() -> Iterator[list[Any]]:
             for constants, rows in groups:
                 fill = filled(constants)
                 for row in rows:
@@ -309,8 +305,10 @@ def bulk_insert_groups(session: Session, table: Any,
                     for i, coerce in fix:
                         if out[i] is not None:
                             out[i] = coerce(out[i])
-                    copy.write_row(out)
-                count += len(rows)
+                    yield out
+
+        count = sum(len(rows) for _, rows in groups)
+        _copy_in(session, table.name, names, binary, copied())
     else:
         params = []
         for constants, rows in groups:
@@ -376,19 +374,26 @@ def bulk_insert_columns(session: Session, table: Any, columns: dict[str, Sequenc
 
     rows = list(zip(*(values(i, c) for i, c in enumerate(chosen)), strict=True))
     if postgres:
-        quoted = ", ".join(f'"{c.name}"' for c in chosen)
-        cursor = session.connection().connection.driver_connection.cursor()
-        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
-        with cursor, cursor.copy(statement) as copy:
-            if binary is not None:
-                copy.set_types(binary)
-            for row in rows:
-                copy.write_row(row)
+        _copy_in(session, table.name, [c.name for c in chosen], binary, rows)
     else:
         quoted = ", ".join(f'"{c.name}"' for c in chosen)
         marks = ", ".join("?" for _ in chosen)
         session.connection().exec_driver_sql(f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', rows)
     return count
+
+
+def _copy_in(session: Session, table_name: str, names: Sequence[str], binary: list[str] | None,
+             rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL: `COPY table (names) FROM STDIN` of `rows` (values in `names` order) on the
+    session's connection, in binary format with the psycopg types `binary` (else text)."""
+    quoted = ", ".join(f'"{n}"' for n in names)
+    statement = f'COPY "{table_name}" ({quoted}) FROM STDIN' + ("" if binary is None else " (FORMAT BINARY)")
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor, cursor.copy(statement) as copy:
+        if binary is not None:
+            copy.set_types(binary)
+        for row in rows:
+            copy.write_row(row)
 
 
 # PostgreSQL column type (as SQLAlchemy compiles it, without modifiers) → the type whose binary

@@ -435,12 +435,6 @@ def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],
     return found
 
 
-def rechain_later_snapshots(session: Session, portfolio_id: uuid.UUID, written: PriorSnapshot) -> int:
-    """Re-chain every stored snapshot of `portfolio_id` dated after `written` (the snapshot just
-    written in this transaction): `rechain_later_snapshots_of` for one portfolio."""
-    return rechain_later_snapshots_of(session, {portfolio_id: written})
-
-
 def rechain_later_snapshots_of(session: Session, written: dict[uuid.UUID, PriorSnapshot]) -> int:
     """Re-chain, for each portfolio of `written`, every stored snapshot dated after its snapshot
     just written in this transaction, so each series equals one built from scratch (SPEC §6.7):
