@@ -180,8 +180,7 @@ class DateContext:
         None when the market closes were never loaded (the symbol-betas engine failed first)."""
         if self.market_closes is None:
             return None
-        returns = corr.log_returns(self.market_closes.iloc[-(corr.CORRELATION_WINDOW + 1):])
-        return corr.return_panel([str(c) for c in returns.columns], returns.to_numpy(dtype=float))
+        return corr.closes_panel(self.market_closes)
 
 
 @dataclass
@@ -821,9 +820,7 @@ def _correlation_panel(ctx: UnitContext, symbols: Mapping[str, float]) -> corr.R
     panel = ctx.shared.return_panel
     if panel is not None and all(s in panel.columns for s in symbols):
         return panel
-    closes = ctx.closes.reindex(columns=sorted(symbols)).iloc[-(corr.CORRELATION_WINDOW + 1):]
-    returns = corr.log_returns(closes)
-    return corr.return_panel(list(returns.columns), returns.to_numpy(dtype=float))
+    return corr.closes_panel(ctx.closes.reindex(columns=sorted(symbols)))
 
 
 def run_correlations(ctx: UnitContext) -> JobOutcome:

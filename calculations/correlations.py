@@ -235,6 +235,13 @@ class ReturnPanel:
         return _pairwise(self.centred[:, cols], self.present[:, cols], self.ranks[:, cols], min_overlap)
 
 
+def closes_panel(closes: pd.DataFrame, window: int = CORRELATION_WINDOW) -> ReturnPanel:
+    """`return_panel` of the last `window` log returns of `closes` (`log_returns`'s frame: rows
+    every session ascending, a column per symbol, NaN where missing; `window + 1` closes used)."""
+    returns = log_returns(closes.iloc[-(window + 1):], window)
+    return return_panel([str(c) for c in returns.columns], returns.to_numpy(dtype=float))
+
+
 def return_panel(symbols: Sequence[str], returns: np.ndarray) -> ReturnPanel:
     """Prepare `returns` (rows: sessions of one window, ascending; columns: `symbols`; NaN where
     a symbol has no return) for `ReturnPanel.correlations`.
