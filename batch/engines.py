@@ -21,7 +21,7 @@ import dataclasses
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -267,16 +267,28 @@ class Engine:
 
 
 @dataclass(frozen=True)
+class ChunkEngine:
+    """A portfolio engine that computes every unit of a chunk at once: `run` takes the units'
+    contexts and returns one outcome per unit, in their order, staging each unit's rows on its
+    context. It raises only for what it cannot pin on one unit; the runner then runs it for each
+    unit alone (a chunk of one), so only the units it fails for fail."""
+
+    name: str
+    run: Callable[[Sequence[UnitContext]], list[JobOutcome]]
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GlobalEngine:
     name: str
     run: Callable[[DateContext], JobOutcome]
 
 
-ENGINES: list[Engine] = []
+ENGINES: list[Engine | ChunkEngine] = []
 GLOBAL_ENGINES: list[GlobalEngine] = []
 
 
-def register(engine: Engine | GlobalEngine) -> Engine | GlobalEngine:
+def register(engine: Engine | ChunkEngine | GlobalEngine) -> Engine | ChunkEngine | GlobalEngine:
     """Add an engine after its dependencies (which must already be registered)."""
     known = {e.name for e in ENGINES} | {e.name for e in GLOBAL_ENGINES}
     missing = [d for d in getattr(engine, "depends_on", ()) if d not in known]

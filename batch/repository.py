@@ -357,15 +357,14 @@ class ClosesArrays:
     closes: np.ndarray  # float64: the close as the database casts it (bad values kept)
 
 
-# PostgreSQL binary COPY: 11-byte signature, int32 flags, int32 header-extension length; each row
-# an int16 field count then (int32 length, value) per field; an int16 -1 trailer.
-_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_PG_ROW = np.dtype([("fields", ">i2"), ("day_len", ">i4"), ("day", ">i4"), ("code_len", ">i4"),
-                    ("code", ">i4"), ("close_len", ">i4"), ("close", ">f8")])
-_PG_CLOSES = ("COPY (SELECT (m.date - %s::date)::int4, (w.i - 1)::int4, m.close::float8"
+# PostgreSQL: every close as one 16-byte record (int4 day offset, int4 symbol position, float8
+# close; big-endian, the types' binary send formats), all aggregated server-side into ONE bytea
+# value — one row to fetch whatever the window's size, parsed by one numpy view.
+_PG_RECORD = np.dtype([("day", ">i4"), ("code", ">i4"), ("close", ">f8")])
+_PG_CLOSES = ("SELECT string_agg(int4send((m.date - %s::date)::int4) || int4send((w.i - 1)::int4)"
+              " || float8send(m.close::float8), ''::bytea)"
               " FROM market_prices m JOIN unnest(%s::text[]) WITH ORDINALITY AS w(symbol, i)"
-              " ON m.symbol = w.symbol WHERE m.date >= %s AND m.date <= %s AND m.close IS NOT NULL)"
-              " TO STDOUT (FORMAT BINARY)")
+              " ON m.symbol = w.symbol WHERE m.date >= %s AND m.date <= %s AND m.close IS NOT NULL")
 # one number per (day, symbol): day offset × symbol count + symbol position (exact in a float64)
 _SQLITE_CLOSES = ("SELECT CAST(julianday(m.date) - julianday(?) AS INTEGER) * ? + CAST(w.key AS INTEGER),"
                   " CAST(m.close AS REAL) FROM json_each(?) AS w JOIN market_prices AS m"
@@ -374,16 +373,17 @@ _SQLITE_CLOSES = ("SELECT CAST(julianday(m.date) - julianday(?) AS INTEGER) * ? 
 
 def closes_arrays(session: Session, symbols: Sequence[str], start: date, end: date) -> ClosesArrays:
     """The closes of `symbols` dated in [start, end] in one statement, straight into numpy: a
-    binary COPY on PostgreSQL, one fetch of (day and symbol code packed, close) numbers on SQLite —
+    one bytea of fixed-width records on PostgreSQL, one fetch of (day and symbol code packed, close) numbers on SQLite —
     no date, text or row object per price. A NULL close is left out (read as missing)."""
     empty = ClosesArrays(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
     if not symbols:
         return empty
     driver = session.connection().connection.driver_connection
     if session.get_bind().dialect.name == "postgresql":
-        with driver.cursor() as cursor, cursor.copy(_PG_CLOSES, (start, list(symbols), start, end)) as copy:
-            data = b"".join(bytes(block) for block in copy)
-        return _parse_pg_closes(data)
+        with driver.cursor(binary=True) as cursor:
+            cursor.execute(_PG_CLOSES, (start, list(symbols), start, end))
+            data = cursor.fetchone()[0]
+        return _parse_pg_closes(data or b"")
     cursor = driver.cursor()
     try:
         cursor.execute(_SQLITE_CLOSES, (start.isoformat(), len(symbols), json.dumps(list(symbols)),
@@ -397,17 +397,11 @@ def closes_arrays(session: Session, symbols: Sequence[str], start: date, end: da
 
 
 def _parse_pg_closes(data: bytes) -> ClosesArrays:
-    """The rows of a binary COPY of (int4 day, int4 code, float8 close) as arrays."""
-    if not data.startswith(_PG_SIGNATURE) or data[-2:] != b"\xff\xff":
-        raise ValueError("closes COPY: not a PostgreSQL binary COPY stream")
-    offset = len(_PG_SIGNATURE) + 8 + int.from_bytes(data[len(_PG_SIGNATURE) + 4:len(_PG_SIGNATURE) + 8], "big")
-    body = len(data) - offset - 2
-    if body % _PG_ROW.itemsize:
-        raise ValueError(f"closes COPY: {body} bytes of rows is not a whole number of {_PG_ROW.itemsize}-byte rows")
-    rows = np.frombuffer(data, dtype=_PG_ROW, offset=offset, count=body // _PG_ROW.itemsize)
-    if rows.size and not ((rows["fields"] == 3).all() and (rows["day_len"] == 4).all()
-                          and (rows["code_len"] == 4).all() and (rows["close_len"] == 8).all()):
-        raise ValueError("closes COPY: a row is not (int4, int4, float8)")
+    """The 16-byte (int4 day, int4 code, float8 close) records of `_PG_CLOSES` as arrays."""
+    if len(data) % _PG_RECORD.itemsize:
+        raise ValueError(f"closes read: {len(data)} bytes is not a whole number of "
+                         f"{_PG_RECORD.itemsize}-byte records")
+    rows = np.frombuffer(data, dtype=_PG_RECORD)
     return ClosesArrays(rows["day"].astype(np.int64), rows["code"].astype(np.int64), rows["close"].astype(float))
 
 

@@ -40,6 +40,7 @@ from batch.engines import (
     GLOBAL_ENGINES,
     DateContext,
     GlobalEngine,
+    ChunkEngine,
     PriceWindow,
     UnitContext,
     skipped_result,
@@ -134,6 +135,19 @@ class ChunkTask:
 class ChunkOutcome:
     tally: _Tally
     job_counts: dict[str, dict[str, int]]
+
+
+@dataclass
+class _UnitWork:
+    """One unit while its chunk is computed: its context (None when its inputs were not
+    loaded), the job records so far, engine → the failure it inherits, and its first failure."""
+
+    portfolio: repository.PortfolioRow
+    started: float
+    broken: dict[str, str]
+    ctx: UnitContext | None = None
+    records: list[JobRecord] = field(default_factory=list)
+    failure: Failure | None = None
 
 
 class Executor(ABC):
@@ -491,7 +505,7 @@ class Runner:
     def run_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
                   started: float, tally: _Tally, shared: DateContext | None) -> None:
         """Run (or skip) the units of `chunk` for `as_of`: their inputs loaded in one go, each unit
-        computed in memory (`_compute_unit`), then the whole chunk written in one transaction
+        computed in memory (`_compute_chunk`), then the whole chunk written in one transaction
         (`_persist_chunk`). Past the deadline, the units not started are recorded skipped."""
         todo = [p.id for p in chunk if p.id not in complete]
         inputs: dict[uuid.UUID, repository.UnitInputs | InvalidInputRow] = {}
@@ -506,14 +520,11 @@ class Runner:
                 self._raise_if_stopping(exc)
                 log.exception("unit_inputs_failed")
                 load_error = f"{type(exc).__name__}: {exc}"
-        units: list[UnitResult] = []
-        for i, portfolio in enumerate(chunk):
-            self._check_stop()
-            if self.monotonic() - started > self.settings.batch_timeout_seconds:
-                units.extend(self._deadline_skips(as_of, chunk[i:]))
-                break
-            units.append(self._compute_unit(as_of, portfolio, portfolio.id in complete, shared,
-                                            inputs.get(portfolio.id), load_error))
+        self._check_stop()
+        if self.monotonic() - started > self.settings.batch_timeout_seconds:
+            units = self._deadline_skips(as_of, chunk)
+        else:
+            units = self._compute_chunk(as_of, chunk, complete, shared, inputs, load_error)
         self._persist_chunk(ChunkResult(as_of, tuple(units)), tally)
 
     def _deadline_skips(self, as_of: date, portfolios: Sequence[repository.PortfolioRow]) -> list[UnitResult]:
@@ -528,80 +539,128 @@ class Runner:
                       skipped_result(e.name, p, as_of, None, "deadline", "run deadline passed"))
             for e in self.engines), deadline=True) for p in portfolios]
 
-    def _compute_unit(self, as_of: date, portfolio: repository.PortfolioRow, complete: bool,
-                      shared: DateContext | None, inputs: repository.UnitInputs | InvalidInputRow | None,
-                      load_error: str | None) -> UnitResult:
-        """Compute one (portfolio, as_of) unit in memory (nothing is written here). The engines run
-        in order and stage their rows; the first failure loses the unit: nothing of it is written,
-        the engines after it are recorded `skipped` (`upstream_failed` if they depend on it, else
-        `rolled_back`) and those that had succeeded become `skipped` (`rolled_back`). Engines
-        depending on a failed global engine are skipped with `upstream_failed` and the unit fails
-        (the next run computes it again). A stored input row that cannot be used
-        (`InvalidInputRow`) fails the unit as job `inputs`, nothing computed. A unit with results
-        already (`complete`, no --force) is skipped."""
-        structlog.contextvars.bind_contextvars(portfolio_id=str(portfolio.id), as_of=as_of.isoformat())
-        if complete:  # results exist and no --force
-            log.info("unit_skipped", reason="already_complete")
-            return UnitResult(portfolio.id, "skipped", tuple(
-                JobRecord(e.name, "skipped", 0, None, skipped_result(
-                    e.name, portfolio, as_of, None, "already_complete",
-                    "results exist for this date; use --force to recompute"))
-                for e in self.engines))
-        assert shared is not None, "the date step runs whenever a unit of the date needs computing"
-        invalid = inputs if isinstance(inputs, InvalidInputRow) else portfolio.invalid
-        if invalid is not None:
-            failure = Failure("inputs", str(invalid))
-            return UnitResult(portfolio.id, "failed", (JobRecord("inputs", "failed", 0, failure.error),),
-                              failure=failure)
-        records: list[JobRecord] = []
-        broken: dict[str, str] = {name: name for name in shared.failed}  # engine → root failure
-        failure: Failure | None = None
-        unit_started = self.monotonic()
-        try:
-            if inputs is None:
-                raise RuntimeError(f"inputs not loaded: {load_error}")
-            ctx = UnitContext(self.settings, portfolio, as_of, inputs, shared)
-            for engine in self.engines:
-                self._check_stop()
-                root = next((broken[d] for d in engine.depends_on if d in broken), None)
-                if root is None and failure is not None:  # the unit is lost: do not compute
-                    records.append(JobRecord(engine.name, "skipped", 0, f"rolled_back: {failure.job} failed",
-                                             skipped_result(engine.name, portfolio, as_of, len(ctx.held),
-                                                            "rolled_back", f"{failure.job} failed")))
-                    continue
-                if root is not None:
-                    broken[engine.name] = root
-                    records.append(JobRecord(engine.name, "skipped", 0, f"upstream_failed: {root}",
-                                             skipped_result(engine.name, portfolio, as_of, len(ctx.held),
-                                                            "upstream_failed", f"{root} failed")))
-                    # a failed global step leaves this portfolio-date incomplete: it fails
-                    # so that the next run computes it again
-                    if root in shared.failed and failure is None:
-                        failure = Failure(engine.name, f"upstream_failed: {root}: {shared.failed[root]}")
-                    continue
-                t0 = self.monotonic()
-                try:
-                    outcome = engine.run(ctx)
-                except Interrupted:
-                    raise
-                except Exception as exc:
-                    self._raise_if_stopping(exc)
-                    error = f"{type(exc).__name__}: {exc}"
-                    log.exception("engine_failed", job=engine.name)
-                    broken[engine.name] = engine.name
-                    failure = failure or Failure(engine.name, error)
-                    records.append(JobRecord(engine.name, "failed", self._ms(t0), error))
-                    continue
-                records.append(JobRecord(engine.name, outcome.status, self._ms(t0), None, outcome.result))
-        except Exception as exc:  # the inputs were not loaded, or the context could not be built
-            self._raise_if_stopping(exc)
-            log.exception("unit_failed")
-            failure = failure or Failure("unit", f"{type(exc).__name__}: {exc}")
-        if failure is not None:
-            return UnitResult(portfolio.id, "failed", self._rolled_back(records, failure, unit_started),
-                              failure=failure, duration_ms=self._ms(unit_started))
-        writes = tuple(Replacement(table, key, rows) for table, (key, rows) in ctx.writes.items())
-        return UnitResult(portfolio.id, "succeeded", tuple(records), writes, duration_ms=self._ms(unit_started))
+    def _compute_chunk(self, as_of: date, chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID],
+                       shared: DateContext | None,
+                       inputs: dict[uuid.UUID, repository.UnitInputs | InvalidInputRow],
+                       load_error: str | None) -> list[UnitResult]:
+        """Compute the (portfolio, as_of) units of `chunk` in memory (nothing is written here), in
+        chunk order. A unit with results already (`complete`, no --force) is skipped; one with a
+        stored input row that cannot be used (`InvalidInputRow`) fails as job `inputs`, nothing
+        computed. The others go through the engines in registration order, each engine over all
+        of them at once (`_run_engine`). A unit's first failure loses it: nothing of it is
+        written, its engines after it are recorded `skipped` (`upstream_failed` if they depend on
+        it, else `rolled_back`) and those that had succeeded become `skipped` (`rolled_back`).
+        Engines depending on a failed global engine are skipped with `upstream_failed` and the unit
+        fails (the next run computes it again)."""
+        results: dict[uuid.UUID, UnitResult] = {}
+        live: list[_UnitWork] = []
+        for portfolio in chunk:
+            if portfolio.id in complete:  # results exist and no --force
+                results[portfolio.id] = UnitResult(portfolio.id, "skipped", tuple(
+                    JobRecord(e.name, "skipped", 0, None, skipped_result(
+                        e.name, portfolio, as_of, None, "already_complete",
+                        "results exist for this date; use --force to recompute"))
+                    for e in self.engines))
+                continue
+            assert shared is not None, "the date step runs whenever a unit of the date needs computing"
+            unit_inputs = inputs.get(portfolio.id)
+            invalid = unit_inputs if isinstance(unit_inputs, InvalidInputRow) else portfolio.invalid
+            if invalid is not None:
+                failure = Failure("inputs", str(invalid))
+                results[portfolio.id] = UnitResult(
+                    portfolio.id, "failed", (JobRecord("inputs", "failed", 0, failure.error),), failure=failure)
+                continue
+            work = _UnitWork(portfolio, self.monotonic(), {name: name for name in shared.failed})
+            if unit_inputs is None:
+                work.failure = Failure("unit", f"RuntimeError: inputs not loaded: {load_error}")
+            else:
+                work.ctx = UnitContext(self.settings, portfolio, as_of, unit_inputs, shared)
+            live.append(work)
+        if live:
+            log.info("chunk_computing", as_of=as_of.isoformat(), units=len(live))
+        for engine in self.engines:
+            self._check_stop()
+            runnable = [w for w in live if self._ready(engine, w, as_of, shared)]
+            if runnable:
+                self._run_engine(engine, runnable)
+        for work in live:
+            results[work.portfolio.id] = self._unit_result(work)
+        return [results[p.id] for p in chunk]
+
+    def _ready(self, engine: CalcEngine | ChunkEngine, work: _UnitWork, as_of: date,
+               shared: DateContext | None) -> bool:
+        """Whether `engine` runs for the unit; if not, record why (its skip payload)."""
+        if work.ctx is None:
+            return False
+        root = next((work.broken[d] for d in engine.depends_on if d in work.broken), None)
+        held = len(work.ctx.held)
+        if root is None and work.failure is not None:  # the unit is lost: do not compute
+            work.records.append(JobRecord(engine.name, "skipped", 0, f"rolled_back: {work.failure.job} failed",
+                                          skipped_result(engine.name, work.portfolio, as_of, held,
+                                                         "rolled_back", f"{work.failure.job} failed")))
+            return False
+        if root is not None:
+            work.broken[engine.name] = root
+            work.records.append(JobRecord(engine.name, "skipped", 0, f"upstream_failed: {root}",
+                                          skipped_result(engine.name, work.portfolio, as_of, held,
+                                                         "upstream_failed", f"{root} failed")))
+            # a failed global step leaves this portfolio-date incomplete: it fails so that the
+            # next run computes it again
+            if shared is not None and root in shared.failed and work.failure is None:
+                work.failure = Failure(engine.name, f"upstream_failed: {root}: {shared.failed[root]}")
+            return False
+        return True
+
+    def _run_engine(self, engine: CalcEngine | ChunkEngine, units: list[_UnitWork]) -> None:
+        """Run `engine` for `units` and record each unit's outcome or error. A `ChunkEngine`
+        computes them all in one call (each unit's record gets an equal share of its time); if
+        that call raises, it is run again for each unit alone, so only the units it fails for
+        fail. A per-unit `Engine` runs unit by unit."""
+        if isinstance(engine, ChunkEngine) and len(units) > 1:
+            t0 = self.monotonic()
+            try:
+                outcomes = engine.run([w.ctx for w in units])
+            except Interrupted:
+                raise
+            except Exception as exc:
+                self._raise_if_stopping(exc)
+                log.warning("chunk_engine_failed", job=engine.name, error=describe_error(exc), units=len(units))
+            else:
+                share = self._ms(t0) // len(units)
+                for work, outcome in zip(units, outcomes, strict=True):
+                    work.records.append(JobRecord(engine.name, outcome.status, share, None, outcome.result))
+                return
+        for work in units:
+            self._check_stop()
+            structlog.contextvars.bind_contextvars(portfolio_id=str(work.portfolio.id))
+            t0 = self.monotonic()
+            try:
+                outcome = engine.run([work.ctx])[0] if isinstance(engine, ChunkEngine) else engine.run(work.ctx)
+            except Interrupted:
+                raise
+            except Exception as exc:
+                self._raise_if_stopping(exc)
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("engine_failed", job=engine.name)
+                work.broken[engine.name] = engine.name
+                work.failure = work.failure or Failure(engine.name, error)
+                work.records.append(JobRecord(engine.name, "failed", self._ms(t0), error))
+                continue
+            finally:
+                structlog.contextvars.unbind_contextvars("portfolio_id")
+            work.records.append(JobRecord(engine.name, outcome.status, self._ms(t0), None, outcome.result))
+
+    def _unit_result(self, work: _UnitWork) -> UnitResult:
+        """What a computed unit leaves: its staged rows and records, or, when it failed, only its
+        records (the successful ones turned `rolled_back`)."""
+        if work.failure is not None:
+            return UnitResult(work.portfolio.id, "failed",
+                              self._rolled_back(work.records, work.failure, work.started),
+                              failure=work.failure, duration_ms=self._ms(work.started))
+        assert work.ctx is not None
+        writes = tuple(Replacement(table, key, rows) for table, (key, rows) in work.ctx.writes.items())
+        return UnitResult(work.portfolio.id, "succeeded", tuple(work.records), writes,
+                          duration_ms=self._ms(work.started))
 
     def _persist_chunk(self, chunk: ChunkResult, tally: _Tally) -> None:
         """Write `chunk` in one transaction (`persist_chunk`, the run lock confirmed before the
