@@ -47,7 +47,7 @@ from calculations.positions import (
     PositionInput,
     price_symbols,
 )
-from calculations.prices import usable_closes
+from calculations.prices import LatestCloses, usable_closes
 from calculations.scenarios import (
     DEFAULT_DURATION,
     OptionRevaluation,
@@ -57,7 +57,7 @@ from calculations.scenarios import (
     stress_test,
 )
 from calculations.snapshot import build_snapshot
-from calculations.valuation import BAD_CLOSES_IGNORED, Valuation, daily_pnl, value_portfolio
+from calculations.valuation import BAD_CLOSES_IGNORED, Book, DailyPnl, Valuation, daily_pnl_books, value_books
 from models import (
     CorrelationCluster,
     CorrelationMatrix,
@@ -172,6 +172,13 @@ class DateContext:
     def market_symbols(self) -> frozenset[str]:
         """The columns of `market_closes` (set once the symbol-betas engine has loaded them)."""
         return frozenset() if self.market_closes is None else frozenset(self.market_closes.columns)
+
+    @cached_property
+    def latest_closes(self) -> LatestCloses:
+        """`market_closes` prepared for the chunk-wide price look-ups of valuation and P&L (empty
+        when the market closes were never loaded: every position is then priced from its unit's
+        own closes)."""
+        return LatestCloses(self.market_closes if self.market_closes is not None else pd.DataFrame())
 
     @cached_property
     def return_panel(self) -> corr.ReturnPanel | None:
@@ -616,13 +623,22 @@ def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date,
 # --- valuation (SPEC §6.1) --------------------------------------------------------------------
 
 
-def run_valuation(ctx: UnitContext) -> JobOutcome:
-    """Value the book (SPEC §6.1) and stage one `position_valuations` row per position valued,
-    priced or not (an unpriced one: NULL price and market value, its reason in `flags`)."""
-    stale_before = calendar.sessions_back(ctx.as_of, STALE_AFTER_SESSIONS + 1)[0]
-    v = value_portfolio(ctx.positions, ctx.closes, ctx.as_of, ctx.portfolio.cash_balance,
-                        stale_before=stale_before, risk_free_rate=ctx.settings.risk_free_rate,
-                        marks=ctx.inputs.marks)
+def run_valuation(units: Sequence[UnitContext]) -> list[JobOutcome]:
+    """Value every book of the chunk at once (SPEC §6.1, `value_books`) and stage one
+    `position_valuations` row per position valued, priced or not (an unpriced one: NULL price and
+    market value, its reason in `flags`)."""
+    if not units:
+        return []
+    shared, as_of = units[0].shared, units[0].as_of
+    stale_before = calendar.sessions_back(as_of, STALE_AFTER_SESSIONS + 1)[0]
+    valuations = value_books([Book(u.positions, u.portfolio.cash_balance, u.inputs.marks) for u in units],
+                             shared.latest_closes, lambda i: units[i].closes, as_of, stale_before,
+                             risk_free_rate=units[0].settings.risk_free_rate)
+    return [_valuation_outcome(ctx, v) for ctx, v in zip(units, valuations, strict=True)]
+
+
+def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
+    """Keep one unit's valuation for the engines after it, stage its rows, and summarise it."""
     if ctx.bad_closes:  # the symbols it was priced from had closes read as missing: say so
         v = dataclasses.replace(v, positions=tuple(
             dataclasses.replace(p, flags=(*p.flags, BAD_CLOSES_IGNORED))
@@ -899,10 +915,20 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
 # --- snapshot (SPEC §6.7) ---------------------------------------------------------------------
 
 
-def run_snapshot(ctx: UnitContext) -> JobOutcome:
+def run_snapshot(units: Sequence[UnitContext]) -> list[JobOutcome]:
+    """Every unit's snapshot (SPEC §6.7): the chunk's daily P&L in one pass (`daily_pnl_books`),
+    then each unit's row chained from its prior snapshot."""
+    if not units:
+        return []
+    first = units[0]
+    pnls = daily_pnl_books([Book(u.positions, u.portfolio.cash_balance) for u in units], first.shared.latest_closes,
+                           lambda i: units[i].closes, first.as_of, first.previous_session,
+                           risk_free_rate=first.settings.risk_free_rate)
+    return [_snapshot_outcome(ctx, pnl) for ctx, pnl in zip(units, pnls, strict=True)]
+
+
+def _snapshot_outcome(ctx: UnitContext, pnl: DailyPnl) -> JobOutcome:
     valuation: Valuation = ctx.outputs["valuation"]
-    pnl = daily_pnl(ctx.positions, ctx.closes, ctx.as_of, ctx.previous_session,
-                    risk_free_rate=ctx.settings.risk_free_rate)
     row = build_snapshot(valuation, pnl, ctx.previous_session, ctx.inputs.prior)
     totals = greek_totals(ctx.outputs.get("greeks", {}))
     exposures: Exposures | None = ctx.outputs.get("factors")
@@ -921,10 +947,10 @@ def run_snapshot(ctx: UnitContext) -> JobOutcome:
 
 register(GlobalEngine("symbol_betas", run_symbol_betas))
 register(GlobalEngine("factor_correlations", run_factor_correlations))
-register(Engine("valuation", run_valuation))
+register(ChunkEngine("valuation", run_valuation))
 register(Engine("greeks", run_greeks, depends_on=("valuation",)))
 register(Engine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
 register(Engine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
 register(Engine("stress_tests", run_stress_tests, depends_on=("factors", "factor_correlations")))
 register(Engine("correlations", run_correlations, depends_on=("valuation", "greeks")))
-register(Engine("snapshot", run_snapshot, depends_on=("valuation", "greeks")))
+register(ChunkEngine("snapshot", run_snapshot, depends_on=("valuation", "greeks")))

@@ -45,3 +45,35 @@ def usable_closes(closes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[da
     for col, row in sorted(zip(cols.tolist(), rows.tolist(), strict=True)):
         replaced.setdefault(str(closes.columns[col]), []).append(closes.index[row])
     return cleaned, replaced
+
+
+class LatestCloses:
+    """A closes frame prepared for many look-ups at once: for every session and symbol, the
+    last finite close on or before that session (what `latest_close` finds for one symbol).
+    Built once (one pass over the frame); each `on` is a few array indexings whatever the
+    number of symbols asked."""
+
+    def __init__(self, closes: pd.DataFrame) -> None:
+        self.sessions = closes.index
+        self.codes = {symbol: i for i, symbol in enumerate(closes.columns)}
+        self.values = closes.to_numpy(dtype=float, na_value=np.nan)
+        rows = np.where(np.isfinite(self.values), np.arange(len(self.values))[:, None], -1)
+        # the row of each symbol's last finite close at or before every session (-1: none yet)
+        self.last_row = np.maximum.accumulate(rows, axis=0) if len(rows) else rows
+
+    def code(self, symbol: str | None) -> int:
+        """The column of `symbol` (-1 when the frame does not hold it)."""
+        return self.codes.get(symbol, -1) if symbol is not None else -1
+
+    def on(self, codes: np.ndarray, day: date) -> tuple[np.ndarray, np.ndarray]:
+        """For each column code (-1: none): the last finite close dated on or before `day`
+        (dollars; NaN when there is none) and the session row it is dated (-1 when none)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        end = int(self.sessions.searchsorted(day, side="right")) - 1
+        if end < 0 or codes.size == 0:
+            return np.full(codes.size, np.nan), np.full(codes.size, -1, dtype=np.int64)
+        known = codes >= 0
+        safe = np.where(known, codes, 0)
+        rows = np.where(known, self.last_row[end, safe], -1)
+        prices = np.where(rows >= 0, self.values[np.maximum(rows, 0), safe], np.nan)
+        return prices, rows

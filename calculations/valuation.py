@@ -8,16 +8,17 @@ symbol has no price that day. Callers pass only prices dated on or before the as
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
 import pandas as pd
 
 from calculations.greeks import option_greeks
 from calculations.options import intrinsic_value
-from calculations.positions import OPTIONS, PRIVATE, PositionInput
-from calculations.prices import latest_close
+from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
+from calculations.prices import LatestCloses, latest_close
 
 # Price sources
 MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", "model"
@@ -115,34 +116,113 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     return PricedPosition(pos, price, when, source, value, tuple(flags))
 
 
+@dataclass(frozen=True)
+class Book:
+    """One portfolio to value: its positions, its cash (dollars) and the latest marks of its
+    PRIVATE symbols (symbol → (date, value))."""
+
+    positions: Sequence[PositionInput]
+    cash: float
+    marks: Mapping[str, tuple[date, float]] | None = None
+
+
 def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as_of: date,
                     cash: float, stale_before: date | None = None, *, risk_free_rate: float,
                     marks: Mapping[str, tuple[date, float]] | None = None) -> Valuation:
-    """Value every position held at the close of `as_of` and aggregate (dollars).
+    """`value_books` for one book whose closes are all in `closes`."""
+    return value_books([Book(positions, cash, marks)], LatestCloses(closes), lambda _: closes, as_of,
+                       stale_before, risk_free_rate=risk_free_rate)[0]
+
+
+def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame],
+                as_of: date, stale_before: date | None = None, *, risk_free_rate: float) -> list[Valuation]:
+    """Value every position of every book held at the close of `as_of` and aggregate each book
+    (dollars), in one pass over the chunk.
+
+    A PUBLIC position whose symbol `market` holds is priced by one array look-up for all books
+    (its latest finite close on or before `as_of`); every other position (options, PRIVATE, a
+    symbol outside `market`) by `price_position` on its book's closes `closes_of(i)`, which is
+    called only for a book holding such a position. Both give what `price_position` gives.
 
     Positions not held on `as_of` are ignored. A position whose quantity sign contradicts its
     type, whose exit date precedes its entry date, or that has no usable price, is skipped and
-    listed in `skipped`; it adds nothing to the aggregates. An empty portfolio gives zeros and total = cash.
+    listed in `skipped`; it adds nothing to the aggregates. An empty book gives zeros and
+    total = cash.
     """
-    priced: list[PricedPosition] = []
-    skipped: list[str] = []
-    for pos in positions:
-        if pos.exit_date is not None and pos.exit_date < pos.entry_date:
-            if pos.entry_date <= as_of:  # reported, never silently dropped
-                skipped.append(f"{pos.symbol}: exit_date {pos.exit_date} before entry_date {pos.entry_date}")
-                priced.append(PricedPosition(pos, None, None, None, None, ("invalid_dates",)))
-            continue
-        if not pos.is_held_on(as_of):
-            continue
-        problem = pos.sign_error()
-        if problem:
-            skipped.append(f"{pos.symbol}: {problem}")
-            priced.append(PricedPosition(pos, None, None, None, None, ("invalid_quantity",)))
-            continue
-        p = price_position(pos, closes, as_of, stale_before, risk_free_rate=risk_free_rate, marks=marks)
-        if p.market_value is None:
-            skipped.append(f"{pos.symbol}: {p.flags[0]}")
-        priced.append(p)
+    plans: list[list[PricedPosition | _Stock | PositionInput]] = []  # per book, in position order
+    skipped: list[list[str]] = []
+    stock_codes: list[int] = []
+    for book in books:
+        plan: list[PricedPosition | _Stock | PositionInput] = []
+        reasons: list[str] = []
+        for pos in book.positions:
+            if pos.exit_date is not None and pos.exit_date < pos.entry_date:
+                if pos.entry_date <= as_of:  # reported, never silently dropped
+                    reasons.append(f"{pos.symbol}: exit_date {pos.exit_date} before entry_date {pos.entry_date}")
+                    plan.append(PricedPosition(pos, None, None, None, None, ("invalid_dates",)))
+                continue
+            if not pos.is_held_on(as_of):
+                continue
+            problem = pos.sign_error()
+            if problem:
+                reasons.append(f"{pos.symbol}: {problem}")
+                plan.append(PricedPosition(pos, None, None, None, None, ("invalid_quantity",)))
+                continue
+            code = market.code(pos.symbol) if pos.asset_class == PUBLIC else -1
+            if code >= 0:
+                plan.append(_Stock(pos, len(stock_codes)))
+                stock_codes.append(code)
+            else:
+                plan.append(pos)
+        plans.append(plan)
+        skipped.append(reasons)
+    prices, rows = market.on(np.array(stock_codes, dtype=np.int64), as_of)
+    price_list, row_list = prices.tolist(), rows.tolist()
+    valuations = []
+    for i, (book, plan, reasons) in enumerate(zip(books, plans, skipped, strict=True)):
+        priced: list[PricedPosition] = []
+        closes = None
+        for entry in plan:
+            if isinstance(entry, PricedPosition):
+                priced.append(entry)
+                continue
+            if isinstance(entry, _Stock):
+                row = row_list[entry.index]
+                quote = (market.sessions[row], price_list[entry.index]) if row >= 0 else None
+                p = _price_stock(entry.position, quote, stale_before)
+            else:
+                if closes is None:
+                    closes = closes_of(i)
+                p = price_position(entry, closes, as_of, stale_before, risk_free_rate=risk_free_rate,
+                                   marks=book.marks)
+            if p.market_value is None:
+                reasons.append(f"{p.position.symbol}: {p.flags[0]}")
+            priced.append(p)
+        valuations.append(_aggregate(as_of, priced, book.cash, reasons))
+    return valuations
+
+
+@dataclass(frozen=True, slots=True)
+class _Stock:
+    """A PUBLIC position priced by the chunk's array look-up: its entry in the look-up."""
+
+    position: PositionInput
+    index: int
+
+
+def _price_stock(pos: PositionInput, quote: tuple[date, float] | None, stale_before: date | None) -> PricedPosition:
+    """`price_position` of a PUBLIC position given its latest close (None: none)."""
+    if quote is None:
+        return PricedPosition(pos, None, None, None, None, ("missing_price",))
+    when, price = quote
+    if not math.isfinite(price) or price < 0:
+        return PricedPosition(pos, None, None, None, None, ("invalid_price",))
+    flags = ("stale_prices",) if stale_before is not None and when < stale_before else ()
+    return PricedPosition(pos, price, when, MARKET, pos.quantity * price * pos.multiplier, flags)
+
+
+def _aggregate(as_of: date, priced: list[PricedPosition], cash: float, skipped: list[str]) -> Valuation:
+    """A book's `Valuation` from its priced positions (in position order)."""
     valued = [p for p in priced if p.market_value is not None]
     private = [p for p in valued if p.position.asset_class == PRIVATE]
     market = [p for p in valued if p.position.asset_class != PRIVATE]
@@ -178,31 +258,63 @@ class DailyPnl:
 
 def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: date,
               previous_session: date, *, risk_free_rate: float) -> DailyPnl:
-    """Σ over positions held at both closes of quantity × multiplier × (price today − price at
-    the previous session), plus quantity × multiplier × (price today − entry price) for positions
-    entered after the previous session. PRIVATE positions contribute 0 (held at mark). Positions
-    exited on or before `today` contribute nothing (no exit price is recorded). Positions with a
-    quantity sign error or a missing price on either date are listed in `unpriced`.
-    """
-    total = 0.0
-    unpriced: list[str] = []
-    for pos in positions:
-        if not pos.is_held_on(today) or pos.asset_class == PRIVATE:
-            continue
-        if pos.sign_error():
-            unpriced.append(pos.symbol)
-            continue
-        now = price_position(pos, closes, today, risk_free_rate=risk_free_rate)
-        if now.price is None:
-            unpriced.append(pos.symbol)
-            continue
-        if pos.is_held_on(previous_session):
-            before = price_position(pos, closes, previous_session, risk_free_rate=risk_free_rate)
-            if before.price is None:
+    """`daily_pnl_books` for one book whose closes are all in `closes`."""
+    return daily_pnl_books([Book(positions, 0.0)], LatestCloses(closes), lambda _: closes, today,
+                           previous_session, risk_free_rate=risk_free_rate)[0]
+
+
+def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame],
+                    today: date, previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
+    """Each book's mark-to-market P&L for `today` (dollars): Σ over positions held at both
+    closes of quantity × multiplier × (price today − price at the previous session), plus
+    quantity × multiplier × (price today − entry price) for positions entered after the previous
+    session. PRIVATE positions contribute 0 (held at mark). Positions exited on or before
+    `today` contribute nothing (no exit price is recorded). Positions with a quantity sign error
+    or a missing price on either date are listed in `unpriced`.
+
+    Prices as `value_books` reads them: one array look-up per date for the PUBLIC positions
+    whose symbol `market` holds, `price_position` on `closes_of(i)` for the others."""
+    held: list[list[PositionInput]] = []
+    codes: list[int] = []
+    for book in books:
+        mine = [p for p in book.positions if p.is_held_on(today) and p.asset_class != PRIVATE]
+        held.append(mine)
+        codes.extend(market.code(p.symbol) if p.asset_class == PUBLIC else -1 for p in mine)
+    code_array = np.array(codes, dtype=np.int64)
+    now_prices = market.on(code_array, today)[0].tolist()
+    before_prices = market.on(code_array, previous_session)[0].tolist()
+    out = []
+    k = 0
+    for i, mine in enumerate(held):
+        total = 0.0
+        unpriced: list[str] = []
+        closes = None
+        for pos in mine:
+            code, now_close, before_close = codes[k], now_prices[k], before_prices[k]
+            k += 1
+            if pos.sign_error():
                 unpriced.append(pos.symbol)
                 continue
-            reference = before.price
-        else:
-            reference = pos.entry_price
-        total += pos.quantity * pos.multiplier * (now.price - reference)
-    return DailyPnl(total, tuple(unpriced))
+            was_held = pos.is_held_on(previous_session)
+            if code >= 0:  # a stock: a close is usable when it is a finite, non-negative price
+                now = now_close if now_close >= 0 else None  # NaN compares False
+                before = before_close if before_close >= 0 else None
+            else:
+                if closes is None:
+                    closes = closes_of(i)
+                now = price_position(pos, closes, today, risk_free_rate=risk_free_rate).price
+                before = (price_position(pos, closes, previous_session, risk_free_rate=risk_free_rate).price
+                          if was_held and now is not None else None)
+            if now is None:
+                unpriced.append(pos.symbol)
+                continue
+            if was_held:
+                if before is None:
+                    unpriced.append(pos.symbol)
+                    continue
+                reference = before
+            else:
+                reference = pos.entry_price
+            total += pos.quantity * pos.multiplier * (now - reference)
+        out.append(DailyPnl(total, tuple(unpriced)))
+    return out

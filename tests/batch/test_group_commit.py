@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from batch import engines as engines_module
 from batch import runner as runner_module
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
-from batch.engines import ENGINES, Engine, JobOutcome
+from batch.engines import ENGINES, ChunkEngine, Engine, JobOutcome
 from models import (
     BatchJobResult,
     BatchRun,
@@ -191,6 +191,43 @@ def test_an_engine_error_removes_only_its_unit_from_the_chunk(seeded, engine, mo
     assert c["DELETE", "portfolio_snapshots"] == 1  # one chunk write, the failed unit's records in it
     assert c["INSERT", "batch_job_results"] + c["COPY", "batch_job_results"] == 2 + 1
     assert (run.completed_units, run.total_units, run.status) == (4, 4, "partial")
+
+
+def test_a_chunk_engine_that_raises_for_one_unit_fails_only_that_unit(seeded, engine, monkeypatch, statements):
+    """A chunk engine is called once for the chunk; when that call raises because of one unit,
+    it is run again for each unit alone: that unit fails (its error, its engines rolled back),
+    the three others get the engine's outcome and are written whole in the chunk's transaction."""
+    _synced(seeded, engine)
+    victim = BOOKS[2]
+    calls: list[int] = []
+
+    def over_chunk(units):
+        calls.append(len(units))
+        if any(u.portfolio_id == victim for u in units):
+            raise RuntimeError("injected chunk failure")
+        return [JobOutcome("success", {"units_in_call": len(units)}) for _ in units]
+
+    _register(monkeypatch, ChunkEngine("chunk_exploder", over_chunk, depends_on=("snapshot",)))
+    statements.take()
+    result = seeded("--date", AS_OF, "--skip-sync", "--json")
+    c = statements.take()
+    assert calls == [4, 1, 1, 1, 1]  # the chunk at once, then each unit alone
+    assert result.code == 1
+    assert result.summary["portfolios"] == {"succeeded": 3, "failed": 1, "skipped": 0}
+    assert result.summary["failed_portfolios"] == [
+        {"portfolio_id": str(victim), "as_of": AS_OF, "job": "chunk_exploder",
+         "error": "RuntimeError: injected chunk failure"}]
+    with Session(engine) as s:
+        records = {(j.portfolio_id, j.job): j for j in s.scalars(select(BatchJobResult).where(
+            BatchJobResult.run_id == uuid.UUID(result.summary["run_id"])))}
+    assert records[victim, "snapshot"].status == "skipped"
+    assert records[victim, "snapshot"].error == "rolled_back: chunk_exploder failed"
+    for book in BOOKS:
+        if book != victim:
+            assert records[book, "chunk_exploder"].result == {"units_in_call": 1}
+    assert _unit_rows_on(engine, victim, date.fromisoformat(AS_OF)) == 0
+    _units_whole(engine, result.summary["run_id"], [b for b in BOOKS if b != victim], extra={"chunk_exploder"})
+    assert c["DELETE", "portfolio_snapshots"] == 1  # still one chunk write
 
 
 def _unit_rows_on(engine, book, day: date) -> int:

@@ -552,3 +552,144 @@ def test_usable_closes_reads_non_positive_and_non_finite_closes_as_missing():
     clean_only = closes[["C"]]
     same, nothing = usable_closes(clean_only)
     assert same is clean_only and nothing == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# A chunk of books at once (value_books, daily_pnl_books) against direct per-position formulas
+# ---------------------------------------------------------------------------------------------
+
+
+def _random_chunk(seed: int):
+    """40 books over a 30-session frame of 25 symbols with gaps (NaN), a symbol with no close at
+    all, stale symbols (last close weeks back), shorts, positions entered on the as-of date or
+    exited, and some sign errors; plus the worked example's options and private holdings in a
+    few books (priced from each book's own frame)."""
+    import numpy as np
+
+    from batch import calendar
+
+    rng = np.random.default_rng(seed)
+    days = calendar.sessions_back(AS_OF, 30)
+    symbols = [f"S{i:02d}" for i in range(25)]
+    values = 50 + rng.random((len(days), len(symbols))) * 100
+    values[rng.random(values.shape) < 0.15] = np.nan  # gaps
+    values[:, 3] = np.nan  # never priced
+    values[-12:, 4] = np.nan  # stale: nothing in the last 12 sessions
+    values[-1, 5] = np.nan  # no close today: the latest is the day before
+    closes = pd.DataFrame(values, index=pd.Index(days, dtype=object), columns=symbols)
+    books = []
+    for b in range(40):
+        positions = []
+        for _ in range(int(rng.integers(0, 12))):
+            sym = symbols[int(rng.integers(0, len(symbols)))]
+            short = rng.random() < 0.3
+            qty = float(rng.integers(1, 500)) * (-1 if short else 1)
+            if rng.random() < 0.05:
+                qty = -qty  # a sign error
+            entry = days[int(rng.integers(0, len(days)))]
+            exit_day = days[int(rng.integers(0, len(days)))] if rng.random() < 0.1 else None
+            positions.append(pos(sym, "SHORT" if short else "LONG", qty, float(50 + rng.random() * 100),
+                                 entry_date=entry, exit_date=exit_day))
+        if b % 7 == 0:
+            positions += [MSFT_LC, JNJ_LP, KO_LC_EXPIRED, BX, CONDO, AAPL_LONG]
+        books.append(positions)
+    return closes, books
+
+
+def _direct_price(closes: pd.DataFrame, symbol: str, on: date) -> tuple[date, float] | None:
+    """The latest close on or before `on`, read directly with pandas (the oracle)."""
+    if symbol not in closes.columns:
+        return None
+    column = closes.loc[[d for d in closes.index if d <= on], symbol].dropna()
+    return (column.index[-1], float(column.iloc[-1])) if len(column) else None
+
+
+def test_value_books_matches_direct_formulas_book_by_book():
+    from calculations.prices import LatestCloses
+    from calculations.valuation import Book, value_books
+
+    closes, books = _random_chunk(11)
+    # the stocks are priced from the chunk's market frame; the options and private holdings,
+    # outside it, from each book's own frame (the worked example's closes)
+    market = LatestCloses(closes)
+    own = pd.concat([closes, CLOSES.reindex(index=closes.index)], axis=1)
+    own = own.loc[:, ~own.columns.duplicated()]
+    asked: list[int] = []
+
+    def closes_of(i: int) -> pd.DataFrame:
+        asked.append(i)
+        return own
+
+    stale_before = closes.index[-6]
+    chunk = value_books([Book(p, 1_000.0 * i) for i, p in enumerate(books)], market, closes_of, AS_OF,
+                        stale_before, risk_free_rate=RATE)
+    assert sorted(set(asked)) == [i for i in range(40) if i % 7 == 0]  # only books with options/private
+    for i, (positions, v) in enumerate(zip(books, chunk, strict=True)):
+        long_value = short_value = 0.0
+        for p in v.positions:
+            mine = p.position
+            if mine.asset_class != PUBLIC or mine.symbol not in closes.columns:
+                continue
+            if mine.sign_error() or mine.exit_date is not None and mine.exit_date < mine.entry_date:
+                assert p.market_value is None
+                continue
+            quote = _direct_price(closes, mine.symbol, AS_OF)
+            if quote is None:
+                assert p.market_value is None and p.flags == ("missing_price",)
+                continue
+            assert (p.price_date, p.price) == quote
+            assert p.market_value == approx(mine.quantity * quote[1])
+            assert ("stale_prices" in p.flags) == (quote[0] < stale_before)
+            long_value += max(p.market_value, 0.0)
+            short_value += min(p.market_value, 0.0)
+        held = [p for p in positions if p.is_held_on(AS_OF) or p.exit_date is not None
+                and p.exit_date < p.entry_date <= AS_OF]
+        assert v.num_positions == len(held)
+        alone = value_portfolio(positions, own, AS_OF, 1_000.0 * i, stale_before, risk_free_rate=RATE)
+        assert v == alone  # a book's valuation does not depend on the chunk it is valued in
+        if i % 7:
+            assert v.long_value == approx(long_value) and v.short_value == approx(short_value)
+            assert v.total_value == approx(long_value + short_value + 1_000.0 * i)
+
+
+def test_daily_pnl_books_matches_the_direct_formula():
+    from calculations.prices import LatestCloses
+    from calculations.valuation import Book, daily_pnl_books
+
+    closes, books = _random_chunk(12)
+    previous = closes.index[-2]
+    pnls = daily_pnl_books([Book(p, 0.0) for p in books], LatestCloses(closes), lambda i: closes,
+                           AS_OF, previous, risk_free_rate=RATE)
+    for positions, pnl in zip(books, pnls, strict=True):
+        if any(p.asset_class != PUBLIC for p in positions):
+            continue  # the options are covered by the worked examples above
+        total, unpriced = 0.0, []
+        for p in positions:
+            if not p.is_held_on(AS_OF):
+                continue
+            now = _direct_price(closes, p.symbol, AS_OF)
+            before = _direct_price(closes, p.symbol, previous) if p.is_held_on(previous) else (None, p.entry_price)
+            if p.sign_error() or now is None or before is None:
+                unpriced.append(p.symbol)
+                continue
+            total += p.quantity * (now[1] - before[1])
+        assert pnl.pnl == approx(total)
+        assert list(pnl.unpriced) == unpriced
+
+
+def test_latest_closes_agrees_with_latest_close_on_every_session():
+    import numpy as np
+
+    from calculations.prices import LatestCloses
+
+    closes, _ = _random_chunk(13)
+    table = LatestCloses(closes)
+    codes = np.array([table.code(s) for s in [*closes.columns, "UNKNOWN"]])
+    for day in [closes.index[0], closes.index[10], AS_OF, date(2022, 1, 3)]:
+        prices, rows = table.on(codes, day)
+        for symbol, price, row in zip([*closes.columns, "UNKNOWN"], prices, rows, strict=True):
+            quote = _direct_price(closes, symbol, day)
+            if quote is None:
+                assert math.isnan(price) and row == -1
+            else:
+                assert (closes.index[row], price) == quote
