@@ -38,7 +38,7 @@ from batch.settings import Settings
 from batch.sync import HISTORY_SESSIONS
 from calculations import correlations as corr
 from calculations import factors
-from calculations.exposures import ExposureInput, Exposures, factor_exposures
+from calculations.exposures import ExposureInput, Exposures, factor_exposures_books
 from calculations.greeks import PositionGreeks, option_greeks
 from calculations.positions import (
     OPTIONS,
@@ -704,10 +704,25 @@ def regression_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
 # --- factor exposures (SPEC §6.3, §8) ----------------------------------------------------------
 
 
-def run_factors(ctx: UnitContext) -> JobOutcome:
+def run_factors(units: Sequence[UnitContext]) -> list[JobOutcome]:
+    """Every unit's position and portfolio factor exposures (SPEC §6.3) in one array pass over
+    the chunk (`factor_exposures_books`): stocks by market value, modelled options by dollar
+    delta, each times its market symbol's betas."""
+    if not units:
+        return []
+    symbol_betas: SymbolBetas = units[0].shared.outputs["symbol_betas"]
+    books = [_exposure_inputs(ctx) for ctx in units]
+    chunk = factor_exposures_books(books, symbol_betas.betas,
+                                   [ctx.outputs["valuation"].total_value for ctx in units], factors.FACTOR_ORDER)
+    return [_factors_outcome(ctx, inputs, exposures, symbol_betas)
+            for ctx, inputs, exposures in zip(units, books, chunk, strict=True)]
+
+
+def _exposure_inputs(ctx: UnitContext) -> list[ExposureInput]:
+    """What carries a unit's factor exposure: each valued stock's market value, each modelled
+    option's dollar delta (on its underlying)."""
     valuation: Valuation = ctx.outputs["valuation"]
     greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
-    symbol_betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
     inputs: list[ExposureInput] = []
     for priced in valuation.positions:
         pos = priced.position
@@ -715,7 +730,12 @@ def run_factors(ctx: UnitContext) -> JobOutcome:
             inputs.append(ExposureInput(pos.id, pos.symbol, priced.market_value))
         elif pos.asset_class == OPTIONS and pos.id in greeks and greeks[pos.id].status == "ok":
             inputs.append(ExposureInput(pos.id, pos.underlying, greeks[pos.id].dollar_delta))
-    exposures = factor_exposures(inputs, symbol_betas.betas, valuation.total_value, factors.FACTOR_ORDER)
+    return inputs
+
+
+def _factors_outcome(ctx: UnitContext, inputs: list[ExposureInput], exposures: Exposures,
+                     symbol_betas: SymbolBetas) -> JobOutcome:
+    valuation: Valuation = ctx.outputs["valuation"]
     ctx.outputs["factors"] = exposures
     total = valuation.num_positions
     if exposures.analyzed == 0:
@@ -949,7 +969,7 @@ register(GlobalEngine("symbol_betas", run_symbol_betas))
 register(GlobalEngine("factor_correlations", run_factor_correlations))
 register(ChunkEngine("valuation", run_valuation))
 register(Engine("greeks", run_greeks, depends_on=("valuation",)))
-register(Engine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
+register(ChunkEngine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
 register(Engine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
 register(Engine("stress_tests", run_stress_tests, depends_on=("factors", "factor_correlations")))
 register(Engine("correlations", run_correlations, depends_on=("valuation", "greeks")))

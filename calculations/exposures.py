@@ -6,6 +6,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ExposureInput:
@@ -47,27 +49,60 @@ class Exposures:
 
 def factor_exposures(inputs: Sequence[ExposureInput], betas: Mapping[str, Mapping[str, float]],
                      equity: float, factor_order: Sequence[str]) -> Exposures:
-    """exposure_dollar = dollar_value × β for every factor the symbol has a beta for; portfolio
-    exposure = Σ positions; portfolio beta = exposure ÷ equity (NAV, dollars).
+    """`factor_exposures_books` for one book."""
+    return factor_exposures_books([inputs], betas, [equity], factor_order)[0]
+
+
+def factor_exposures_books(books: Sequence[Sequence[ExposureInput]], betas: Mapping[str, Mapping[str, float]],
+                           equities: Sequence[float], factor_order: Sequence[str]) -> list[Exposures]:
+    """Every book's exposures in one array pass: exposure_dollar = dollar_value × β for every
+    factor the symbol has a beta for (a (position × factor) product over the whole chunk);
+    portfolio exposure = Σ positions (summed in position order); portfolio beta = exposure ÷
+    equity (NAV, dollars; None when equity is 0).
 
     A position whose symbol has no betas is skipped (`insufficient_history`). Factors appear in
-    `factor_order`; a factor no position has a beta for is left out. Shorts (negative values)
-    reduce exposure.
+    `factor_order` (per position, then per book); a factor no position of the book has a beta for
+    is left out. Shorts (negative values) reduce exposure.
     """
-    positions: list[PositionExposure] = []
-    skipped: dict[uuid.UUID, str] = {}
-    totals: dict[str, float] = {}
-    for item in inputs:
-        symbol_betas = betas.get(item.symbol)
-        if not symbol_betas:
-            skipped[item.position_id] = "insufficient_history"
-            continue
-        for factor in factor_order:
-            if factor in symbol_betas:
-                exposure = item.dollar_value * symbol_betas[factor]
-                positions.append(PositionExposure(item.position_id, item.symbol, factor,
-                                                  symbol_betas[factor], exposure))
-                totals[factor] = totals.get(factor, 0.0) + exposure
-    portfolio = [PortfolioExposure(f, totals[f], totals[f] / equity if equity else None)
-                 for f in factor_order if f in totals]
-    return Exposures(positions, portfolio, len(inputs) - len(skipped), skipped)
+    items = [item for book in books for item in book]
+    book_of = np.repeat(np.arange(len(books)), [len(book) for book in books])
+    symbols = sorted({item.symbol for item in items})
+    row_of = {symbol: i for i, symbol in enumerate(symbols)}
+    matrix = np.zeros((len(symbols), len(factor_order)))
+    has = np.zeros((len(symbols), len(factor_order)), dtype=bool)
+    known = np.array([bool(betas.get(symbol)) for symbol in symbols], dtype=bool)  # has any beta
+    for symbol, i in row_of.items():
+        for j, factor in enumerate(factor_order):
+            beta = (betas.get(symbol) or {}).get(factor)
+            if beta is not None:
+                matrix[i, j], has[i, j] = beta, True
+    rows = np.array([row_of[item.symbol] for item in items], dtype=np.int64)
+    values = np.array([item.dollar_value for item in items], dtype=float)
+    cell_beta = matrix[rows] if items else np.zeros((0, len(factor_order)))
+    cell_has = has[rows] if items else np.zeros((0, len(factor_order)), dtype=bool)
+    cell_dollars = values[:, None] * cell_beta
+    with_betas = known[rows] if items else np.zeros(0, dtype=bool)
+    # Σ per (book, factor) in position order: bincount adds its weights sequentially
+    flat = (book_of[:, None] * len(factor_order) + np.arange(len(factor_order))[None, :])[cell_has]
+    size = len(books) * len(factor_order)
+    totals = np.bincount(flat, weights=cell_dollars[cell_has], minlength=size).reshape(len(books), -1)
+    present = np.bincount(flat, minlength=size).reshape(len(books), -1) > 0
+    out = []
+    start = 0
+    beta_rows, dollar_rows, has_rows = cell_beta.tolist(), cell_dollars.tolist(), cell_has.tolist()
+    for b, book in enumerate(books):
+        positions: list[PositionExposure] = []
+        skipped: dict[uuid.UUID, str] = {}
+        for k, item in enumerate(book, start):
+            if not with_betas[k]:
+                skipped[item.position_id] = "insufficient_history"
+                continue
+            cells, dollars, mask = beta_rows[k], dollar_rows[k], has_rows[k]
+            positions.extend(PositionExposure(item.position_id, item.symbol, factor, cells[j], dollars[j])
+                             for j, factor in enumerate(factor_order) if mask[j])
+        start += len(book)
+        equity = equities[b]
+        portfolio = [PortfolioExposure(f, float(totals[b, j]), float(totals[b, j]) / equity if equity else None)
+                     for j, f in enumerate(factor_order) if present[b, j]]
+        out.append(Exposures(positions, portfolio, len(book) - len(skipped), skipped))
+    return out

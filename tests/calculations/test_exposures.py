@@ -241,3 +241,33 @@ def test_rescaling_one_position_scales_its_exposures_only(book, data, k: float, 
     for p_new in after.portfolio:
         assert p_new.beta == pytest.approx(p_new.exposure_dollar / equity, rel=1e-12, abs=1e-15)
     assert after.analyzed == before.analyzed == len(inputs)
+
+
+def test_a_chunk_of_books_matches_each_book_by_the_direct_formula():
+    """40 random books over 30 symbols (some without betas, some with a few factors only),
+    computed as one chunk, against the formula written out per book: each (position, factor)
+    cell is value × β, each portfolio total the plain sum of its cells, beta = total ÷ equity."""
+    import numpy as np
+
+    from calculations.exposures import factor_exposures_books
+
+    rng = np.random.default_rng(5)
+    symbols = [f"S{i}" for i in range(30)]
+    betas = {s: {f: float(rng.normal()) for f in FACTORS if rng.random() < 0.7}
+             for s in symbols[:25]}  # S25..S29 have no betas
+    books = [[ExposureInput(uuid.UUID(int=1000 * b + k), symbols[int(rng.integers(0, 30))],
+                            float(rng.normal() * 50_000)) for k in range(int(rng.integers(0, 15)))]
+             for b in range(40)]
+    equities = [float(rng.random() * 1e6) if b % 9 else 0.0 for b in range(40)]
+    chunk = factor_exposures_books(books, betas, equities, FACTORS)
+    for book, equity, got in zip(books, equities, chunk, strict=True):
+        cells = [(i.position_id, i.symbol, f, betas[i.symbol][f], i.dollar_value * betas[i.symbol][f])
+                 for i in book if betas.get(i.symbol) for f in FACTORS if f in betas[i.symbol]]
+        assert [(p.position_id, p.symbol, p.factor, p.beta, p.exposure_dollar) for p in got.positions] == cells
+        totals = {f: sum(c[4] for c in cells if c[2] == f) for f in FACTORS if any(c[2] == f for c in cells)}
+        assert [(p.factor, p.exposure_dollar) for p in got.portfolio] == [
+            (f, pytest.approx(totals[f], rel=1e-12, abs=1e-6)) for f in FACTORS if f in totals]
+        for p in got.portfolio:
+            assert p.beta is None if equity == 0 else p.beta == pytest.approx(totals[p.factor] / equity, rel=1e-12)
+        assert got.skipped == {i.position_id: "insufficient_history" for i in book if not betas.get(i.symbol)}
+        assert got.analyzed == len(book) - len(got.skipped)
