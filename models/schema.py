@@ -2,10 +2,14 @@
 
 Money and quantities are `Numeric` returned as Python floats; computed statistics are `Float`
 (double precision). The natural key of every result table (and of `market_prices`) is its primary
-key, `pk_<table>`; re-runs replace rows by that key. `batch_job_results` is a run record, not a
-result: it keeps a surrogate id (its `portfolio_id` is NULL for global engines, which a primary
-key column cannot be) and a named unique constraint. `pairwise_correlations` is a view
-(`PairwiseCorrelation`, mapped on its own metadata).
+key, `pk_<table>`; re-runs replace rows by that key. The result tables have no foreign keys (their
+per-row checks cost a third of the job's result writes): triggers created by migration 0005 delete
+a deleted portfolio's or position's result rows and refuse to delete a stress scenario that has
+results. Only the migrations (`batch.db.migrate`, `create_if_empty`) create the schema, never
+`Base.metadata.create_all`, so every database has the triggers. `batch_job_results` is a run
+record, not a result: it keeps a surrogate id (its `portfolio_id` is NULL for global engines,
+which a primary key column cannot be) and a named unique constraint. `pairwise_correlations` is a
+view (`PairwiseCorrelation`, mapped on its own metadata).
 """
 
 from __future__ import annotations
@@ -173,10 +177,8 @@ class SymbolFactorBeta(Base):
 
 class PositionFactorExposure(Base):
     __tablename__ = "position_factor_exposures"
-    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
-    )
+    position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     factor: Mapped[str] = mapped_column(String(32), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float] = mapped_column(Float)
@@ -185,7 +187,7 @@ class PositionFactorExposure(Base):
 
 class PortfolioFactorExposure(Base):
     __tablename__ = "portfolio_factor_exposures"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     factor: Mapped[str] = mapped_column(String(32), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float | None] = mapped_column(Float)
@@ -194,10 +196,8 @@ class PortfolioFactorExposure(Base):
 
 class PositionGreeks(Base):
     __tablename__ = "position_greeks"
-    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
-    )
+    position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     model_price: Mapped[float | None] = mapped_column(Float)
     underlying_price: Mapped[float | None] = mapped_column(Float)
@@ -218,10 +218,8 @@ class PositionValuation(Base):
     NULL with the reason in `flags` when the position could not be priced (never 0)."""
 
     __tablename__ = "position_valuations"
-    position_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True
-    )
+    position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     symbol: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[float] = mapped_column(Money)
@@ -234,7 +232,7 @@ class PositionValuation(Base):
 
 class MarketRiskResult(Base):
     __tablename__ = "market_risk_results"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     scenario: Mapped[str] = mapped_column(String(64), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     shock: Mapped[float] = mapped_column(Float)
@@ -244,8 +242,8 @@ class MarketRiskResult(Base):
 
 class StressTestResult(Base):
     __tablename__ = "stress_test_results"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
-    scenario_id: Mapped[str] = mapped_column(ForeignKey("stress_scenarios.scenario_id"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    scenario_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     direct_pnl: Mapped[float] = mapped_column(Float)
     correlated_pnl: Mapped[float] = mapped_column(Float)
@@ -257,7 +255,7 @@ class StressTestResult(Base):
 
 class CorrelationRun(Base):
     __tablename__ = "correlation_runs"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     window_days: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     avg_abs_correlation: Mapped[float | None] = mapped_column(Float)
@@ -278,8 +276,7 @@ class CorrelationMatrix(Base):
     `pairwise_correlations` view."""
 
     __tablename__ = "correlation_matrices"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"),
-                                                    primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     window_days: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     symbols: Mapped[list] = mapped_column(JSON)
@@ -312,7 +309,7 @@ class PairwiseCorrelation(ViewBase):
 
 class CorrelationCluster(Base):
     __tablename__ = "correlation_clusters"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     cluster_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     symbols: Mapped[list] = mapped_column(JSON)
@@ -332,7 +329,7 @@ class FactorCorrelation(Base):
 
 class PortfolioSnapshot(Base):
     __tablename__ = "portfolio_snapshots"
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     snapshot_date: Mapped[date] = mapped_column(Date, primary_key=True)
     total_value: Mapped[float] = mapped_column(Float)
     cash_value: Mapped[float] = mapped_column(Float)

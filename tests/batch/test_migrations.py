@@ -1,6 +1,8 @@
 """Migration 0003 (natural-key primary keys, correlation_matrices, the pairwise_correlations view)
-upgraded and downgraded on a database holding data written by the 0002 schema, and migration 0004
-(position_valuations) on a database holding that data migrated to 0003, on both dialects.
+upgraded and downgraded on a database holding data written by the 0002 schema, migration 0004
+(position_valuations) on a database holding that data migrated to 0003, and migration 0005 (the
+result tables' foreign keys replaced by delete triggers) on that data with valuations, on both
+dialects.
 
 Rows are written and read with plain SQL through the migrated tables (not the models, which follow
 the head): what the database held before the upgrade must be exactly what it holds after it, and
@@ -22,6 +24,7 @@ from batch import db
 
 BEFORE, AFTER = "0002_profile_absences", "0003_natural_keys_matrices"
 VALUATIONS = "0004_position_valuations"
+NO_FKS = "0005_result_tables_without_fks"
 # every table whose primary key 0003 changes, with its natural key
 KEYED = {
     "market_prices": ("symbol", "date"),
@@ -297,8 +300,124 @@ def test_0004_adds_position_valuations_and_keeps_every_row(fresh_url):
         assert pairs(engine) == old_pairs
 
         db.migrate(engine, VALUATIONS)  # and up again: empty, the rest as it was
-        assert db.current_revision(engine) == db.head_revision() == VALUATIONS
+        assert db.current_revision(engine) == VALUATIONS
         assert valuation_rows(engine) == []
         assert dump(engine, tables) == before
+    finally:
+        engine.dispose()
+
+
+# the result tables' foreign keys at 0004 (baseline and 0004 migrations): (column, referred table, ON DELETE)
+RESULT_FOREIGN_KEYS = {
+    "position_valuations": {("position_id", "positions", "CASCADE"), ("portfolio_id", "portfolios", "CASCADE")},
+    "position_greeks": {("position_id", "positions", "CASCADE"), ("portfolio_id", "portfolios", "CASCADE")},
+    "position_factor_exposures": {("position_id", "positions", "CASCADE"), ("portfolio_id", "portfolios", "CASCADE")},
+    "portfolio_factor_exposures": {("portfolio_id", "portfolios", "CASCADE")},
+    "market_risk_results": {("portfolio_id", "portfolios", "CASCADE")},
+    "stress_test_results": {("portfolio_id", "portfolios", "CASCADE"), ("scenario_id", "stress_scenarios", None)},
+    "correlation_runs": {("portfolio_id", "portfolios", "CASCADE")},
+    "correlation_matrices": {("portfolio_id", "portfolios", "CASCADE")},
+    "correlation_clusters": {("portfolio_id", "portfolios", "CASCADE")},
+    "portfolio_snapshots": {("portfolio_id", "portfolios", "CASCADE")},
+}
+TRIGGERS = {"portfolios_delete_results", "positions_delete_results", "stress_scenarios_keep_results"}
+
+
+def foreign_keys(engine) -> dict[str, set[tuple]]:
+    inspector = inspect(engine)
+    found = {}
+    for table in RESULT_FOREIGN_KEYS:
+        found[table] = set()
+        for f in inspector.get_foreign_keys(table):
+            assert len(f["constrained_columns"]) == 1, f
+            ondelete = f["options"].get("ondelete")
+            found[table].add((f["constrained_columns"][0], f["referred_table"],
+                              ondelete.upper() if ondelete and ondelete.upper() != "NO ACTION" else None))
+    return found
+
+
+def triggers(engine) -> set[str]:
+    sql = ("SELECT name FROM sqlite_master WHERE type = 'trigger'" if engine.dialect.name == "sqlite"
+           else "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+    with engine.connect() as conn:
+        return set(conn.execute(text(sql)).scalars())
+
+
+def test_0005_drops_the_result_foreign_keys_and_keeps_every_row(fresh_url):
+    """0004 → 0005 → 0004 → 0005 with rows in every result table: no row lost or changed, the
+    constraints gone and back, the triggers there and gone; rows that reference no parent (possible
+    at 0005 only) are deleted by the downgrade, which would otherwise fail."""
+    engine = db.make_engine(fresh_url)
+    try:
+        db.migrate(engine, BEFORE)
+        write_0002_data(engine)
+        db.migrate(engine, VALUATIONS)
+        put_valuations(engine, VALUATION_ROWS)
+        tables = (*KEYED, "correlation_matrices", "position_valuations", "portfolios", "positions",
+                  "stress_scenarios")
+        before = dump(engine, tables)
+        old_pairs = pairs(engine)
+        assert foreign_keys(engine) == RESULT_FOREIGN_KEYS
+        assert triggers(engine) == set()
+        # every result table holds rows: none could vanish unnoticed
+        assert all(before[t] for t in RESULT_FOREIGN_KEYS), [t for t in RESULT_FOREIGN_KEYS if not before[t]]
+
+        db.migrate(engine, NO_FKS)
+        assert db.current_revision(engine) == db.head_revision() == NO_FKS
+        assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
+        assert inspect(engine).get_foreign_keys("positions")[0]["referred_table"] == "portfolios"  # kept
+        assert triggers(engine) == TRIGGERS
+        assert dump(engine, tables) == before
+        assert pairs(engine) == old_pairs  # the view still reads the (rebuilt, on SQLite) matrices
+        for table in ("position_valuations", "position_greeks", "position_factor_exposures"):
+            assert {tuple(i["column_names"]) for i in inspect(engine).get_indexes(table)} == {("portfolio_id",)}
+
+        # rows no constraint refuses now: a portfolio's, a position's and a scenario's that do not exist
+        ghost_book, ghost_position = uuid.UUID(int=0xDEAD), uuid.UUID(int=0xBEEF)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO market_risk_results (portfolio_id, scenario, as_of_date, shock, pnl) "
+                              "VALUES (:p, 'flat', :d, 0.0, 0.0)"), {"p": _stored(engine, ghost_book), "d": D2})
+            conn.execute(text("INSERT INTO position_greeks (position_id, portfolio_id, as_of_date, status) "
+                              "VALUES (:x, :p, :d, 'ok')"),
+                         {"x": _stored(engine, ghost_position), "p": _stored(engine, BOOK_A), "d": D2})
+            conn.execute(text("INSERT INTO stress_test_results (portfolio_id, scenario_id, as_of_date, direct_pnl, "
+                              "correlated_pnl, correlation_effect, exceeds_equity, factor_impacts) "
+                              "VALUES (:p, 'gone', :d, 1.0, 1.0, 0.0, false, '{}')"),
+                         {"p": _stored(engine, BOOK_B), "d": D2})
+        assert dump(engine, tables) != before
+
+        db.downgrade(engine, VALUATIONS)
+        assert db.current_revision(engine) == VALUATIONS
+        assert foreign_keys(engine) == RESULT_FOREIGN_KEYS
+        assert triggers(engine) == set()
+        assert dump(engine, tables) == before  # exactly the three orphans deleted
+        assert pairs(engine) == old_pairs
+        with engine.begin() as conn, pytest.raises(IntegrityError):  # the constraint checks inserts again
+            conn.execute(text("INSERT INTO market_risk_results (portfolio_id, scenario, as_of_date, shock, pnl) "
+                              "VALUES (:p, 'flat', :d, 0.0, 0.0)"), {"p": _stored(engine, ghost_book), "d": D2})
+
+        db.migrate(engine, NO_FKS)  # and up again
+        assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
+        assert triggers(engine) == TRIGGERS
+        assert dump(engine, tables) == before
+        assert pairs(engine) == old_pairs
+    finally:
+        engine.dispose()
+
+
+def _stored(engine, value: uuid.UUID):
+    """A UUID as plain SQL must bind it: the models' Uuid type stores 32 hex digits on SQLite."""
+    return value.hex if engine.dialect.name == "sqlite" else value
+
+
+def test_a_database_created_on_first_use_has_the_triggers(fresh_url):
+    """The schema has one creation path, the migrations: `create_if_empty` (an embedded database's
+    first start) builds the same result tables without foreign keys, with the triggers."""
+    engine = db.make_engine(fresh_url)
+    try:
+        assert db.create_if_empty(engine)
+        assert db.current_revision(engine) == NO_FKS
+        assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
+        assert triggers(engine) == TRIGGERS
     finally:
         engine.dispose()
