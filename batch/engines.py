@@ -228,11 +228,19 @@ class UnitContext:
 
     @cached_property
     def closes(self) -> pd.DataFrame:
-        """Closes of every symbol the positions reference (own symbol, option underlying) over
-        the HISTORY_SESSIONS sessions ending at `as_of`, indexed by every session: the market
-        symbols from the date's shared frame, the rest (option contracts, private marks) from
-        the unit's prefetched inputs."""
-        symbols = price_symbols(self.positions)
+        """`closes_for` the symbols whose prices the date's array look-up (`DateContext.
+        latest_closes`) does not give by itself: option contracts and their underlyings (whose
+        history sets a realised volatility), PRIVATE symbols, and any symbol outside the date's
+        market frame. The PUBLIC positions priced by the look-up are not copied here."""
+        market = self.shared.market_symbols
+        looked_up = {p.symbol for p in self.positions if p.asset_class == PUBLIC and p.symbol in market}
+        underlyings = {p.underlying for p in self.positions if p.asset_class == OPTIONS and p.underlying}
+        return self.closes_for((price_symbols(self.positions) - looked_up) | underlyings)
+
+    def closes_for(self, symbols: set[str]) -> pd.DataFrame:
+        """Closes of `symbols` over the HISTORY_SESSIONS sessions ending at `as_of`, indexed by
+        every session: the market symbols from the date's shared frame, the rest (option
+        contracts, private marks) from the unit's prefetched inputs."""
         own = self._own_closes[0]  # the shared frame is already clean
         shared = self.shared.market_closes
         if shared is None:
@@ -868,7 +876,7 @@ def _correlation_panel(ctx: UnitContext, symbols: Mapping[str, float]) -> corr.R
     panel = ctx.shared.return_panel
     if panel is not None and all(s in panel.columns for s in symbols):
         return panel
-    return corr.closes_panel(ctx.closes.reindex(columns=sorted(symbols)))
+    return corr.closes_panel(ctx.closes_for(set(symbols)).reindex(columns=sorted(symbols)))
 
 
 def run_correlations(ctx: UnitContext) -> JobOutcome:
