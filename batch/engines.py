@@ -649,7 +649,7 @@ def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
     """Keep one unit's valuation for the engines after it, stage its rows, and summarise it."""
     if ctx.bad_closes:  # the symbols it was priced from had closes read as missing: say so
         v = dataclasses.replace(v, positions=tuple(
-            dataclasses.replace(p, flags=(*p.flags, BAD_CLOSES_IGNORED))
+            p._replace(flags=(*p.flags, BAD_CLOSES_IGNORED))
             if {p.position.symbol, p.position.market_symbol} & ctx.bad_closes.keys() else p
             for p in v.positions))
     ctx.outputs["valuation"] = v
