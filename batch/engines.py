@@ -39,7 +39,7 @@ from batch.sync import HISTORY_SESSIONS
 from calculations import correlations as corr
 from calculations import factors
 from calculations.exposures import ExposureInput, Exposures, factor_exposures_books
-from calculations.greeks import PositionGreeks, option_greeks
+from calculations.greeks import PositionGreeks, option_greeks_many
 from calculations.positions import (
     OPTIONS,
     PRIVATE,
@@ -667,9 +667,27 @@ def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------
 
 
-def run_greeks(ctx: UnitContext) -> JobOutcome:
-    options = [p for p in ctx.held if p.asset_class == OPTIONS and not p.sign_error()]
-    greeks = {p.id: option_greeks(p, ctx.closes, ctx.as_of, ctx.settings.risk_free_rate) for p in options}
+def run_greeks(units: Sequence[UnitContext]) -> list[JobOutcome]:
+    """Every option position of the chunk modelled in one vectorised pass (`option_greeks_many`
+    on the chunk's closes frame), then each unit's rows and record."""
+    options = [[p for p in ctx.held if p.asset_class == OPTIONS and not p.sign_error()] for ctx in units]
+    by_frame: dict[int, tuple[pd.DataFrame, list[PositionInput]]] = {}
+    for ctx, mine in zip(units, options, strict=True):
+        if mine:
+            closes = ctx.closes
+            by_frame.setdefault(id(closes), (closes, []))[1].extend(mine)
+    modelled: dict[uuid.UUID, PositionGreeks] = {}
+    for closes, positions in by_frame.values():
+        first = units[0]
+        modelled.update(zip((p.id for p in positions),
+                            option_greeks_many(positions, closes, first.as_of, first.settings.risk_free_rate),
+                            strict=True))
+    return [_greeks_outcome(ctx, mine, {p.id: modelled[p.id] for p in mine})
+            for ctx, mine in zip(units, options, strict=True)]
+
+
+def _greeks_outcome(ctx: UnitContext, options: list[PositionInput],
+                    greeks: dict[uuid.UUID, PositionGreeks]) -> JobOutcome:
     ctx.outputs["greeks"] = greeks
     rows = [{"position_id": g.position_id, "model_price": g.model_price,
              "underlying_price": g.underlying_price, "volatility": g.volatility, "delta": g.delta,
@@ -971,7 +989,7 @@ def _snapshot_outcome(ctx: UnitContext, pnl: DailyPnl) -> JobOutcome:
 register(GlobalEngine("symbol_betas", run_symbol_betas))
 register(GlobalEngine("factor_correlations", run_factor_correlations))
 register(ChunkEngine("valuation", run_valuation))
-register(Engine("greeks", run_greeks, depends_on=("valuation",)))
+register(ChunkEngine("greeks", run_greeks, depends_on=("valuation",)))
 register(ChunkEngine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
 register(Engine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
 register(Engine("stress_tests", run_stress_tests, depends_on=("factors", "factor_correlations")))

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -188,9 +190,55 @@ def _unpriced(position: PositionInput, status: str, *, model_price: float | None
                           0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
+class GreeksArrays(NamedTuple):
+    """`Greeks` of many options at once: one array element per option (units as `Greeks`)."""
+
+    price: np.ndarray
+    delta: np.ndarray
+    gamma: np.ndarray
+    theta: np.ndarray
+    vega: np.ndarray
+    rho: np.ndarray
+
+
+def bsm_greeks_arrays(spot: np.ndarray, strike: np.ndarray, years: np.ndarray, rate: float, vol: np.ndarray,
+                      is_call: np.ndarray, dividend_yield: np.ndarray | float = 0.0) -> GreeksArrays:
+    """`bsm_greeks` of many options in one vectorised pass (the same formulas, element by
+    element). Inputs must already be valid (positive finite spot, strike, years and vol): the
+    callers pass only options whose terms and market data are known. Empty in, empty out."""
+    spot, strike, years, vol = (np.asarray(x, dtype=float) for x in (spot, strike, years, vol))
+    q = np.broadcast_to(np.asarray(dividend_yield, dtype=float), spot.shape)
+    call = np.asarray(is_call, dtype=bool)
+    sqrt_t = np.sqrt(years)
+    d1 = (np.log(spot / strike) + (rate - q + 0.5 * vol * vol) * years) / (vol * sqrt_t)
+    d2 = d1 - vol * sqrt_t
+    carry = np.exp(-q * years)
+    spot_df = spot * carry  # S e^{−qT}
+    strike_df = strike * np.exp(-rate * years)  # K e^{−rT}
+    pdf_d1 = _INV_SQRT_2PI * np.exp(-0.5 * d1 * d1)
+    gamma = carry * pdf_d1 / (spot * vol * sqrt_t)
+    vega = spot_df * pdf_d1 * sqrt_t
+    decay = -spot_df * pdf_d1 * vol / (2.0 * sqrt_t)
+    sign = np.where(call, 1.0, -1.0)  # calls N(d), puts N(−d) with the signs flipped
+    n_d1, n_d2 = ndtr(sign * d1), ndtr(sign * d2)
+    price = sign * (spot_df * n_d1 - strike_df * n_d2)
+    delta = sign * carry * n_d1
+    theta = decay - sign * rate * strike_df * n_d2 + sign * q * spot_df * n_d1
+    rho = sign * strike_df * years * n_d2
+    return GreeksArrays(price, delta, gamma, theta / DAYS_PER_YEAR, vega * VOL_POINT, rho * RATE_POINT)
+
+
 def option_greeks(position: PositionInput, closes: pd.DataFrame, as_of: date, rate: float,
                   dividend_yield: float = 0.0) -> PositionGreeks:
-    """Greeks of one option position at the close of `as_of` (SPEC §6.2).
+    """`option_greeks_many` of one position."""
+    return option_greeks_many([position], closes, as_of, rate, dividend_yield)[0]
+
+
+def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame, as_of: date, rate: float,
+                       dividend_yield: float = 0.0) -> list[PositionGreeks]:
+    """Greeks of option positions at the close of `as_of` (SPEC §6.2), every modelled one in
+    one vectorised Black–Scholes pass; each underlying's latest close and realised volatility is
+    read from `closes` once, however many positions share it.
 
     - Not an option (asset class other than OPTIONS): status `not_an_option`.
     - Right, strike or expiration unknown from the fields and the OCC symbol: `invalid_contract`.
@@ -205,44 +253,62 @@ def option_greeks(position: PositionInput, closes: pd.DataFrame, as_of: date, ra
 
     The quantity is used as given (callers skip positions whose sign contradicts their type).
     """
-    if position.asset_class != OPTIONS:
-        return _unpriced(position, NOT_AN_OPTION)
-    terms = position.contract
-    if terms is None:
-        return _unpriced(position, INVALID_CONTRACT)
-    right, strike, expiration = terms.right, terms.strike, terms.expiration
-    years = years_to_expiry(as_of, expiration)
-    underlying = position.underlying
-
-    if years <= 0:
-        at_expiry = latest_close(closes, underlying, expiration)
-        if at_expiry is None:
-            return _unpriced(position, EXPIRED, years=years)
-        spot_at_expiry = at_expiry[1]
-        return _unpriced(position, EXPIRED, years=years, underlying_price=spot_at_expiry,
-                         model_price=intrinsic_value(right, spot_at_expiry, strike))
-
-    quote = latest_close(closes, underlying, as_of)
-    if quote is None:
-        return _unpriced(position, MISSING_UNDERLYING_PRICE, years=years)
-    spot = quote[1]
-
-    implied = position.implied_volatility
-    if implied is not None and math.isfinite(implied) and implied > 0:
-        raw_vol, source = implied, IMPLIED
-    else:
-        history = closes.loc[closes.index <= as_of, underlying]
-        raw_vol, source = realised_volatility(history), REALISED
-    if raw_vol is None:
-        return _unpriced(position, MISSING_VOLATILITY, underlying_price=spot, years=years)
-    vol = clamp_volatility(raw_vol)
-
-    g = bsm_greeks(spot, strike, years, rate, vol, right, dividend_yield)
-    scale = position.quantity * position.multiplier
-    delta = g.delta * scale
-    return PositionGreeks(
-        position_id=position.id, status=OK, model_price=g.price, underlying_price=spot,
-        volatility=vol, volatility_source=source, years=years,
-        delta=delta, gamma=g.gamma * scale, theta=g.theta * scale, vega=g.vega * scale,
-        rho=g.rho * scale, dollar_delta=delta * spot,
-    )
+    out: list[PositionGreeks | None] = [None] * len(positions)
+    spots: dict[str, tuple[date, float] | None] = {}
+    realised: dict[str, float | None] = {}
+    modelled: list[tuple[int, PositionInput, float, float, float, float, str, str]] = []
+    for i, position in enumerate(positions):
+        if position.asset_class != OPTIONS:
+            out[i] = _unpriced(position, NOT_AN_OPTION)
+            continue
+        terms = position.contract
+        if terms is None:
+            out[i] = _unpriced(position, INVALID_CONTRACT)
+            continue
+        years = years_to_expiry(as_of, terms.expiration)
+        underlying = position.underlying
+        if years <= 0:
+            at_expiry = latest_close(closes, underlying, terms.expiration)
+            if at_expiry is None:
+                out[i] = _unpriced(position, EXPIRED, years=years)
+            else:
+                out[i] = _unpriced(position, EXPIRED, years=years, underlying_price=at_expiry[1],
+                                   model_price=intrinsic_value(terms.right, at_expiry[1], terms.strike))
+            continue
+        if underlying not in spots:
+            spots[underlying] = latest_close(closes, underlying, as_of)
+        quote = spots[underlying]
+        if quote is None:
+            out[i] = _unpriced(position, MISSING_UNDERLYING_PRICE, years=years)
+            continue
+        implied = position.implied_volatility
+        if implied is not None and math.isfinite(implied) and implied > 0:
+            raw_vol, source = implied, IMPLIED
+        else:
+            if underlying not in realised:
+                history = closes[underlying].iloc[:int(closes.index.searchsorted(as_of, side="right"))]
+                realised[underlying] = realised_volatility(history)
+            raw_vol, source = realised[underlying], REALISED
+        if raw_vol is None:
+            out[i] = _unpriced(position, MISSING_VOLATILITY, underlying_price=quote[1], years=years)
+            continue
+        modelled.append((i, position, quote[1], terms.strike, years, clamp_volatility(raw_vol), terms.right, source))
+    if modelled:
+        _, _, spot, strike, years, vol, right, _ = (list(column) for column in zip(*modelled, strict=True))
+        for name, values in (("spot", spot), ("strike", strike), ("years", years), ("vol", vol)):
+            bad = next((v for v in values if not (math.isfinite(v) and v > 0)), None)
+            if bad is not None:
+                raise ValueError(f"{name} must be a positive finite number, got {bad!r}")
+        g = bsm_greeks_arrays(np.array(spot), np.array(strike), np.array(years), rate, np.array(vol),
+                              np.array([r == "C" for r in right]), dividend_yield)
+        scale = np.array([p.quantity * p.multiplier for _, p, *_ in modelled])
+        delta = g.delta * scale
+        columns = zip(g.price.tolist(), delta.tolist(), (g.gamma * scale).tolist(), (g.theta * scale).tolist(),
+                      (g.vega * scale).tolist(), (g.rho * scale).tolist(), (delta * np.array(spot)).tolist(),
+                      strict=True)
+        for (i, position, spot_i, _, years_i, vol_i, _, source), (price, d, gm, th, vg, rh, dd) in zip(
+                modelled, columns, strict=True):
+            out[i] = PositionGreeks(position_id=position.id, status=OK, model_price=price, underlying_price=spot_i,
+                                    volatility=vol_i, volatility_source=source, years=years_i, delta=d, gamma=gm,
+                                    theta=th, vega=vg, rho=rh, dollar_delta=dd)
+    return out  # type: ignore[return-value]  (every slot is set above)

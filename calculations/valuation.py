@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from calculations.greeks import option_greeks
+from calculations.greeks import PositionGreeks, option_greeks, option_greeks_many
 from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
 from calculations.prices import LatestCloses, latest_close
@@ -64,7 +64,8 @@ class Valuation:
 
 def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
                    stale_before: date | None = None, *, risk_free_rate: float,
-                   marks: Mapping[str, tuple[date, float]] | None = None) -> PricedPosition:
+                   marks: Mapping[str, tuple[date, float]] | None = None,
+                   model: PositionGreeks | None = None) -> PricedPosition:
     """Price one position at the close of `on`.
 
     PUBLIC: latest close on or before `on`. PRIVATE: its mark from `marks` (symbol → (date,
@@ -98,7 +99,7 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
         when, source = underlying[0], INTRINSIC
         flags.append("expired")
     elif cls == OPTIONS and quote is None:
-        model = option_greeks(pos, closes, on, risk_free_rate)
+        model = model or option_greeks(pos, closes, on, risk_free_rate)
         if model.status == "ok" and model.model_price is not None:
             price, when, source = model.model_price, None, MODEL
         else:
@@ -179,6 +180,7 @@ def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable
         skipped.append(reasons)
     prices, rows = market.on(np.array(stock_codes, dtype=np.int64), as_of)
     price_list, row_list = prices.tolist(), rows.tolist()
+    models = _option_models(plans, closes_of, as_of, risk_free_rate)
     valuations = []
     for i, (book, plan, reasons) in enumerate(zip(books, plans, skipped, strict=True)):
         priced: list[PricedPosition] = []
@@ -195,12 +197,30 @@ def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable
                 if closes is None:
                     closes = closes_of(i)
                 p = price_position(entry, closes, as_of, stale_before, risk_free_rate=risk_free_rate,
-                                   marks=book.marks)
+                                   marks=book.marks, model=models.get(entry.id))
             if p.market_value is None:
                 reasons.append(f"{p.position.symbol}: {p.flags[0]}")
             priced.append(p)
         valuations.append(_aggregate(as_of, priced, book.cash, reasons))
     return valuations
+
+
+def _option_models(plans: Sequence[Sequence[object]], closes_of: Callable[[int], pd.DataFrame], on: date,
+                   risk_free_rate: float) -> dict[object, PositionGreeks]:
+    """`option_greeks` on `on` of every option position in `plans` (entries that are a
+    `PositionInput`), one vectorised pass per distinct closes frame (a chunk's books share one),
+    by position id."""
+    by_frame: dict[int, tuple[pd.DataFrame, list[PositionInput]]] = {}
+    for i, plan in enumerate(plans):
+        options = [e for e in plan if isinstance(e, PositionInput) and e.asset_class == OPTIONS]
+        if options:
+            closes = closes_of(i)
+            by_frame.setdefault(id(closes), (closes, []))[1].extend(options)
+    models: dict[object, PositionGreeks] = {}
+    for closes, options in by_frame.values():
+        models.update(zip((p.id for p in options), option_greeks_many(options, closes, on, risk_free_rate),
+                          strict=True))
+    return models
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +304,10 @@ def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Call
     code_array = np.array(codes, dtype=np.int64)
     now_prices = market.on(code_array, today)[0].tolist()
     before_prices = market.on(code_array, previous_session)[0].tolist()
+    others = [[p for p, code in zip(mine, codes[start:start + len(mine)], strict=True) if code < 0]
+              for mine, start in zip(held, np.cumsum([0] + [len(m) for m in held[:-1]]).tolist(), strict=True)]
+    models_now = _option_models(others, closes_of, today, risk_free_rate)
+    models_before = _option_models(others, closes_of, previous_session, risk_free_rate)
     out = []
     k = 0
     for i, mine in enumerate(held):
@@ -303,8 +327,10 @@ def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Call
             else:
                 if closes is None:
                     closes = closes_of(i)
-                now = price_position(pos, closes, today, risk_free_rate=risk_free_rate).price
-                before = (price_position(pos, closes, previous_session, risk_free_rate=risk_free_rate).price
+                now = price_position(pos, closes, today, risk_free_rate=risk_free_rate,
+                                     model=models_now.get(pos.id)).price
+                before = (price_position(pos, closes, previous_session, risk_free_rate=risk_free_rate,
+                                         model=models_before.get(pos.id)).price
                           if was_held and now is not None else None)
             if now is None:
                 unpriced.append(pos.symbol)

@@ -522,3 +522,55 @@ def test_position_greeks_scale_linearly_with_contracts(contracts: int) -> None:
     assert many.model_price == one.model_price
     for name in ("delta", "gamma", "theta", "vega", "rho", "dollar_delta"):
         assert getattr(many, name) == pytest.approx(-contracts * getattr(one, name), rel=1e-12)
+
+
+def test_the_vectorised_pass_matches_the_independent_formula_and_finite_differences() -> None:
+    """Every CASE as a call and a put, in one `bsm_greeks_arrays` call per rate: prices against
+    the independent formula, delta/gamma/vega/theta/rho against central finite differences of
+    that formula (so neither depends on the code under test)."""
+    import numpy as np
+
+    from calculations.greeks import bsm_greeks_arrays
+
+    for s, k, t, r, sigma, q in CASES:
+        g = bsm_greeks_arrays(np.array([s, s]), np.array([k, k]), np.array([t, t]), r, np.array([sigma, sigma]),
+                              np.array([True, False]), q)
+        for j, right in enumerate("CP"):
+            def f(s_=s, t_=t, r_=r, v_=sigma, right=right):
+                return ref_price(s_, k, t_, r_, v_, right, q)
+            h = 1e-4 * s
+            assert g.price[j] == pytest.approx(f(), rel=1e-10, abs=1e-12)
+            assert g.delta[j] == pytest.approx((f(s_=s + h) - f(s_=s - h)) / (2 * h), rel=1e-5, abs=1e-7)
+            assert g.gamma[j] == pytest.approx((f(s_=s + h) - 2 * f() + f(s_=s - h)) / h**2, rel=1e-3, abs=1e-6)
+            assert g.vega[j] == pytest.approx((f(v_=sigma + 1e-5) - f(v_=sigma - 1e-5)) / 2e-5 * 0.01, rel=1e-5)
+            assert g.rho[j] == pytest.approx((f(r_=r + 1e-6) - f(r_=r - 1e-6)) / 2e-6 * 0.01, rel=1e-4, abs=1e-9)
+            dt = 1e-5
+            assert g.theta[j] == pytest.approx(-(f(t_=t + dt) - f(t_=t - dt)) / (2 * dt) / 365, rel=1e-4, abs=1e-9)
+
+
+def test_many_positions_in_one_pass_equal_each_alone() -> None:
+    """A mix — realised and implied volatility on a shared underlying, a flat underlying, one
+    with too little history, one never priced, an expired one, a non-option — in one
+    `option_greeks_many` call gives each position what it gets alone, in order."""
+    from calculations.greeks import option_greeks_many
+
+    positions = [
+        option("LC", 2.0), option("SP", -3.0, strike=95.0), option("LP", 1.0, implied_volatility=0.4),
+        option("LC", 1.0, underlying="FLAT", strike=80.0), option("LC", 1.0, underlying="SHORT"),
+        option("LC", 1.0, underlying="GONE"), option("LC", 1.0, expiration=DATES[70]),
+        option("LONG", 5.0, investment_class=None, expiration=None, strike=None),
+        option("SC", -1.0, strike=110.0),
+    ]
+    closes = CLOSES.assign(SHORT=[NaN] * 75 + [20.0] * 15)  # 5 closes up to AS_OF: too few returns
+    together = option_greeks_many(positions, closes, AS_OF, R, Q)
+    alone = [option_greeks(p, closes, AS_OF, R, Q) for p in positions]
+    assert [g.status for g in together] == ["ok", "ok", "ok", "ok", "missing_volatility",
+                                            "missing_underlying_price", "expired", "not_an_option", "ok"]
+    for a, b in zip(together, alone, strict=True):
+        assert a.position_id == b.position_id and a.status == b.status
+        for name in ("model_price", "underlying_price", "volatility", "delta", "gamma", "theta", "vega", "rho",
+                     "dollar_delta"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-14, abs=1e-14), name
+    # the shared underlying's two realised-volatility positions read the numpy figure
+    assert together[0].volatility == together[1].volatility == pytest.approx(XYZ_REALISED, rel=1e-12)
