@@ -128,30 +128,9 @@ def bsm_greeks(spot: float, strike: float, years: float, rate: float, vol: float
     spot, strike, years, rate, vol, q = (float(spot), float(strike), float(years), float(rate),
                                          float(vol), float(dividend_yield))
     _check_inputs(spot, strike, years, rate, vol, right, q)
-    sqrt_t = math.sqrt(years)
-    d1 = (math.log(spot / strike) + (rate - q + 0.5 * vol * vol) * years) / (vol * sqrt_t)
-    d2 = d1 - vol * sqrt_t
-    spot_df = spot * math.exp(-q * years)  # S e^{−qT}
-    strike_df = strike * math.exp(-rate * years)  # K e^{−rT}
-    pdf_d1 = _INV_SQRT_2PI * math.exp(-0.5 * d1 * d1)
-
-    gamma = math.exp(-q * years) * pdf_d1 / (spot * vol * sqrt_t)
-    vega = spot_df * pdf_d1 * sqrt_t  # per 1.00 of vol
-    decay = -spot_df * pdf_d1 * vol / (2.0 * sqrt_t)  # the part of theta common to calls and puts
-    if right == "C":
-        n_d1, n_d2 = float(ndtr(d1)), float(ndtr(d2))
-        price = spot_df * n_d1 - strike_df * n_d2
-        delta = math.exp(-q * years) * n_d1
-        theta = decay - rate * strike_df * n_d2 + q * spot_df * n_d1  # per year
-        rho = strike_df * years * n_d2  # per 1.00 of rate
-    else:
-        n_md1, n_md2 = float(ndtr(-d1)), float(ndtr(-d2))
-        price = strike_df * n_md2 - spot_df * n_md1
-        delta = -math.exp(-q * years) * n_md1
-        theta = decay + rate * strike_df * n_md2 - q * spot_df * n_md1
-        rho = -strike_df * years * n_md2
-    return Greeks(price=price, delta=delta, gamma=gamma, theta=theta / DAYS_PER_YEAR,
-                  vega=vega * VOL_POINT, rho=rho * RATE_POINT)
+    g = bsm_greeks_arrays(np.array([spot]), np.array([strike]), np.array([years]), rate, np.array([vol]),
+                          np.array([right == "C"]), q)
+    return Greeks(*(float(values[0]) for values in g))
 
 
 def realised_volatility(closes: pd.Series, window: int = REALISED_VOL_WINDOW) -> float | None:
@@ -201,11 +180,16 @@ class GreeksArrays(NamedTuple):
     rho: np.ndarray
 
 
-def bsm_greeks_arrays(spot: np.ndarray, strike: np.ndarray, years: np.ndarray, rate: float, vol: np.ndarray,
+def bsm_greeks_arrays(spot: np.ndarray, strike: np.ndarray, years: np.ndarray, rate: float | np.ndarray,
+                      vol: np.ndarray,
                       is_call: np.ndarray, dividend_yield: np.ndarray | float = 0.0) -> GreeksArrays:
-    """`bsm_greeks` of many options in one vectorised pass (the same formulas, element by
-    element). Inputs must already be valid (positive finite spot, strike, years and vol): the
-    callers pass only options whose terms and market data are known. Empty in, empty out."""
+    """Black–Scholes–Merton price and analytic Greeks per share of many options in one vectorised
+    pass (units: see `Greeks`; `rate` one value or one per option). With
+    d1 = (ln(S/K) + (r − q + σ²/2)T) / (σ√T), d2 = d1 − σ√T:
+    call = S e^{−qT} N(d1) − K e^{−rT} N(d2), put = K e^{−rT} N(−d2) − S e^{−qT} N(−d1).
+    Inputs must already be valid (positive finite spot, strike, years and vol — `bsm_greeks`
+    checks them for one option): the callers pass only options whose terms and market data are
+    known. Empty in, empty out."""
     spot, strike, years, vol = (np.asarray(x, dtype=float) for x in (spot, strike, years, vol))
     q = np.broadcast_to(np.asarray(dividend_yield, dtype=float), spot.shape)
     call = np.asarray(is_call, dtype=bool)

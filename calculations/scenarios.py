@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from calculations.greeks import bsm_price
+from calculations.greeks import bsm_greeks_arrays
 
 MARKET_SHOCKS = (0.05, -0.05, 0.10, -0.10, 0.20, -0.20)
 RATE_SHOCKS = (0.01, -0.01, 0.02, -0.02)  # ±100bp, ±200bp
@@ -50,12 +50,36 @@ class OptionRevaluation:
 
     def pnl(self, market_shock: float) -> float:
         """Dollar P&L with the underlying at spot × (1 + β × shock), all else equal."""
-        shocked = max(self.spot * (1.0 + self.market_beta * market_shock), 1e-9)
-        now = bsm_price(self.spot, self.strike, self.years, self.rate, self.volatility, self.right,
-                        self.dividend_yield)
-        then = bsm_price(shocked, self.strike, self.years, self.rate, self.volatility, self.right,
-                         self.dividend_yield)
-        return self.quantity * 100.0 * (then - now)
+        return float(revaluation_pnl([self], [market_shock])[0, 0])
+
+
+def revaluation_pnl(options: Sequence[OptionRevaluation], market_shocks: Sequence[float]) -> np.ndarray:
+    """Dollar P&L of each option (rows) under each market shock (columns), every one fully
+    revalued by Black–Scholes in one vectorised pass: the underlying at spot × (1 + β × shock)
+    (floored at 1e-9 dollars, a wiped-out underlying), all else equal, minus today's price;
+    × quantity × 100. (0 × k) when there are no options."""
+    if not options:
+        return np.zeros((0, len(market_shocks)))
+    n, k = len(options), len(market_shocks)
+    column = {name: np.array([getattr(o, name) for o in options], dtype=float)
+              for name in ("quantity", "spot", "strike", "years", "rate", "volatility", "market_beta",
+                           "dividend_yield")}
+    is_call = np.array([o.right == "C" for o in options])
+    for name in ("spot", "strike", "years", "volatility"):
+        bad = column[name][~(np.isfinite(column[name]) & (column[name] > 0))]
+        if bad.size:
+            raise ValueError(f"{name} must be a positive finite number, got {float(bad[0])!r}")
+    shocked = np.maximum(column["spot"][:, None] * (1.0 + column["market_beta"][:, None] * np.asarray(
+        market_shocks, dtype=float)[None, :]), 1e-9)
+    spots = np.concatenate([column["spot"][:, None], shocked], axis=1).ravel()  # today, then each shock
+
+    def repeat(values: np.ndarray) -> np.ndarray:
+        return np.repeat(values, k + 1)
+
+    prices = bsm_greeks_arrays(spots, repeat(column["strike"]), repeat(column["years"]), repeat(column["rate"]),
+                               repeat(column["volatility"]), repeat(is_call),
+                               repeat(column["dividend_yield"])).price.reshape(n, k + 1)
+    return column["quantity"][:, None] * 100.0 * (prices[:, 1:] - prices[:, :1])
 
 
 @dataclass(frozen=True)
@@ -76,12 +100,13 @@ def market_risk(stock_market_exposure: float | None, options: Sequence[OptionRev
     `rate_exposure` is None."""
     results = []
     unavailable: dict[str, str] = {}
+    option_pnl = revaluation_pnl(options, MARKET_SHOCKS) if stock_market_exposure is not None else None
     for shock in MARKET_SHOCKS:
         name = scenario_name("market", shock)
         if stock_market_exposure is None:
             unavailable[name] = "factor_unavailable"
             continue
-        pnl = stock_market_exposure * shock + sum(o.pnl(shock) for o in options)
+        pnl = stock_market_exposure * shock + sum(option_pnl[:, MARKET_SHOCKS.index(shock)].tolist())
         results.append(ScenarioPnl(name, shock, pnl, _pct(pnl, equity)))
     for shock in RATE_SHOCKS:
         name = scenario_name("rates", shock)
