@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import bisect
 from datetime import date
 
 import numpy as np
@@ -10,21 +11,9 @@ import pandas as pd
 
 
 def latest_close(closes: pd.DataFrame, symbol: str | None, on: date) -> tuple[date, float] | None:
-    """The last finite close of `symbol` dated on or before `on`, or None if there is none.
-    Relies on the index being ascending (binary search, then a backwards scan for a value)."""
-    if symbol is None or symbol not in closes.columns:
-        return None
-    index = closes.index
-    end = int(index.searchsorted(on, side="right"))
-    column = closes[symbol]
-    # float64 columns (what the loaders build) as a view; anything else converted, NA → NaN
-    values = (column.to_numpy() if column.dtype == np.float64
-              else column.to_numpy(dtype=float, na_value=np.nan))[:end]
-    finite = np.flatnonzero(np.isfinite(values))
-    if finite.size == 0:
-        return None
-    last = finite[-1]
-    return index[last], float(values[last])
+    """The last finite close of `symbol` dated on or before `on`, or None if there is none (the
+    index must be ascending). For many look-ups on one frame, prepare it once: `LatestCloses`."""
+    return LatestCloses(closes).latest(symbol, on)
 
 
 def usable_closes(closes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[date]]]:
@@ -55,11 +44,35 @@ class LatestCloses:
 
     def __init__(self, closes: pd.DataFrame) -> None:
         self.sessions = closes.index
+        self._days = list(closes.index)  # for bisect: one look-up costs no pandas call
         self.codes = {symbol: i for i, symbol in enumerate(closes.columns)}
         self.values = closes.to_numpy(dtype=float, na_value=np.nan)
         rows = np.where(np.isfinite(self.values), np.arange(len(self.values))[:, None], -1)
         # the row of each symbol's last finite close at or before every session (-1: none yet)
         self.last_row = np.maximum.accumulate(rows, axis=0) if len(rows) else rows
+
+    @staticmethod
+    def of(closes: pd.DataFrame | LatestCloses) -> LatestCloses:
+        """`closes` prepared (itself when it already is)."""
+        return closes if isinstance(closes, LatestCloses) else LatestCloses(closes)
+
+    def _end(self, day: date) -> int:
+        """The row of the last session on or before `day` (-1: none)."""
+        return bisect.bisect_right(self._days, day) - 1
+
+    def latest(self, symbol: str | None, day: date) -> tuple[date, float] | None:
+        """The last finite close of `symbol` dated on or before `day` and its session, or None
+        (no such close, or a symbol the frame does not hold)."""
+        code = self.codes.get(symbol) if symbol is not None else None
+        end = self._end(day)
+        if code is None or end < 0:
+            return None
+        row = int(self.last_row[end, code])
+        return None if row < 0 else (self._days[row], float(self.values[row, code]))
+
+    def history(self, symbol: str, day: date) -> np.ndarray:
+        """`symbol`'s closes (NaN where missing) of every session up to and including `day`."""
+        return self.values[:self._end(day) + 1, self.codes[symbol]]
 
     def code(self, symbol: str | None) -> int:
         """The column of `symbol` (-1 when the frame does not hold it)."""
@@ -69,7 +82,7 @@ class LatestCloses:
         """For each column code (-1: none): the last finite close dated on or before `day`
         (dollars; NaN when there is none) and the session row it is dated (-1 when none)."""
         codes = np.asarray(codes, dtype=np.int64)
-        end = int(self.sessions.searchsorted(day, side="right")) - 1
+        end = self._end(day)
         if end < 0 or codes.size == 0:
             return np.full(codes.size, np.nan), np.full(codes.size, -1, dtype=np.int64)
         known = codes >= 0
