@@ -143,10 +143,11 @@ class DateContext:
     stress_scenarios: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # active ones
     # symbol → sessions whose stored close was non-positive or non-finite, read as missing
     bad_closes: dict[str, list[date]] = field(default_factory=dict)
+    _chunk_closes: tuple[repository.OwnCloses, pd.DataFrame] | None = None  # see closes_with
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for the workers without the window and the session (they use neither)."""
-        return {**self.__dict__, "window": None, "session": None}
+        return {**self.__dict__, "window": None, "session": None, "_chunk_closes": None}
 
     def load_closes(self, symbols: set[str] | list[str], sessions: int) -> pd.DataFrame:
         """Closes over the `sessions` sessions ending at `as_of` (as repository.session_closes
@@ -172,6 +173,18 @@ class DateContext:
     def market_symbols(self) -> frozenset[str]:
         """The columns of `market_closes` (set once the symbol-betas engine has loaded them)."""
         return frozenset() if self.market_closes is None else frozenset(self.market_closes.columns)
+
+    def closes_with(self, own: repository.OwnCloses) -> pd.DataFrame:
+        """`market_closes` beside a chunk's own closes (symbols outside it): built once per chunk
+        (the last one kept) and shared by its units. Only `own` when the market closes were
+        never loaded."""
+        if self._chunk_closes is not None and self._chunk_closes[0] is own:
+            return self._chunk_closes[1]
+        frame = own.frame if self.market_closes is None else pd.concat(
+            [self.market_closes, own.frame.drop(columns=[c for c in own.frame.columns
+                                                          if c in self.market_symbols])], axis=1)
+        self._chunk_closes = (own, frame)
+        return frame
 
     @cached_property
     def latest_closes(self) -> LatestCloses:
@@ -221,33 +234,15 @@ class UnitContext:
     def previous_session(self) -> date:
         return calendar.previous_session(self.as_of)
 
-    @cached_property
-    def _own_closes(self) -> tuple[pd.DataFrame, dict[str, list[date]]]:
-        """The unit's prefetched closes with bad ones read as missing, and which (`usable_closes`)."""
-        return usable_closes(self.inputs.own_closes)
-
-    @cached_property
+    @property
     def closes(self) -> pd.DataFrame:
-        """`closes_for` the symbols whose prices the date's array look-up (`DateContext.
-        latest_closes`) does not give by itself: option contracts and their underlyings (whose
-        history sets a realised volatility), PRIVATE symbols, and any symbol outside the date's
-        market frame. The PUBLIC positions priced by the look-up are not copied here."""
-        market = self.shared.market_symbols
-        looked_up = {p.symbol for p in self.positions if p.asset_class == PUBLIC and p.symbol in market}
-        underlyings = {p.underlying for p in self.positions if p.asset_class == OPTIONS and p.underlying}
-        return self.closes_for((price_symbols(self.positions) - looked_up) | underlyings)
-
-    def closes_for(self, symbols: set[str]) -> pd.DataFrame:
-        """Closes of `symbols` over the HISTORY_SESSIONS sessions ending at `as_of`, indexed by
-        every session: the market symbols from the date's shared frame, the rest (option
-        contracts, private marks) from the unit's prefetched inputs."""
-        own = self._own_closes[0]  # the shared frame is already clean
-        shared = self.shared.market_closes
-        if shared is None:
-            return own.reindex(columns=sorted(symbols))
-        frame = shared.reindex(columns=sorted(symbols & self.shared.market_symbols))
-        extra = [c for c in own.columns if c in symbols and c not in frame.columns]
-        return pd.concat([frame, own[extra]], axis=1) if extra else frame
+        """Closes over the HISTORY_SESSIONS sessions ending at `as_of` of every symbol the
+        positions reference (own symbol, option underlying) — and of the rest of the date's
+        market and of the chunk: one frame built once per chunk (`DateContext.closes_with`) and
+        shared by its units, indexed by every session. The date's array look-up
+        (`DateContext.latest_closes`) prices the PUBLIC positions; this frame serves the others
+        (options, PRIVATE marks, symbols outside the market frame)."""
+        return self.shared.closes_with(self.inputs.own_closes)
 
     @cached_property
     def bad_closes(self) -> dict[str, list[date]]:
@@ -255,7 +250,7 @@ class UnitContext:
         non-finite), for the symbols this book's pricing reads."""
         symbols = price_symbols(self.positions)
         bad = {s: d for s, d in self.shared.bad_closes.items() if s in symbols}
-        bad.update((s, d) for s, d in self._own_closes[1].items() if s in symbols)
+        bad.update((s, d) for s, d in self.inputs.own_closes.bad.items() if s in symbols)
         return bad
 
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
@@ -649,7 +644,7 @@ def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
     """Keep one unit's valuation for the engines after it, stage its rows, and summarise it."""
     if ctx.bad_closes:  # the symbols it was priced from had closes read as missing: say so
         v = dataclasses.replace(v, positions=tuple(
-            dataclasses.replace(p, flags=(*p.flags, BAD_CLOSES_IGNORED))
+            p._replace(flags=(*p.flags, BAD_CLOSES_IGNORED))
             if {p.position.symbol, p.position.market_symbol} & ctx.bad_closes.keys() else p
             for p in v.positions))
     ctx.outputs["valuation"] = v
@@ -876,7 +871,7 @@ def _correlation_panel(ctx: UnitContext, symbols: Mapping[str, float]) -> corr.R
     panel = ctx.shared.return_panel
     if panel is not None and all(s in panel.columns for s in symbols):
         return panel
-    return corr.closes_panel(ctx.closes_for(set(symbols)).reindex(columns=sorted(symbols)))
+    return corr.closes_panel(ctx.closes.reindex(columns=sorted(symbols)))
 
 
 def run_correlations(ctx: UnitContext) -> JobOutcome:

@@ -143,8 +143,10 @@ class DaskCluster(Executor):
                                   f"{type(exc).__name__}") from None
             self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
         else:
+            # ":0": the scheduler's HTTP server on a free port (None still means :8787, which a
+            # second cluster on the machine finds taken)
             self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
+                                         dashboard_address=":0")
             self._client = Client(self._cluster)
         return self
 

@@ -30,6 +30,7 @@ from calculations.positions import (
     option_root,
     price_symbols,
 )
+from calculations.prices import usable_closes
 from calculations.snapshot import CHAIN_FLAGS, ChainLink, PriorSnapshot, rechain
 from models import (
     BatchJobResult,
@@ -240,14 +241,25 @@ class UnitInputs:
     positions: list[PositionInput]
     prior: PriorSnapshot | None  # the latest snapshot before the as-of date
     marks: dict[str, tuple[date, float]]  # PRIVATE symbol → (date, value) of its latest mark
-    own_closes: pd.DataFrame  # closes of its symbols outside the shared frame (option contracts...)
+    own_closes: OwnCloses  # its chunk's closes of symbols outside the shared frame (option contracts...)
+
+
+class OwnCloses:
+    """The closes of a chunk's symbols outside the date's shared market frame (option contracts,
+    PRIVATE symbols, symbols no synced position holds), read once for the chunk and shared by
+    its units: `frame` with every non-positive or non-finite close read as missing, `bad` the
+    symbol → sessions so read (`calculations.prices.usable_closes`)."""
+
+    def __init__(self, raw: pd.DataFrame) -> None:
+        self.frame, self.bad = usable_closes(raw)
 
 
 def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of: date,
                      shared_symbols: Iterable[str],
                      sessions: int) -> dict[uuid.UUID, UnitInputs | InvalidInputRow]:
     """The inputs of many portfolios for `as_of` in four queries (positions, prior snapshots,
-    private marks, closes of symbols outside `shared_symbols` over `sessions` sessions), so the
+    private marks, closes of symbols outside `shared_symbols` over `sessions` sessions: one
+    `OwnCloses` for all of them), so the
     per-portfolio work never waits on the database. Nothing dated after `as_of` is read.
     A portfolio with a stored row that cannot be used (one of its positions, its prior snapshot,
     the mark of a PRIVATE symbol it holds) maps to that row's InvalidInputRow; the others load."""
@@ -262,7 +274,8 @@ def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of
         own[pid] = sorted(price_symbols(held) - shared)
         private |= {p.symbol for p in held if p.asset_class == PRIVATE}
     wanted = sorted({s for symbols in own.values() for s in symbols})
-    closes = session_closes(session, wanted, as_of, sessions) if wanted else None
+    own_closes = OwnCloses(session_closes(session, wanted, as_of, sessions) if wanted else
+                           pd.DataFrame(index=pd.Index(calendar.sessions_back(as_of, sessions), dtype=object)))
     marks = latest_marks(session, private, as_of)
     loaded: dict[uuid.UUID, UnitInputs | InvalidInputRow] = {}
     for pid in portfolio_ids:
@@ -275,10 +288,7 @@ def load_unit_inputs(session: Session, portfolio_ids: Sequence[uuid.UUID], as_of
         if bad_mark is not None:
             loaded[pid] = bad_mark
             continue
-        loaded[pid] = UnitInputs(
-            held, prior, own_marks,
-            closes.reindex(columns=own[pid]) if closes is not None
-            else pd.DataFrame(index=pd.Index(calendar.sessions_back(as_of, sessions), dtype=object)))
+        loaded[pid] = UnitInputs(held, prior, own_marks, own_closes)
     return loaded
 
 

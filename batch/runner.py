@@ -8,6 +8,8 @@ the summary."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
 import uuid
@@ -112,12 +114,31 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     # the worker's own watchdog: a hung chunk ends its process as a hung serial run would
     arm_watchdog(max(1.0, task.deadline_at - time.time()) + task.settings.watchdog_grace_seconds)
     try:
-        runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
-                         task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
+        with fewer_collections():
+            runner.run_chunk(task.as_of, task.portfolios, set(task.complete),
+                             task.deadline_at - task.settings.batch_timeout_seconds, tally, shared)
     finally:
         cancel_watchdog()
         structlog.contextvars.clear_contextvars()
     return ChunkOutcome(tally, runner.record.job_counts)
+
+
+# The cyclic garbage collector's youngest-generation threshold while a run computes: a chunk
+# allocates ~10⁵–10⁶ short-lived containers (rows, records) and is not cyclic; with the default
+# (700) the collector ran ~900 times and took 18 % of a 300-portfolio run (0.84 of 4.75 s).
+COLLECT_AFTER_ALLOCATIONS = 100_000
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the body with the young-generation threshold at COLLECT_AFTER_ALLOCATIONS, then
+    restore the previous thresholds (garbage is still collected, just less often)."""
+    previous = gc.get_threshold()
+    gc.set_threshold(COLLECT_AFTER_ALLOCATIONS, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 class Runner:
@@ -163,7 +184,7 @@ class Runner:
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
         previous_handlers = self.stop.install()  # from here every stop signal counts
         try:
-            with run_lock(self.engine) as lock_ref:
+            with fewer_collections(), run_lock(self.engine) as lock_ref:
                 self.attach(run_id, lock_ref)
                 if self.executor is None:
                     return self._run_locked(request)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,10 @@ MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", 
 BAD_CLOSES_IGNORED = "bad_closes_ignored"
 
 
-@dataclass(frozen=True)
-class PricedPosition:
+class PricedPosition(NamedTuple):
     """One position valued on one date. `market_value` is signed dollars (shorts negative);
-    None when the position could not be priced (then it is skipped and flagged)."""
+    None when the position could not be priced (then it is skipped and flagged). A named tuple:
+    a chunk builds one per position, cheaply."""
 
     position: PositionInput
     price: float | None

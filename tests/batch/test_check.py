@@ -78,7 +78,7 @@ def test_dask_scheduler_is_checked_when_configured(check):
     cluster with 2 workers passes, an address nobody listens on fails the preflight."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         code, out, _ = check("--json", DASK_SCHEDULER_ADDRESS=cluster.scheduler_address)
     report = json.loads(out.strip().splitlines()[-1])
     dask = {c["name"]: c for c in report["checks"]}["dask"]

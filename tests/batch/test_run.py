@@ -185,3 +185,22 @@ def test_history_lists_runs(seeded):
     code, _, out, _ = seeded("history", "--json")
     rows = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and rows[0]["status"] == "success" and rows[0]["exit_code"] == 0
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_thresholds(seeded, monkeypatch):
+    """While a run computes, the young-generation threshold is COLLECT_AFTER_ALLOCATIONS (seen
+    from inside an engine); afterwards the process's own thresholds are back."""
+    import gc
+
+    seen = []
+    registry = list(engines_module.ENGINES) + [
+        Engine("threshold_probe", lambda ctx: seen.append(gc.get_threshold()) or JobOutcome("success", {}))]
+    monkeypatch.setattr(runner_module, "ENGINES", registry)
+    before = gc.get_threshold()
+    gc.set_threshold(555, *before[1:])
+    try:
+        assert seeded("--date", AS_OF, "--json")[0] == 0
+        assert gc.get_threshold() == (555, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert seen and {t[0] for t in seen} == {runner_module.COLLECT_AFTER_ALLOCATIONS}
