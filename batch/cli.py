@@ -29,8 +29,9 @@ from batch.errors import (
 )
 from batch.executors import EXECUTORS, make_executor
 from batch.log import configure_logging, silence_stdout
+from batch.plan import DEFAULT_CHUNK_SIZE, RunRequest
 from batch.providers import MarketDataProvider, NotFetching, get_provider
-from batch.runner import DEFAULT_CHUNK_SIZE, Runner, RunRequest
+from batch.runner import Runner
 from batch.settings import Settings
 from models import BatchRun
 

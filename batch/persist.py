@@ -1,28 +1,34 @@
 """Persisting a chunk of (portfolio, as-of date) units (SPEC §7 "Whole or absent").
 
-Computing a chunk (batch/runner.py) yields a `ChunkResult`: per unit, its staged result rows and
+Computing a chunk (batch/compute.py) yields a `ChunkResult`: per unit, its staged result rows and
 its job records, or only its records when it failed or was skipped. `persist_chunk` writes all of
 it inside the caller's transaction with a handful of statements whatever the chunk's size: one
 DELETE per result table for every unit's key, one COPY (PostgreSQL) or `executemany` (SQLite)
 per table, the snapshot re-chaining of every portfolio written (SPEC §6.7), one insert of every
-job record and one progress update. The caller owns the session: it confirms the run lock and
-commits (or rolls back, and retries the units one by one)."""
+job record and one progress update, inside the caller's session. `ChunkWriter` owns the
+transactions: one per chunk, committed after the run's stop check and lock confirmation; if it
+fails, rolled back and the units written one by one, so only the offending unit fails."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
-from sqlalchemy import update
+import structlog
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from batch import repository
-from batch.db import bulk_insert, bulk_replace
+from batch.db import bulk_insert, bulk_replace, describe_error
+from batch.errors import Interrupted
+from batch.stopping import Hooks
 from calculations.snapshot import PriorSnapshot
 from models import BatchJobResult, BatchRun, PortfolioSnapshot
+
+log = structlog.get_logger()
 
 UnitOutcome = Literal["succeeded", "failed", "skipped"]
 
@@ -114,3 +120,102 @@ def add_job_records(session: Session, run_id: uuid.UUID, as_of: date | None,
         session.execute(update(BatchRun).where(BatchRun.id == run_id).values(
             completed_units=BatchRun.completed_units + len(portfolio_ids),
             current_unit=f"{portfolio_ids[-1]}@{as_of.isoformat() if as_of else None}"))
+
+
+def rolled_back(records: Sequence[JobRecord], failure: Failure, elapsed_ms: int) -> tuple[JobRecord, ...]:
+    """Job records of a unit that is not written: engines that had succeeded become skipped
+    (`rolled_back`). A unit with no record at all gets one for its failure (`elapsed_ms` long)."""
+    out = tuple(r if r.status != "success" else
+                JobRecord(r.job, "skipped", r.duration_ms, f"rolled_back: {failure.job} failed", r.result)
+                for r in records)
+    return out or (JobRecord(failure.job, "failed", elapsed_ms, failure.error),)
+
+
+class ChunkWriter:
+    """Writes the chunks of run `run_id`, each in a transaction of its own committed after
+    `before_commit(session)` (the run's stop check and run-lock confirmation) passes."""
+
+    def __init__(self, engine: Engine, run_id: uuid.UUID, hooks: Hooks,
+                 before_commit: Callable[[Session], None]) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.hooks = hooks
+        self.before_commit = before_commit
+
+    def write(self, chunk: ChunkResult, committed: Callable[[UnitResult], None]) -> None:
+        """Write `chunk` in one transaction (`persist_chunk`), then call `committed(unit)` for each
+        unit. If that write fails (e.g. a constraint one unit's rows violate), it is rolled back
+        and each unit is written in its own transaction instead, so only the offending unit fails
+        (job `write`; `committed` gets the failed unit, as it was recorded, after each commit).
+        An interrupt loses the whole chunk: nothing of it is committed."""
+        if not chunk.units:
+            return
+        try:
+            self._transaction(lambda s: persist_chunk(s, self.run_id, chunk))
+        except Exception as exc:
+            self.hooks.raise_if_stopping(exc)
+            if len(chunk.units) == 1 and not chunk.units[0].writes:
+                raise  # job records alone cannot be written: the database fails (the run stops)
+            log.warning("chunk_write_failed", error=describe_error(exc), units=len(chunk.units))
+            for unit in chunk.units:
+                committed(self._write_alone(chunk.as_of, unit))
+            return
+        for unit in chunk.units:
+            committed(unit)
+
+    def _write_alone(self, as_of: date, unit: UnitResult) -> UnitResult:
+        """Write one unit in its own transaction; if its rows cannot be written, record it failed
+        (job `write`, its engines `skipped` as rolled back) and return that instead."""
+        t0 = self.hooks.monotonic()
+        try:
+            self._transaction(lambda s: persist_chunk(s, self.run_id, ChunkResult(as_of, (unit,))))
+            return unit
+        except Exception as exc:
+            self.hooks.raise_if_stopping(exc)
+            if not unit.writes:
+                raise  # job records alone cannot be written: the database fails (the run stops)
+            structlog.contextvars.bind_contextvars(portfolio_id=str(unit.portfolio_id), as_of=as_of.isoformat())
+            error = describe_error(exc)
+            log.exception("unit_write_failed")
+            failure = Failure("write", error)
+            elapsed = self.hooks.ms(t0)
+            records = rolled_back([*unit.records, JobRecord("write", "failed", elapsed, error)], failure, elapsed)
+        failed = UnitResult(unit.portfolio_id, "failed", records, failure=failure, duration_ms=unit.duration_ms)
+        self._transaction(lambda s: add_job_records(s, self.run_id, as_of, [(unit.portfolio_id, records)]))
+        return failed
+
+    def _transaction(self, body: Callable[[Session], Any]) -> None:
+        """Run `body` in one transaction and commit it after `before_commit`. On an interrupt the
+        connection is discarded (the signal may have landed mid-statement, e.g. in a COPY not
+        ended: closing it rolls back on any connection state); on an error the transaction is
+        rolled back and the error raised."""
+        with Session(self.engine) as s:
+            s.begin()
+            try:
+                body(s)
+                self.before_commit(s)
+                s.commit()
+            except Interrupted:
+                _discard(s)
+                raise
+            except Exception:
+                _roll_back_or_discard(s)
+                raise
+
+
+def _discard(session: Session) -> None:
+    """Close the session's connections instead of returning them to the pool: the server rolls
+    their transaction back, whatever state the connection was left in (never raises)."""
+    try:
+        session.invalidate()
+    except Exception:  # noqa: BLE001 nothing left to discard
+        pass
+
+
+def _roll_back_or_discard(session: Session) -> None:
+    """Roll the session back; if that fails too (a connection an outage left unusable), discard
+    its connections instead of raising from the cleanup."""
+    try:
+        session.rollback()
+    except Exception:  # noqa: BLE001
+        _discard(session)

@@ -7,10 +7,13 @@ skipped with a visible reason — except under CI=true, where that is a failure.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
+from types import ModuleType
 from pathlib import Path
 from typing import NamedTuple
 
@@ -174,6 +177,18 @@ def engine(database_url: str):
     engine = db.make_engine(database_url)
     yield engine
     engine.dispose()
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import scripts/<name>.py (not a package) as module `name`, afresh on each call."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def process_env(**extra: str) -> dict[str, str]:

@@ -5,24 +5,13 @@ claims come from the script itself."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def count_rows(url: str, sql: str) -> int:
@@ -36,7 +25,7 @@ def count_rows(url: str, sql: str) -> int:
 
 @pytest.mark.parametrize("workers, dates", [("1", 1), ("2", 1), ("1", 2)])
 def test_benchmark_json_line_parses_with_the_contract_keys(database_url, capsys, workers, dates):
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     assert benchmark.main(["--portfolios", "3", "--positions", "8", "--symbols", "30", "--dates", str(dates),
                            "--database-url", database_url, "--workers", workers, "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -87,7 +76,7 @@ def test_a_missing_postgresql_scratch_database_is_created(postgres_ready, capsys
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}" WITH (FORCE)'))
         assert not exists()
-        code = load_benchmark().main(["--portfolios", "1", "--positions", "3", "--symbols", "10", "--json",
+        code = load_script("benchmark").main(["--portfolios", "1", "--positions", "3", "--symbols", "10", "--json",
                                       "--database-url", scratch.render_as_string(hide_password=False)])
         assert code == 0, capsys.readouterr().err
         assert exists()
@@ -104,7 +93,7 @@ def test_a_missing_postgresql_scratch_database_is_created(postgres_ready, capsys
     ("postgresql://u:pw-SECRET@no-such-host.invalid/bench", "cannot connect to postgresql at no-such-host.invalid"),
 ])
 def test_a_bad_or_unreachable_database_url_is_one_line_and_exit_2(capsys, url, expected):
-    assert load_benchmark().main(["--database-url", url]) == 2
+    assert load_script("benchmark").main(["--database-url", url]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert expected in err and "SECRET" not in err
@@ -121,7 +110,7 @@ def test_a_scratch_database_the_role_may_not_create_is_one_line_and_exit_2(postg
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
             conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOCREATEDB PASSWORD \'pw-SECRET\''))
         target = url.set(username=role, password="pw-SECRET", database=f"{url.database}_never_created")
-        assert load_benchmark().main(["--database-url", target.render_as_string(hide_password=False)]) == 2
+        assert load_script("benchmark").main(["--database-url", target.render_as_string(hide_password=False)]) == 2
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1
         assert f"cannot create postgresql at {url.host}:{url.port}/{url.database}_never_created" in err
@@ -139,7 +128,7 @@ def test_the_floor_regression_matches_statsmodels():
 
     from batch import calendar
 
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     rng = np.random.default_rng(3)
     as_of = benchmark.AS_OF
     sessions = calendar.sessions_back(as_of, 95)

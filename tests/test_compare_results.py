@@ -5,9 +5,7 @@ databases (also PostgreSQL against SQLite) exit 0; bad URLs are one line and exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import shutil
 import uuid
 from datetime import date
@@ -20,18 +18,10 @@ from sqlalchemy.orm import Session
 
 from batch import db
 from models import MarketRiskResult, Portfolio, PortfolioSnapshot, StressScenario, StressTestResult
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_results.py"
 DAY = date(2022, 12, 28)
 PID = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
-
-
-def load_compare():
-    spec = importlib.util.spec_from_file_location("compare_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -99,7 +89,7 @@ def fill_same(url: str) -> None:
 
 
 def run(capsys, *args: str) -> tuple[int, dict, str]:
-    code = load_compare().main([*args, "--json"])
+    code = load_script("compare_results").main([*args, "--json"])
     out, err = capsys.readouterr()
     return code, json.loads(out.strip().splitlines()[-1]) if code in (0, 1) else {}, out + err
 
@@ -174,7 +164,7 @@ def test_postgresql_against_sqlite_compares_the_same_values(postgres_ready, sqli
     (["mysql://u:pw-SECRET@h/x", "sqlite:///x.db"], "scheme 'mysql://' is not supported"),
 ])
 def test_bad_urls_are_one_line_and_exit_2(capsys, args, expected):
-    assert load_compare().main(args) == 2
+    assert load_script("compare_results").main(args) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert expected in err and "SECRET" not in err

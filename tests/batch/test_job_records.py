@@ -8,12 +8,9 @@ The oracles are the database: the stored JSON's length in bytes as the database 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import uuid
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +19,12 @@ from sqlalchemy.orm import Session
 
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, PRIVATES, demo_id
 from models import Base, BatchJobResult, CorrelationRun, Portfolio, Position, ViewBase
+from tests.conftest import load_script
 
 AS_OF = date(2022, 12, 28)
 BUDGET = 4096  # bytes of JSON, all seven records of a unit together
 PORTFOLIO_JOBS = {"valuation", "greeks", "factors", "market_risk", "stress_tests", "correlations", "snapshot"}
 DEMO_BOOKS = (INDIVIDUAL, HNW, HEDGE_FUND, PRIVATE_ONLY)
-BENCHMARK = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 # Where each map of a computed record is, for a book with options (the hedge fund): job → path → table.
 HEDGE_FUND_STORED_IN = {
@@ -170,19 +167,11 @@ def test_private_only_skip_payloads_are_the_contract_literally(seeded, engine):
         assert set(jobs[job].result) == set(computed[job].result), job
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_sized_books_of_50_positions_stay_under_4_kb(cli, engine):
     """scripts/benchmark.py's universe: books of 50 positions (stocks, shorts, options, private
     holdings) over 200 symbols, many too small to enter the correlations (a long `excluded` map,
     capped in the record with its exact count)."""
-    load_benchmark().build_universe(engine, portfolios=3, positions=50, symbols=200, seed=11)
+    load_script("benchmark").build_universe(engine, portfolios=3, positions=50, symbols=200, seed=11)
     result = cli("--date", AS_OF.isoformat(), "--skip-sync", "--json")
     assert result.code == 0, result.err
     with Session(engine) as s:

@@ -54,21 +54,8 @@ PORTFOLIO_TABLES = REQUIRED_TABLES + (PortfolioFactorExposure, PositionGreeks, C
 RESULT_TABLES = PORTFOLIO_TABLES + (PortfolioSnapshot, SymbolFactorBeta, FactorCorrelation,
                                     MarketPrice, CompanyProfile)
 VOLATILE_COLUMNS = {"id", "updated_at"}  # surrogate keys and wall-clock stamps
-NATURAL_KEYS = {  # SPEC §4
-    "market_prices": ("symbol", "date"),
-    "symbol_factor_betas": ("symbol", "factor", "as_of_date"),
-    "position_factor_exposures": ("position_id", "factor", "as_of_date"),
-    "portfolio_factor_exposures": ("portfolio_id", "factor", "as_of_date"),
-    "position_greeks": ("position_id", "as_of_date"),
-    "market_risk_results": ("portfolio_id", "scenario", "as_of_date"),
-    "stress_test_results": ("portfolio_id", "scenario_id", "as_of_date"),
-    "correlation_runs": ("portfolio_id", "as_of_date", "window_days"),
-    "correlation_matrices": ("portfolio_id", "as_of_date", "window_days"),
-    "pairwise_correlations": ("portfolio_id", "as_of_date", "symbol_1", "symbol_2"),  # the view
-    "correlation_clusters": ("portfolio_id", "as_of_date", "cluster_number"),
-    "factor_correlations": ("as_of_date", "factor_1", "factor_2"),
-    "portfolio_snapshots": ("portfolio_id", "snapshot_date"),
-}
+# table → natural key (SPEC §4): each table's primary key as the models declare it (the view's too)
+NATURAL_KEYS = {model.__tablename__: tuple(c.name for c in model.__table__.primary_key) for model in RESULT_TABLES}
 # short ranges keep the module's runtime modest: 5 sessions = 20 units; 7 for the race
 KILL_START, KILL_END = date(2022, 12, 21), date(2022, 12, 28)
 RACE_START, RACE_END = date(2022, 12, 19), date(2022, 12, 28)

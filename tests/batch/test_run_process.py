@@ -314,7 +314,7 @@ def test_first_starts_at_once_on_a_new_embedded_database_exit_only_0_or_75(tmp_p
 # committed): after the COPY/insert of that chunk's third result table, before its commit.
 SIGNAL_DURING_A_CHUNK_WRITE = """
 import os, signal, sys
-from batch import cli, db, runner
+from batch import cli, db, persist
 
 chunks, inserts = [], []
 
@@ -330,7 +330,7 @@ def bulk_insert_groups(session, table, groups):
             os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["TEST_SIGNAL"]))
     return count
 
-real_persist, runner.persist_chunk = runner.persist_chunk, persist_chunk
+real_persist, persist.persist_chunk = persist.persist_chunk, persist_chunk
 real_insert, db.bulk_insert_groups = db.bulk_insert_groups, bulk_insert_groups
 sys.exit(cli.main(sys.argv[1:]))
 """
