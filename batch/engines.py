@@ -124,6 +124,16 @@ class PriceWindow:
         return self.closes.reindex(index=pd.Index(days, dtype=object), columns=sorted(set(symbols)))
 
 
+@dataclass(frozen=True)
+class ChunkCloses:
+    """The closes a chunk's units share (`DateContext.closes_with`): the date's market frame
+    beside the chunk's own closes, as a frame and prepared for look-ups."""
+
+    own: repository.OwnCloses
+    frame: pd.DataFrame
+    prices: LatestCloses
+
+
 @dataclass
 class DateContext:
     """Shared by everything computed for one as-of date: the global engines write `outputs`,
@@ -143,7 +153,7 @@ class DateContext:
     stress_scenarios: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # active ones
     # symbol → sessions whose stored close was non-positive or non-finite, read as missing
     bad_closes: dict[str, list[date]] = field(default_factory=dict)
-    _chunk_closes: tuple[repository.OwnCloses, pd.DataFrame] | None = None  # see closes_with
+    _chunk_closes: ChunkCloses | None = None  # see closes_with
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for the workers without the window and the session (they use neither)."""
@@ -174,17 +184,17 @@ class DateContext:
         """The columns of `market_closes` (set once the symbol-betas engine has loaded them)."""
         return frozenset() if self.market_closes is None else frozenset(self.market_closes.columns)
 
-    def closes_with(self, own: repository.OwnCloses) -> pd.DataFrame:
-        """`market_closes` beside a chunk's own closes (symbols outside it): built once per chunk
-        (the last one kept) and shared by its units. Only `own` when the market closes were
-        never loaded."""
-        if self._chunk_closes is not None and self._chunk_closes[0] is own:
-            return self._chunk_closes[1]
+    def closes_with(self, own: repository.OwnCloses) -> ChunkCloses:
+        """`market_closes` beside a chunk's own closes (symbols outside it), as a frame and
+        prepared for look-ups: built once per chunk (the last one kept) and shared by its units.
+        Only `own` when the market closes were never loaded."""
+        if self._chunk_closes is not None and self._chunk_closes.own is own:
+            return self._chunk_closes
         frame = own.frame if self.market_closes is None else pd.concat(
             [self.market_closes, own.frame.drop(columns=[c for c in own.frame.columns
                                                           if c in self.market_symbols])], axis=1)
-        self._chunk_closes = (own, frame)
-        return frame
+        self._chunk_closes = ChunkCloses(own, frame, LatestCloses(frame))
+        return self._chunk_closes
 
     @cached_property
     def latest_closes(self) -> LatestCloses:
@@ -242,7 +252,12 @@ class UnitContext:
         shared by its units, indexed by every session. The date's array look-up
         (`DateContext.latest_closes`) prices the PUBLIC positions; this frame serves the others
         (options, PRIVATE marks, symbols outside the market frame)."""
-        return self.shared.closes_with(self.inputs.own_closes)
+        return self.shared.closes_with(self.inputs.own_closes).frame
+
+    @property
+    def prices(self) -> LatestCloses:
+        """`closes` prepared for look-ups (built once per chunk)."""
+        return self.shared.closes_with(self.inputs.own_closes).prices
 
     @cached_property
     def bad_closes(self) -> dict[str, list[date]]:
@@ -635,7 +650,7 @@ def run_valuation(units: Sequence[UnitContext]) -> list[JobOutcome]:
     shared, as_of = units[0].shared, units[0].as_of
     stale_before = calendar.sessions_back(as_of, STALE_AFTER_SESSIONS + 1)[0]
     valuations = value_books([Book(u.positions, u.portfolio.cash_balance, u.inputs.marks) for u in units],
-                             shared.latest_closes, lambda i: units[i].closes, as_of, stale_before,
+                             shared.latest_closes, lambda i: units[i].prices, as_of, stale_before,
                              risk_free_rate=units[0].settings.risk_free_rate)
     return [_valuation_outcome(ctx, v) for ctx, v in zip(units, valuations, strict=True)]
 
@@ -671,10 +686,10 @@ def run_greeks(units: Sequence[UnitContext]) -> list[JobOutcome]:
     """Every option position of the chunk modelled in one vectorised pass (`option_greeks_many`
     on the chunk's closes frame), then each unit's rows and record."""
     options = [[p for p in ctx.held if p.asset_class == OPTIONS and not p.sign_error()] for ctx in units]
-    by_frame: dict[int, tuple[pd.DataFrame, list[PositionInput]]] = {}
+    by_frame: dict[int, tuple[LatestCloses, list[PositionInput]]] = {}
     for ctx, mine in zip(units, options, strict=True):
         if mine:
-            closes = ctx.closes
+            closes = ctx.prices
             by_frame.setdefault(id(closes), (closes, []))[1].extend(mine)
     modelled: dict[uuid.UUID, PositionGreeks] = {}
     for closes, positions in by_frame.values():
@@ -963,7 +978,7 @@ def run_snapshot(units: Sequence[UnitContext]) -> list[JobOutcome]:
         return []
     first = units[0]
     pnls = daily_pnl_books([Book(u.positions, u.portfolio.cash_balance) for u in units], first.shared.latest_closes,
-                           lambda i: units[i].closes, first.as_of, first.previous_session,
+                           lambda i: units[i].prices, first.as_of, first.previous_session,
                            risk_free_rate=first.settings.risk_free_rate)
     return [_snapshot_outcome(ctx, pnl) for ctx, pnl in zip(units, pnls, strict=True)]
 

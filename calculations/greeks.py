@@ -26,7 +26,7 @@ from scipy.special import ndtr
 
 from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PositionInput
-from calculations.prices import latest_close
+from calculations.prices import LatestCloses
 
 TRADING_DAYS_PER_YEAR = 252
 REALISED_VOL_WINDOW = 63
@@ -133,7 +133,7 @@ def bsm_greeks(spot: float, strike: float, years: float, rate: float, vol: float
     return Greeks(*(float(values[0]) for values in g))
 
 
-def realised_volatility(closes: pd.Series, window: int = REALISED_VOL_WINDOW) -> float | None:
+def realised_volatility(closes: pd.Series | np.ndarray, window: int = REALISED_VOL_WINDOW) -> float | None:
     """Annualised realised volatility (fraction) of a daily close series.
 
     `closes` is indexed by session date, ascending; NaN marks a missing close. Log returns are
@@ -147,7 +147,7 @@ def realised_volatility(closes: pd.Series, window: int = REALISED_VOL_WINDOW) ->
     """
     if window < 2:
         raise ValueError(f"window must be at least 2, got {window!r}")
-    values = closes.to_numpy(dtype=float)
+    values = np.asarray(closes, dtype=float)
     present = values[~np.isnan(values)]
     if np.any(~np.isfinite(present) | (present <= 0)):
         raise ValueError("closes must be positive and finite (NaN for missing)")
@@ -212,13 +212,14 @@ def bsm_greeks_arrays(spot: np.ndarray, strike: np.ndarray, years: np.ndarray, r
     return GreeksArrays(price, delta, gamma, theta / DAYS_PER_YEAR, vega * VOL_POINT, rho * RATE_POINT)
 
 
-def option_greeks(position: PositionInput, closes: pd.DataFrame, as_of: date, rate: float,
+def option_greeks(position: PositionInput, closes: pd.DataFrame | LatestCloses, as_of: date, rate: float,
                   dividend_yield: float = 0.0) -> PositionGreeks:
     """`option_greeks_many` of one position."""
     return option_greeks_many([position], closes, as_of, rate, dividend_yield)[0]
 
 
-def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame, as_of: date, rate: float,
+def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame | LatestCloses, as_of: date,
+                       rate: float,
                        dividend_yield: float = 0.0) -> list[PositionGreeks]:
     """Greeks of option positions at the close of `as_of` (SPEC §6.2), every modelled one in
     one vectorised Black–Scholes pass; each underlying's latest close and realised volatility is
@@ -237,6 +238,7 @@ def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame,
 
     The quantity is used as given (callers skip positions whose sign contradicts their type).
     """
+    prices = LatestCloses.of(closes)
     out: list[PositionGreeks | None] = [None] * len(positions)
     spots: dict[str, tuple[date, float] | None] = {}
     realised: dict[str, float | None] = {}
@@ -252,7 +254,7 @@ def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame,
         years = years_to_expiry(as_of, terms.expiration)
         underlying = position.underlying
         if years <= 0:
-            at_expiry = latest_close(closes, underlying, terms.expiration)
+            at_expiry = prices.latest(underlying, terms.expiration)
             if at_expiry is None:
                 out[i] = _unpriced(position, EXPIRED, years=years)
             else:
@@ -260,7 +262,7 @@ def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame,
                                    model_price=intrinsic_value(terms.right, at_expiry[1], terms.strike))
             continue
         if underlying not in spots:
-            spots[underlying] = latest_close(closes, underlying, as_of)
+            spots[underlying] = prices.latest(underlying, as_of)
         quote = spots[underlying]
         if quote is None:
             out[i] = _unpriced(position, MISSING_UNDERLYING_PRICE, years=years)
@@ -270,8 +272,7 @@ def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame,
             raw_vol, source = implied, IMPLIED
         else:
             if underlying not in realised:
-                history = closes[underlying].iloc[:int(closes.index.searchsorted(as_of, side="right"))]
-                realised[underlying] = realised_volatility(history)
+                realised[underlying] = realised_volatility(prices.history(underlying, as_of))
             raw_vol, source = realised[underlying], REALISED
         if raw_vol is None:
             out[i] = _unpriced(position, MISSING_VOLATILITY, underlying_price=quote[1], years=years)

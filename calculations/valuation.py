@@ -19,7 +19,7 @@ import pandas as pd
 from calculations.greeks import PositionGreeks, option_greeks, option_greeks_many
 from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
-from calculations.prices import LatestCloses, latest_close
+from calculations.prices import LatestCloses
 
 # Price sources
 MARKET, MARK, ENTRY, INTRINSIC, MODEL = "market", "mark", "entry", "intrinsic", "model"
@@ -62,7 +62,7 @@ class Valuation:
     skipped: tuple[str, ...] = field(default=())  # "SYMBOL: reason" for unpriced positions
 
 
-def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
+def price_position(position: PositionInput, closes: pd.DataFrame | LatestCloses, on: date,
                    stale_before: date | None = None, *, risk_free_rate: float,
                    marks: Mapping[str, tuple[date, float]] | None = None,
                    model: PositionGreeks | None = None) -> PricedPosition:
@@ -81,9 +81,10 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     `stale_prices`.
     """
     pos = position
+    prices = LatestCloses.of(closes)
     flags: list[str] = []
     cls = pos.asset_class
-    quote = latest_close(closes, pos.symbol, on)
+    quote = prices.latest(pos.symbol, on)
     terms = pos.contract
     expired = terms is not None and terms.expiration <= on
     if cls == PRIVATE:
@@ -92,14 +93,14 @@ def price_position(position: PositionInput, closes: pd.DataFrame, on: date,
     elif cls == OPTIONS and quote is None and terms is None:
         return PricedPosition(pos, None, None, None, None, ("invalid_contract",))
     elif expired:
-        underlying = latest_close(closes, pos.underlying, terms.expiration)
+        underlying = prices.latest(pos.underlying, terms.expiration)
         if underlying is None:
             return PricedPosition(pos, None, None, None, None, ("missing_price", "expired"))
         price = intrinsic_value(terms.right, underlying[1], terms.strike)
         when, source = underlying[0], INTRINSIC
         flags.append("expired")
     elif cls == OPTIONS and quote is None:
-        model = model or option_greeks(pos, closes, on, risk_free_rate)
+        model = model or option_greeks(pos, prices, on, risk_free_rate)
         if model.status == "ok" and model.model_price is not None:
             price, when, source = model.model_price, None, MODEL
         else:
@@ -132,11 +133,12 @@ def value_portfolio(positions: Sequence[PositionInput], closes: pd.DataFrame, as
                     cash: float, stale_before: date | None = None, *, risk_free_rate: float,
                     marks: Mapping[str, tuple[date, float]] | None = None) -> Valuation:
     """`value_books` for one book whose closes are all in `closes`."""
-    return value_books([Book(positions, cash, marks)], LatestCloses(closes), lambda _: closes, as_of,
+    prices = LatestCloses(closes)
+    return value_books([Book(positions, cash, marks)], prices, lambda _: prices, as_of,
                        stale_before, risk_free_rate=risk_free_rate)[0]
 
 
-def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame],
+def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame | LatestCloses],
                 as_of: date, stale_before: date | None = None, *, risk_free_rate: float) -> list[Valuation]:
     """Value every position of every book held at the close of `as_of` and aggregate each book
     (dollars), in one pass over the chunk.
@@ -205,12 +207,12 @@ def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable
     return valuations
 
 
-def _option_models(plans: Sequence[Sequence[object]], closes_of: Callable[[int], pd.DataFrame], on: date,
+def _option_models(plans: Sequence[Sequence[object]], closes_of: Callable[[int], pd.DataFrame | LatestCloses], on: date,
                    risk_free_rate: float) -> dict[object, PositionGreeks]:
     """`option_greeks` on `on` of every option position in `plans` (entries that are a
     `PositionInput`), one vectorised pass per distinct closes frame (a chunk's books share one),
     by position id."""
-    by_frame: dict[int, tuple[pd.DataFrame, list[PositionInput]]] = {}
+    by_frame: dict[int, tuple[pd.DataFrame | LatestCloses, list[PositionInput]]] = {}
     for i, plan in enumerate(plans):
         options = [e for e in plan if isinstance(e, PositionInput) and e.asset_class == OPTIONS]
         if options:
@@ -280,11 +282,12 @@ class DailyPnl:
 def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: date,
               previous_session: date, *, risk_free_rate: float) -> DailyPnl:
     """`daily_pnl_books` for one book whose closes are all in `closes`."""
-    return daily_pnl_books([Book(positions, 0.0)], LatestCloses(closes), lambda _: closes, today,
+    prices = LatestCloses(closes)
+    return daily_pnl_books([Book(positions, 0.0)], prices, lambda _: prices, today,
                            previous_session, risk_free_rate=risk_free_rate)[0]
 
 
-def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame],
+def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame | LatestCloses],
                     today: date, previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
     """Each book's mark-to-market P&L for `today` (dollars): Σ over positions held at both
     closes of quantity × multiplier × (price today − price at the previous session), plus

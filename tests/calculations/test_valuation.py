@@ -18,10 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
-from calculations.prices import usable_closes
+from calculations.prices import latest_close, usable_closes
 from calculations.valuation import (
     daily_pnl,
-    latest_close,
     price_position,
     value_portfolio,
 )
