@@ -307,6 +307,7 @@ def symbols_held(session: Session, start: date, end: date,
             Position.entry_date <= end,
             or_(Position.exit_date.is_(None), Position.exit_date > start),
         )
+        .distinct()  # one row per (symbol, underlying, class, type): the books share symbols
     )
     if portfolio_ids:
         query = query.where(Position.portfolio_id.in_(list(portfolio_ids)))
