@@ -2,14 +2,18 @@
 
 Money and quantities are `Numeric` returned as Python floats; computed statistics are `Float`
 (double precision). The natural key of every result table (and of `market_prices`) is its primary
-key, `pk_<table>`; re-runs replace rows by that key. The result tables have no foreign keys (their
-per-row checks cost a third of the job's result writes): triggers created by migration 0005 delete
-a deleted portfolio's or position's result rows and refuse to delete a stress scenario that has
-results. Only the migrations (`batch.db.migrate`, `create_if_empty`) create the schema, never
-`Base.metadata.create_all`, so every database has the triggers. `batch_job_results` is a run
-record, not a result: it keeps a surrogate id (its `portfolio_id` is NULL for global engines,
-which a primary key column cannot be) and a named unique constraint. `pairwise_correlations` is a
-view (`PairwiseCorrelation`, mapped on its own metadata).
+key, `pk_<table>`; re-runs replace rows by that key. The job's chunk DELETE (a chunk's portfolios,
+one date) reads an index leading with (portfolio_id, date) on every per-portfolio result table: the
+primary key where it holds both (portfolio-level tables: portfolio, date, then the name), else
+`ix_<table>_portfolio_id_as_of_date` (tables keyed by position; migration 0006), so its cost does
+not grow with the dates stored. The result tables have no foreign keys (their per-row checks cost a
+third of the job's result writes): triggers created by migration 0005 delete a deleted portfolio's
+or position's result rows and refuse to delete a stress scenario that has results. Only the
+migrations (`batch.db.migrate`, `create_if_empty`) create the schema, never
+`Base.metadata.create_all`, so every database has the triggers. `batch_job_results` is a run record,
+not a result: it keeps a surrogate id (its `portfolio_id` is NULL for global engines, which a
+primary key column cannot be) and a named unique constraint. `pairwise_correlations` is a view
+(`PairwiseCorrelation`, mapped on its own metadata).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -177,8 +183,9 @@ class SymbolFactorBeta(Base):
 
 class PositionFactorExposure(Base):
     __tablename__ = "position_factor_exposures"
+    __table_args__ = (Index("ix_position_factor_exposures_portfolio_id_as_of_date", "portfolio_id", "as_of_date"),)
     position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     factor: Mapped[str] = mapped_column(String(32), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     beta: Mapped[float] = mapped_column(Float)
@@ -187,6 +194,7 @@ class PositionFactorExposure(Base):
 
 class PortfolioFactorExposure(Base):
     __tablename__ = "portfolio_factor_exposures"
+    __table_args__ = (PrimaryKeyConstraint("portfolio_id", "as_of_date", "factor"),)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     factor: Mapped[str] = mapped_column(String(32), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
@@ -196,8 +204,9 @@ class PortfolioFactorExposure(Base):
 
 class PositionGreeks(Base):
     __tablename__ = "position_greeks"
+    __table_args__ = (Index("ix_position_greeks_portfolio_id_as_of_date", "portfolio_id", "as_of_date"),)
     position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     model_price: Mapped[float | None] = mapped_column(Float)
     underlying_price: Mapped[float | None] = mapped_column(Float)
@@ -218,8 +227,9 @@ class PositionValuation(Base):
     NULL with the reason in `flags` when the position could not be priced (never 0)."""
 
     __tablename__ = "position_valuations"
+    __table_args__ = (Index("ix_position_valuations_portfolio_id_as_of_date", "portfolio_id", "as_of_date"),)
     position_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
     symbol: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[float] = mapped_column(Money)
@@ -232,6 +242,7 @@ class PositionValuation(Base):
 
 class MarketRiskResult(Base):
     __tablename__ = "market_risk_results"
+    __table_args__ = (PrimaryKeyConstraint("portfolio_id", "as_of_date", "scenario"),)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     scenario: Mapped[str] = mapped_column(String(64), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)
@@ -242,6 +253,7 @@ class MarketRiskResult(Base):
 
 class StressTestResult(Base):
     __tablename__ = "stress_test_results"
+    __table_args__ = (PrimaryKeyConstraint("portfolio_id", "as_of_date", "scenario_id"),)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     scenario_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)

@@ -109,8 +109,9 @@ def test_known_differences_are_reported_exactly(database_url, second_url, capsys
     # pnl and pnl_pct both off by 1e-6 relative: |a−b|/max(|a|,|b|) = 1e-6 / (1 + 1e-6)
     assert risk["max_rel_diff"] == pytest.approx(1e-6 / (1 + 1e-6), rel=1e-6)
     assert risk["over_rtol"] == 2 and risk["null_mismatches"] == 0 and risk["value_mismatches"] == 0
-    assert "only in A: (portfolio_id=00000000-0000-4000-8000-0000000000aa, scenario=market_down_10, " \
-           "as_of_date=2022-12-28)" in risk["examples"]
+    # the key in primary-key order (migration 0006: portfolio, date, then scenario)
+    assert "only in A: (portfolio_id=00000000-0000-4000-8000-0000000000aa, as_of_date=2022-12-28, " \
+           "scenario=market_down_10)" in risk["examples"]
     snap = tables["portfolio_snapshots"]
     assert (snap["rows_a"], snap["rows_b"], snap["only_in_a"], snap["only_in_b"]) == (1, 1, 0, 0)
     assert snap["null_mismatches"] == 1 and snap["value_mismatches"] == 1 and snap["over_rtol"] == 0

@@ -1,8 +1,9 @@
 """Migration 0003 (natural-key primary keys, correlation_matrices, the pairwise_correlations view)
 upgraded and downgraded on a database holding data written by the 0002 schema, migration 0004
-(position_valuations) on a database holding that data migrated to 0003, and migration 0005 (the
-result tables' foreign keys replaced by delete triggers) on that data with valuations, on both
-dialects.
+(position_valuations) on a database holding that data migrated to 0003, migration 0005 (the
+result tables' foreign keys replaced by delete triggers) on that data with valuations, and
+migration 0006 (keys and indexes led by portfolio and date, for the chunk DELETE) on that data at
+0005, on both dialects.
 
 Rows are written and read with plain SQL through the migrated tables (not the models, which follow
 the head): what the database held before the upgrade must be exactly what it holds after it, and
@@ -25,6 +26,7 @@ from batch import db
 BEFORE, AFTER = "0002_profile_absences", "0003_natural_keys_matrices"
 VALUATIONS = "0004_position_valuations"
 NO_FKS = "0005_result_tables_without_fks"
+DATE_KEYS = "0006_portfolio_date_keys"
 # every table whose primary key 0003 changes, with its natural key
 KEYED = {
     "market_prices": ("symbol", "date"),
@@ -363,7 +365,7 @@ def test_0005_drops_the_result_foreign_keys_and_keeps_every_row(fresh_url):
         assert all(before[t] for t in RESULT_FOREIGN_KEYS), [t for t in RESULT_FOREIGN_KEYS if not before[t]]
 
         db.migrate(engine, NO_FKS)
-        assert db.current_revision(engine) == db.head_revision() == NO_FKS
+        assert db.current_revision(engine) == NO_FKS
         assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
         assert inspect(engine).get_foreign_keys("positions")[0]["referred_table"] == "portfolios"  # kept
         assert triggers(engine) == TRIGGERS
@@ -416,8 +418,143 @@ def test_a_database_created_on_first_use_has_the_triggers(fresh_url):
     engine = db.make_engine(fresh_url)
     try:
         assert db.create_if_empty(engine)
-        assert db.current_revision(engine) == NO_FKS
+        assert db.current_revision(engine) == db.head_revision() == DATE_KEYS
         assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
         assert triggers(engine) == TRIGGERS
+        assert chunk_keys(engine) == KEYS_AT_0006
+    finally:
+        engine.dispose()
+
+
+# The six tables whose keys 0006 changes: (primary key name, its columns in order, {(index, its
+# columns in order)}) at 0005 and at 0006.
+KEYS_AT_0005 = {
+    "position_valuations": ("pk_position_valuations", ("position_id", "as_of_date"),
+                            {("ix_position_valuations_portfolio_id", ("portfolio_id",))}),
+    "position_greeks": ("pk_position_greeks", ("position_id", "as_of_date"),
+                        {("ix_position_greeks_portfolio_id", ("portfolio_id",))}),
+    "position_factor_exposures": ("pk_position_factor_exposures", ("position_id", "factor", "as_of_date"),
+                                  {("ix_position_factor_exposures_portfolio_id", ("portfolio_id",))}),
+    "portfolio_factor_exposures": ("pk_portfolio_factor_exposures", ("portfolio_id", "factor", "as_of_date"), set()),
+    "market_risk_results": ("pk_market_risk_results", ("portfolio_id", "scenario", "as_of_date"), set()),
+    "stress_test_results": ("pk_stress_test_results", ("portfolio_id", "scenario_id", "as_of_date"), set()),
+}
+KEYS_AT_0006 = {
+    "position_valuations": ("pk_position_valuations", ("position_id", "as_of_date"),
+                            {("ix_position_valuations_portfolio_id_as_of_date", ("portfolio_id", "as_of_date"))}),
+    "position_greeks": ("pk_position_greeks", ("position_id", "as_of_date"),
+                        {("ix_position_greeks_portfolio_id_as_of_date", ("portfolio_id", "as_of_date"))}),
+    "position_factor_exposures": ("pk_position_factor_exposures", ("position_id", "factor", "as_of_date"),
+                                  {("ix_position_factor_exposures_portfolio_id_as_of_date",
+                                    ("portfolio_id", "as_of_date"))}),
+    "portfolio_factor_exposures": ("pk_portfolio_factor_exposures", ("portfolio_id", "as_of_date", "factor"), set()),
+    "market_risk_results": ("pk_market_risk_results", ("portfolio_id", "as_of_date", "scenario"), set()),
+    "stress_test_results": ("pk_stress_test_results", ("portfolio_id", "as_of_date", "scenario_id"), set()),
+}
+POSITION_LEVEL = ("position_valuations", "position_greeks", "position_factor_exposures")
+
+
+def chunk_keys(engine) -> dict[str, tuple]:
+    """Each of the six tables' (primary key name, its columns in order, {(index, its columns)})."""
+    inspector = inspect(engine)
+    found = {}
+    for table in KEYS_AT_0005:
+        pk = inspector.get_pk_constraint(table)
+        indexes = {(i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)}
+        found[table] = (pk["name"], tuple(pk["constrained_columns"]), indexes)
+    return found
+
+
+def delete_plans(engine) -> dict[str, str]:
+    """SQLite's query plan of the job's chunk DELETE (two portfolios, one date) on each table."""
+    plans = {}
+    with engine.connect() as conn:
+        for table in KEYS_AT_0005:
+            rows = conn.execute(text(f"EXPLAIN QUERY PLAN DELETE FROM {table} "
+                                     "WHERE portfolio_id IN (:a, :b) AND as_of_date = :d"),
+                                {"a": BOOK_A.hex, "b": BOOK_B.hex, "d": D1}).all()
+            plans[table] = " | ".join(r[-1] for r in rows)
+    return plans
+
+
+def check_delete_plans(engine, revision: str) -> None:
+    """At 0006 SQLite searches one index by portfolio and date for the chunk DELETE on every table,
+    at 0005 by portfolio only (e.g. "SEARCH t USING INDEX ix_t_portfolio_id (portfolio_id=?)").
+    SQLite only: with a few rows PostgreSQL's planner picks any index (or none), so its plans
+    tell nothing here; the effect on PostgreSQL is measured with EXPLAIN ANALYZE on a benchmark
+    database (README "Stored results")."""
+    if engine.dialect.name != "sqlite":
+        return
+    plans = delete_plans(engine)
+    bounded = {t: "(portfolio_id=? AND as_of_date=?)" in plan for t, plan in plans.items()}
+    assert bounded == {t: revision == DATE_KEYS for t in plans}, plans
+
+
+def check_the_triggers_fire(engine) -> None:
+    """The 0005 triggers at work, each in a transaction rolled back: a stress scenario with results
+    cannot be deleted; deleting a position deletes its rows in the position-level tables, deleting
+    a portfolio its rows in every result table (counts by hand from write_0002_data and
+    VALUATION_ROWS)."""
+    with engine.connect() as conn:
+        with pytest.raises(IntegrityError, match="deactivate it"):
+            conn.execute(text("DELETE FROM stress_scenarios WHERE scenario_id = 'covid'"))
+        conn.rollback()
+
+        def counts(tables) -> dict[str, int]:
+            return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables}
+
+        assert counts(POSITION_LEVEL) == {"position_valuations": 3, "position_greeks": 2,
+                                          "position_factor_exposures": 3}
+        conn.execute(text("DELETE FROM positions WHERE id = :x"), {"x": _stored(engine, POS_A2)})
+        assert counts(POSITION_LEVEL) == {"position_valuations": 2, "position_greeks": 1,
+                                          "position_factor_exposures": 2}
+        conn.execute(text("DELETE FROM portfolios WHERE id = :p"), {"p": _stored(engine, BOOK_A)})
+        # book B's rows stay: its correlation run, its two matrices (D1, D2) and its cluster
+        assert counts(RESULT_FOREIGN_KEYS) == {
+            "position_valuations": 0, "position_greeks": 0, "position_factor_exposures": 0,
+            "portfolio_factor_exposures": 0, "market_risk_results": 0, "stress_test_results": 0,
+            "correlation_runs": 1, "correlation_matrices": 2, "correlation_clusters": 1, "portfolio_snapshots": 0}
+        conn.rollback()
+
+
+def test_0006_leads_the_keys_with_portfolio_and_date_and_keeps_every_row(fresh_url):
+    """0005 → 0006 → 0005 → 0006 with rows in every result table: no row lost or changed; after
+    each step the primary keys and indexes in the expected column order and the chunk DELETE
+    served (or not) by one index bounded by portfolio and date; the 0005 triggers still there and
+    firing, the pairwise_correlations view still returning the pairs (SQLite rebuilds three tables
+    under them)."""
+    engine = db.make_engine(fresh_url)
+    try:
+        db.migrate(engine, BEFORE)
+        write_0002_data(engine)
+        db.migrate(engine, VALUATIONS)
+        put_valuations(engine, VALUATION_ROWS)
+        db.migrate(engine, NO_FKS)
+        tables = (*KEYED, "correlation_matrices", "position_valuations", "portfolios", "positions",
+                  "stress_scenarios")
+        before = dump(engine, tables)
+        old_pairs = pairs(engine)
+        assert all(before[t] for t in RESULT_FOREIGN_KEYS), [t for t in RESULT_FOREIGN_KEYS if not before[t]]
+        assert len(old_pairs) == 7
+        assert chunk_keys(engine) == KEYS_AT_0005
+        check_delete_plans(engine, NO_FKS)
+        check_the_triggers_fire(engine)
+
+        for revision, keys in ((DATE_KEYS, KEYS_AT_0006), (NO_FKS, KEYS_AT_0005), (DATE_KEYS, KEYS_AT_0006)):
+            if revision == DATE_KEYS:
+                db.migrate(engine, revision)
+            else:
+                db.downgrade(engine, revision)
+            assert db.current_revision(engine) == revision
+            assert chunk_keys(engine) == keys, revision
+            check_delete_plans(engine, revision)
+            assert dump(engine, tables) == before, revision
+            assert pairs(engine) == old_pairs, revision
+            assert "pairwise_correlations" in inspect(engine).get_view_names()
+            assert triggers(engine) == TRIGGERS, revision
+            assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
+            check_the_triggers_fire(engine)
+            with engine.begin() as conn, pytest.raises(IntegrityError):  # the reordered key still refuses a duplicate
+                conn.execute(text("INSERT INTO market_risk_results SELECT * FROM market_risk_results"))
     finally:
         engine.dispose()
