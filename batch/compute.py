@@ -127,7 +127,8 @@ def _ready(engine: CalcEngine | ChunkEngine, work: _UnitWork, as_of: date, share
 
 def _run_engine(engine: CalcEngine | ChunkEngine, units: list[_UnitWork], hooks: Hooks) -> None:
     """Run `engine` for `units` and record each unit's outcome or error. A `ChunkEngine`
-    computes them all in one call (each unit's record gets an equal share of its time); if
+    computes them all in one call (its milliseconds shared out among the units' records, the
+    shares summing to the whole); if
     that call raises, it is run again for each unit alone, so only the units it fails for
     fail. A per-unit `Engine` runs unit by unit."""
     if isinstance(engine, ChunkEngine) and len(units) > 1:
@@ -140,9 +141,9 @@ def _run_engine(engine: CalcEngine | ChunkEngine, units: list[_UnitWork], hooks:
             hooks.raise_if_stopping(exc)
             log.warning("chunk_engine_failed", job=engine.name, error=describe_error(exc), units=len(units))
         else:
-            share = hooks.ms(t0) // len(units)
-            for work, outcome in zip(units, outcomes, strict=True):
-                work.records.append(JobRecord(engine.name, outcome.status, share, None, outcome.result))
+            share, rest = divmod(hooks.ms(t0), len(units))
+            for k, (work, outcome) in enumerate(zip(units, outcomes, strict=True)):
+                work.records.append(JobRecord(engine.name, outcome.status, share + (k < rest), None, outcome.result))
             return
     for work in units:
         hooks.check_stop()
