@@ -243,7 +243,10 @@ def jsonable(value: Any) -> Any:
 
 def json_text(value: Any) -> str:
     """`value` as JSON text, with `jsonable`'s conversions. Fast path: one `json.dumps`; only a
-    value it refuses (NaN, a date, a UUID key...) takes the recursive conversion."""
+    value it refuses (NaN, a date, a UUID key...) takes the recursive conversion. An empty list
+    (most positions' flags) is the constant "[]"."""
+    if type(value) is list and not value:
+        return "[]"
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):

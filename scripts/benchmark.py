@@ -473,6 +473,9 @@ def _pg_read(conn, symbols: list[str], start: date, first_as_of: date,
             "JOIN unnest({names}::text[]) WITH ORDINALITY AS s(symbol, i) ON m.symbol = s.symbol "
             "WHERE m.date BETWEEN {first} AND {last}) TO STDOUT (FORMAT BINARY)").format(
                 names=names, first=first, last=last), [">i4", ">i4", ">f8"])
+        # the names are a function scan the planner sizes at 100 rows: without this it joins
+        # every position to them in a nested loop (167 s for 500,000 positions × 2,000 symbols)
+        cur.execute("SET LOCAL enable_nestloop = off")
         _, unit, symbol, kind, call, quantity, strike, volatility, expiry = _pg_copy_columns(cur, sql.SQL(
             "COPY (SELECT array_agg(p.id), array_agg(u.n), array_agg(COALESCE(s.i - 1, -1)::int4), "
             "array_agg(CASE upper(trim(COALESCE(p.investment_class, ''))) WHEN 'PRIVATE' THEN 2 "
