@@ -168,6 +168,8 @@ class StressScenario(Base):
 
 class SymbolFactorBeta(Base):
     __tablename__ = "symbol_factor_betas"
+    # the engine replaces and reads a date's rows by as_of_date, last in the key (migration 0007)
+    __table_args__ = (Index("ix_symbol_factor_betas_as_of_date", "as_of_date"),)
     symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
     factor: Mapped[str] = mapped_column(String(32), primary_key=True)
     as_of_date: Mapped[date] = mapped_column(Date, primary_key=True)

@@ -27,6 +27,7 @@ BEFORE, AFTER = "0002_profile_absences", "0003_natural_keys_matrices"
 VALUATIONS = "0004_position_valuations"
 NO_FKS = "0005_result_tables_without_fks"
 DATE_KEYS = "0006_portfolio_date_keys"
+BETAS_BY_DATE = "0007_symbol_betas_date_index"
 # every table whose primary key 0003 changes, with its natural key
 KEYED = {
     "market_prices": ("symbol", "date"),
@@ -418,7 +419,7 @@ def test_a_database_created_on_first_use_has_the_triggers(fresh_url):
     engine = db.make_engine(fresh_url)
     try:
         assert db.create_if_empty(engine)
-        assert db.current_revision(engine) == db.head_revision() == DATE_KEYS
+        assert db.current_revision(engine) == db.head_revision() == BETAS_BY_DATE
         assert foreign_keys(engine) == {t: set() for t in RESULT_FOREIGN_KEYS}
         assert triggers(engine) == TRIGGERS
         assert chunk_keys(engine) == KEYS_AT_0006
@@ -556,5 +557,46 @@ def test_0006_leads_the_keys_with_portfolio_and_date_and_keeps_every_row(fresh_u
             check_the_triggers_fire(engine)
             with engine.begin() as conn, pytest.raises(IntegrityError):  # the reordered key still refuses a duplicate
                 conn.execute(text("INSERT INTO market_risk_results SELECT * FROM market_risk_results"))
+    finally:
+        engine.dispose()
+
+
+def _betas_plan(engine) -> str:
+    """SQLite's query plan of the symbol-betas engine's DELETE of one date."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("EXPLAIN QUERY PLAN DELETE FROM symbol_factor_betas WHERE as_of_date = :d"),
+                            {"d": D1}).all()
+    return " | ".join(r[-1] for r in rows)
+
+
+def test_0007_indexes_symbol_betas_by_date_and_keeps_every_row(fresh_url):
+    """0006 → 0007 → 0006 → 0007 with data: the rows unchanged; the index on (as_of_date) there
+    after each upgrade, gone after the downgrade; on SQLite the date's DELETE searches it instead of
+    scanning the table (PostgreSQL's planner picks any plan for a few rows)."""
+    engine = db.make_engine(fresh_url)
+    try:
+        db.migrate(engine, BEFORE)
+        write_0002_data(engine)
+        db.migrate(engine, DATE_KEYS)
+        before = dump(engine, ("symbol_factor_betas", "factor_correlations"))
+        assert before["symbol_factor_betas"]
+
+        def indexed() -> bool:
+            found = {(i["name"], tuple(i["column_names"])) for i in inspect(engine).get_indexes("symbol_factor_betas")}
+            return ("ix_symbol_factor_betas_as_of_date", ("as_of_date",)) in found
+
+        assert not indexed()
+        for revision in (BETAS_BY_DATE, DATE_KEYS, BETAS_BY_DATE):
+            if revision == BETAS_BY_DATE:
+                db.migrate(engine, revision)
+            else:
+                db.downgrade(engine, revision)
+            assert db.current_revision(engine) == revision
+            assert indexed() == (revision == BETAS_BY_DATE)
+            assert dump(engine, ("symbol_factor_betas", "factor_correlations")) == before
+            if engine.dialect.name == "sqlite":
+                engine.dispose()  # a pooled connection may keep the statement planned before the change
+                assert ("USING INDEX ix_symbol_factor_betas_as_of_date" in _betas_plan(engine)) == (
+                    revision == BETAS_BY_DATE), _betas_plan(engine)
     finally:
         engine.dispose()
