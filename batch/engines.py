@@ -50,8 +50,10 @@ from calculations.positions import (
 from calculations.prices import LatestCloses, usable_closes
 from calculations.scenarios import (
     DEFAULT_DURATION,
+    MARKET_SHOCKS,
     OptionRevaluation,
     market_risk,
+    revaluation_pnl,
     scenario_propagation,
     stress_summary,
     stress_test,
@@ -812,16 +814,32 @@ def _factors_outcome(ctx: UnitContext, inputs: list[ExposureInput], exposures: E
 # --- market-risk scenarios (SPEC §6.4) --------------------------------------------------------
 
 
-def run_market_risk(ctx: UnitContext) -> JobOutcome:
+def run_market_risk(units: Sequence[UnitContext]) -> list[JobOutcome]:
+    """Every unit's market-risk scenarios (SPEC §6.4): the stocks by Σ market value × β_M, every
+    modelled option of the chunk fully revalued under every market shock in one vectorised pass
+    (`revaluation_pnl`), each unit summing its own options' rows."""
+    plans = [_market_risk_options(ctx) for ctx in units]
+    everything = [o for options, _ in plans if options is not None for o in options]
+    pnl = revaluation_pnl(everything, MARKET_SHOCKS)
+    outcomes = []
+    start = 0
+    for ctx, (options, not_revalued) in zip(units, plans, strict=True):
+        if options is None:
+            outcomes.append(_market_risk_outcome(ctx, None, {}, None))
+            continue
+        outcomes.append(_market_risk_outcome(ctx, options, not_revalued, pnl[start:start + len(options)]))
+        start += len(options)
+    return outcomes
+
+
+def _market_risk_options(ctx: UnitContext) -> tuple[list[OptionRevaluation] | None, dict[str, str]]:
+    """A unit's options to revalue (None: the unit has no factor exposures, nothing to compute)
+    and those left out with why (position id → greeks status, or `no_underlying_beta`)."""
     exposures: Exposures = ctx.outputs["factors"]
-    valuation: Valuation = ctx.outputs["valuation"]
+    if exposures.analyzed == 0:
+        return None, {}
     greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
     betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
-    total = valuation.num_positions
-    if exposures.analyzed == 0:
-        ctx.replace(MarketRiskResult, [])
-        return JobOutcome("skipped", market_risk_payload(NO_PUBLIC, "Portfolio has no factor exposures", total))
-    option_ids = {p.position.id for p in valuation.positions if p.position.asset_class == OPTIONS}
     positions = {p.id: p for p in ctx.held}
     options = []
     not_revalued: dict[str, str] = {}
@@ -834,12 +852,25 @@ def run_market_risk(ctx: UnitContext) -> JobOutcome:
         terms = pos.contract  # status "ok" implies the terms resolved
         options.append(OptionRevaluation(pid, pos.quantity, g.underlying_price, terms.strike, g.years,
                                          ctx.settings.risk_free_rate, g.volatility, terms.right, beta))
+    return options, not_revalued
+
+
+def _market_risk_outcome(ctx: UnitContext, options: list[OptionRevaluation] | None, not_revalued: dict[str, str],
+                         option_pnl: np.ndarray | None) -> JobOutcome:
+    exposures: Exposures = ctx.outputs["factors"]
+    valuation: Valuation = ctx.outputs["valuation"]
+    betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
+    total = valuation.num_positions
+    if options is None:
+        ctx.replace(MarketRiskResult, [])
+        return JobOutcome("skipped", market_risk_payload(NO_PUBLIC, "Portfolio has no factor exposures", total))
+    option_ids = {p.position.id for p in valuation.positions if p.position.asset_class == OPTIONS}
     market_available = factors.MARKET not in betas.unavailable
     stock_market = sum(e.exposure_dollar for e in exposures.positions
                        if e.factor == factors.MARKET and e.position_id not in option_ids)
     rate_exposure = exposures.by_factor().get(factors.RATES)
     scenarios, unavailable = market_risk(stock_market if market_available else None, options,
-                                         rate_exposure, valuation.total_value)
+                                         rate_exposure, valuation.total_value, option_pnl=option_pnl)
     ctx.replace(MarketRiskResult, [{"scenario": r.scenario, "shock": r.shock, "pnl": r.pnl,
                                     "pnl_pct": r.pnl_pct} for r in scenarios])
     flag = "factor_unavailable" if unavailable else "full_history"
@@ -1006,7 +1037,7 @@ register(GlobalEngine("factor_correlations", run_factor_correlations))
 register(ChunkEngine("valuation", run_valuation))
 register(ChunkEngine("greeks", run_greeks, depends_on=("valuation",)))
 register(ChunkEngine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
-register(Engine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
+register(ChunkEngine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
 register(Engine("stress_tests", run_stress_tests, depends_on=("factors", "factor_correlations")))
 register(Engine("correlations", run_correlations, depends_on=("valuation", "greeks")))
 register(ChunkEngine("snapshot", run_snapshot, depends_on=("valuation", "greeks")))

@@ -92,15 +92,18 @@ class ScenarioPnl:
 
 def market_risk(stock_market_exposure: float | None, options: Sequence[OptionRevaluation],
                 rate_exposure: float | None, equity: float,
-                duration: float = DEFAULT_DURATION) -> tuple[list[ScenarioPnl], dict[str, str]]:
+                duration: float = DEFAULT_DURATION,
+                option_pnl: np.ndarray | None = None) -> tuple[list[ScenarioPnl], dict[str, str]]:
     """Market scenarios: Σ stock market value × β_M × shock (`stock_market_exposure` is that
     Σ MV × β_M) plus each option fully revalued. Rate scenarios: rate exposure × (−duration × Δy).
     Returns the scenarios and those left out with reason `factor_unavailable`: the market ones
     when `stock_market_exposure` is None (no market factor data), the rate ones when
-    `rate_exposure` is None."""
+    `rate_exposure` is None. `option_pnl`: `revaluation_pnl(options, MARKET_SHOCKS)` when the
+    caller computed it already (for many books at once), else computed here."""
     results = []
     unavailable: dict[str, str] = {}
-    option_pnl = revaluation_pnl(options, MARKET_SHOCKS) if stock_market_exposure is not None else None
+    if option_pnl is None and stock_market_exposure is not None:
+        option_pnl = revaluation_pnl(options, MARKET_SHOCKS)
     for shock in MARKET_SHOCKS:
         name = scenario_name("market", shock)
         if stock_market_exposure is None:

@@ -620,3 +620,29 @@ def test_scenario_propagation_matches_numpy_and_a_precomputed_one_changes_nothin
     assert computed.direct_pnl == pytest.approx(1_000_000.0 * -0.20 + 400_000.0 * -0.10)
     assert computed.correlation_effect == pytest.approx(-250_000.0 * propagation["Value"])
     assert scenario_propagation(shocks, available, None) == {}
+
+
+def test_revaluing_many_options_at_once_equals_each_by_the_independent_formula() -> None:
+    """A chunk's options (calls and puts, long and short, a wiped-out underlying) revalued under
+    every market shock in one `revaluation_pnl` call: each cell equals the independent formula
+    for that option and shock, and market_risk given the precomputed rows equals market_risk
+    computing them itself."""
+    from calculations.scenarios import MARKET_SHOCKS, revaluation_pnl
+
+    options = [CALLS,
+               OptionRevaluation(uuid.UUID(int=11), -3, 50.0, 55.0, 0.25, 0.03, 0.40, "P", 0.8, 0.02),
+               OptionRevaluation(uuid.UUID(int=12), 1, 100.0, 100.0, 0.5, 0.04, 0.25, "P", 5.0),
+               OptionRevaluation(uuid.UUID(int=13), 4, 20.0, 18.0, 1.5, 0.01, 0.6, "C", 1.1)]
+    pnl = revaluation_pnl(options, MARKET_SHOCKS)
+    assert pnl.shape == (4, len(MARKET_SHOCKS))
+    for row, o in zip(pnl, options, strict=True):
+        for cell, shock in zip(row, MARKET_SHOCKS, strict=True):
+            shocked = max(o.spot * (1 + o.market_beta * shock), 1e-9)
+            expected = o.quantity * 100 * (ref_bs(shocked, o.strike, o.years, o.rate, o.volatility, o.right,
+                                                  o.dividend_yield)
+                                           - ref_bs(o.spot, o.strike, o.years, o.rate, o.volatility, o.right,
+                                                    o.dividend_yield))
+            assert cell == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    alone = market_risk(STOCK_MARKET, options, 50_000.0, EQUITY)
+    given = market_risk(STOCK_MARKET, options, 50_000.0, EQUITY, option_pnl=pnl)
+    assert alone == given
