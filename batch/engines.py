@@ -39,7 +39,7 @@ from batch.sync import HISTORY_SESSIONS
 from calculations import correlations as corr
 from calculations import factors
 from calculations.exposures import ExposureInput, Exposures, factor_exposures_books
-from calculations.greeks import PositionGreeks, option_greeks_many
+from calculations.greeks import PositionGreeks, option_greeks_books
 from calculations.positions import (
     OPTIONS,
     PRIVATE,
@@ -685,20 +685,11 @@ def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
 
 
 def run_greeks(units: Sequence[UnitContext]) -> list[JobOutcome]:
-    """Every option position of the chunk modelled in one vectorised pass (`option_greeks_many`
-    on the chunk's closes frame), then each unit's rows and record."""
+    """Every option position of the chunk modelled in one vectorised pass (`option_greeks_books`
+    on the chunk's closes), then each unit's rows and record."""
     options = [[p for p in ctx.held if p.asset_class == OPTIONS and not p.sign_error()] for ctx in units]
-    by_frame: dict[int, tuple[LatestCloses, list[PositionInput]]] = {}
-    for ctx, mine in zip(units, options, strict=True):
-        if mine:
-            closes = ctx.prices
-            by_frame.setdefault(id(closes), (closes, []))[1].extend(mine)
-    modelled: dict[uuid.UUID, PositionGreeks] = {}
-    for closes, positions in by_frame.values():
-        first = units[0]
-        modelled.update(zip((p.id for p in positions),
-                            option_greeks_many(positions, closes, first.as_of, first.settings.risk_free_rate),
-                            strict=True))
+    first = units[0]
+    modelled = option_greeks_books(options, lambda i: units[i].prices, first.as_of, first.settings.risk_free_rate)
     return [_greeks_outcome(ctx, mine, {p.id: modelled[p.id] for p in mine})
             for ctx, mine in zip(units, options, strict=True)]
 

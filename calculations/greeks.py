@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import NamedTuple
@@ -216,6 +216,24 @@ def option_greeks(position: PositionInput, closes: pd.DataFrame | LatestCloses, 
                   dividend_yield: float = 0.0) -> PositionGreeks:
     """`option_greeks_many` of one position."""
     return option_greeks_many([position], closes, as_of, rate, dividend_yield)[0]
+
+
+def option_greeks_books(books: Sequence[Sequence[PositionInput]],
+                        closes_of: Callable[[int], pd.DataFrame | LatestCloses], as_of: date, rate: float,
+                        dividend_yield: float = 0.0) -> dict[uuid.UUID, PositionGreeks]:
+    """`option_greeks_many` of the positions of many books, by position id: one pass per distinct
+    closes object (`closes_of(i)`, book i's closes; a chunk's books share one), called only for a
+    book that has positions."""
+    by_closes: dict[int, tuple[pd.DataFrame | LatestCloses, list[PositionInput]]] = {}
+    for i, positions in enumerate(books):
+        if positions:
+            closes = closes_of(i)
+            by_closes.setdefault(id(closes), (closes, []))[1].extend(positions)
+    modelled: dict[uuid.UUID, PositionGreeks] = {}
+    for closes, positions in by_closes.values():
+        greeks = option_greeks_many(positions, closes, as_of, rate, dividend_yield)
+        modelled.update(zip((p.id for p in positions), greeks, strict=True))
+    return modelled
 
 
 def option_greeks_many(positions: Sequence[PositionInput], closes: pd.DataFrame | LatestCloses, as_of: date,

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from calculations.greeks import PositionGreeks, option_greeks, option_greeks_many
+from calculations.greeks import PositionGreeks, option_greeks, option_greeks_books
 from calculations.options import intrinsic_value
 from calculations.positions import OPTIONS, PRIVATE, PUBLIC, PositionInput
 from calculations.prices import LatestCloses
@@ -182,7 +182,8 @@ def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable
         skipped.append(reasons)
     prices, rows = market.on(np.array(stock_codes, dtype=np.int64), as_of)
     price_list, row_list = prices.tolist(), rows.tolist()
-    models = _option_models(plans, closes_of, as_of, risk_free_rate)
+    models = option_greeks_books([[e for e in plan if isinstance(e, PositionInput) and e.asset_class == OPTIONS]
+                                  for plan in plans], closes_of, as_of, risk_free_rate)
     valuations = []
     for i, (book, plan, reasons) in enumerate(zip(books, plans, skipped, strict=True)):
         priced: list[PricedPosition] = []
@@ -205,24 +206,6 @@ def value_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable
             priced.append(p)
         valuations.append(_aggregate(as_of, priced, book.cash, reasons))
     return valuations
-
-
-def _option_models(plans: Sequence[Sequence[object]], closes_of: Callable[[int], pd.DataFrame | LatestCloses], on: date,
-                   risk_free_rate: float) -> dict[object, PositionGreeks]:
-    """`option_greeks` on `on` of every option position in `plans` (entries that are a
-    `PositionInput`), one vectorised pass per distinct closes frame (a chunk's books share one),
-    by position id."""
-    by_frame: dict[int, tuple[pd.DataFrame | LatestCloses, list[PositionInput]]] = {}
-    for i, plan in enumerate(plans):
-        options = [e for e in plan if isinstance(e, PositionInput) and e.asset_class == OPTIONS]
-        if options:
-            closes = closes_of(i)
-            by_frame.setdefault(id(closes), (closes, []))[1].extend(options)
-    models: dict[object, PositionGreeks] = {}
-    for closes, options in by_frame.values():
-        models.update(zip((p.id for p in options), option_greeks_many(options, closes, on, risk_free_rate),
-                          strict=True))
-    return models
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +270,8 @@ def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: d
                            previous_session, risk_free_rate=risk_free_rate)[0]
 
 
-def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Callable[[int], pd.DataFrame | LatestCloses],
-                    today: date, previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
+def daily_pnl_books(books: Sequence[Book], market: LatestCloses,
+                    closes_of: Callable[[int], pd.DataFrame | LatestCloses], today: date, previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
     """Each book's mark-to-market P&L for `today` (dollars): Σ over positions held at both
     closes of quantity × multiplier × (price today − price at the previous session), plus
     quantity × multiplier × (price today − entry price) for positions entered after the previous
@@ -299,18 +282,18 @@ def daily_pnl_books(books: Sequence[Book], market: LatestCloses, closes_of: Call
     Prices as `value_books` reads them: one array look-up per date for the PUBLIC positions
     whose symbol `market` holds, `price_position` on `closes_of(i)` for the others."""
     held: list[list[PositionInput]] = []
+    options: list[list[PositionInput]] = []  # per book: its options, priced by their model
     codes: list[int] = []
     for book in books:
         mine = [p for p in book.positions if p.is_held_on(today) and p.asset_class != PRIVATE]
         held.append(mine)
+        options.append([p for p in mine if p.asset_class == OPTIONS])
         codes.extend(market.code(p.symbol) if p.asset_class == PUBLIC else -1 for p in mine)
     code_array = np.array(codes, dtype=np.int64)
     now_prices = market.on(code_array, today)[0].tolist()
     before_prices = market.on(code_array, previous_session)[0].tolist()
-    others = [[p for p, code in zip(mine, codes[start:start + len(mine)], strict=True) if code < 0]
-              for mine, start in zip(held, np.cumsum([0] + [len(m) for m in held[:-1]]).tolist(), strict=True)]
-    models_now = _option_models(others, closes_of, today, risk_free_rate)
-    models_before = _option_models(others, closes_of, previous_session, risk_free_rate)
+    models_now = option_greeks_books(options, closes_of, today, risk_free_rate)
+    models_before = option_greeks_books(options, closes_of, previous_session, risk_free_rate)
     out = []
     k = 0
     for i, mine in enumerate(held):
