@@ -271,7 +271,8 @@ def daily_pnl(positions: Sequence[PositionInput], closes: pd.DataFrame, today: d
 
 
 def daily_pnl_books(books: Sequence[Book], market: LatestCloses,
-                    closes_of: Callable[[int], pd.DataFrame | LatestCloses], today: date, previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
+                    closes_of: Callable[[int], pd.DataFrame | LatestCloses], today: date,
+                    previous_session: date, *, risk_free_rate: float) -> list[DailyPnl]:
     """Each book's mark-to-market P&L for `today` (dollars): Σ over positions held at both
     closes of quantity × multiplier × (price today − price at the previous session), plus
     quantity × multiplier × (price today − entry price) for positions entered after the previous
