@@ -6,6 +6,7 @@ the run's stop check and clock come in as `Hooks` (batch/stopping.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,7 @@ import structlog
 
 from batch import repository
 from batch.db import describe_error
-from batch.engines import ChunkEngine, DateContext, UnitContext, skipped_result
-from batch.engines import Engine as CalcEngine
+from batch.engines import Chunk, DateContext, Engine, Unit, skipped_result
 from batch.errors import Interrupted, InvalidInputRow
 from batch.persist import Failure, JobRecord, Replacement, UnitResult, rolled_back
 from batch.settings import Settings
@@ -27,18 +27,18 @@ log = structlog.get_logger()
 
 @dataclass
 class _UnitWork:
-    """One unit while its chunk is computed: its context (None when its inputs were not
-    loaded), the job records so far, engine → the failure it inherits, and its first failure."""
+    """One unit while its chunk is computed: the unit (None when its inputs were not loaded),
+    the job records so far, engine → the failure it inherits, and its first failure."""
 
     portfolio: repository.PortfolioRow
     started: float
     broken: dict[str, str]
-    ctx: UnitContext | None = None
+    unit: Unit | None = None
     records: list[JobRecord] = field(default_factory=list)
     failure: Failure | None = None
 
 
-def compute_chunk(engines: Sequence[CalcEngine | ChunkEngine], settings: Settings, as_of: date,
+def compute_chunk(engines: Sequence[Engine], settings: Settings, as_of: date,
                   chunk: Sequence[repository.PortfolioRow], complete: set[uuid.UUID] | frozenset[uuid.UUID],
                   shared: DateContext | None,
                   inputs: dict[uuid.UUID, repository.UnitInputs | InvalidInputRow],
@@ -77,7 +77,7 @@ def compute_chunk(engines: Sequence[CalcEngine | ChunkEngine], settings: Setting
         if unit_inputs is None:
             work.failure = Failure("unit", f"RuntimeError: inputs not loaded: {load_error}")
         else:
-            work.ctx = UnitContext(settings, portfolio, as_of, unit_inputs, shared)
+            work.unit = Unit(portfolio, as_of, unit_inputs)
         live.append(work)
     if live:
         log.info("chunk_computing", as_of=as_of.isoformat(), units=len(live))
@@ -85,13 +85,14 @@ def compute_chunk(engines: Sequence[CalcEngine | ChunkEngine], settings: Setting
         hooks.check_stop()
         runnable = [w for w in live if _ready(engine, w, as_of, shared)]
         if runnable:
-            _run_engine(engine, runnable, hooks)
+            assert shared is not None
+            _run_engine(engine, Chunk(settings, shared, []), runnable, hooks)
     for work in live:
         results[work.portfolio.id] = _unit_result(work, hooks)
     return [results[p.id] for p in chunk]
 
 
-def deadline_skips(engines: Sequence[CalcEngine | ChunkEngine], as_of: date,
+def deadline_skips(engines: Sequence[Engine], as_of: date,
                    portfolios: Sequence[repository.PortfolioRow]) -> list[UnitResult]:
     """Past the soft deadline: every unit of `portfolios` skipped (`deadline`), each engine
     recorded `skipped` with its skip payload."""
@@ -101,12 +102,12 @@ def deadline_skips(engines: Sequence[CalcEngine | ChunkEngine], as_of: date,
         for e in engines), deadline=True) for p in portfolios]
 
 
-def _ready(engine: CalcEngine | ChunkEngine, work: _UnitWork, as_of: date, shared: DateContext | None) -> bool:
+def _ready(engine: Engine, work: _UnitWork, as_of: date, shared: DateContext | None) -> bool:
     """Whether `engine` runs for the unit; if not, record why (its skip payload)."""
-    if work.ctx is None:
+    if work.unit is None:
         return False
     root = next((work.broken[d] for d in engine.depends_on if d in work.broken), None)
-    held = len(work.ctx.held)
+    held = len(work.unit.held)
     if root is None and work.failure is not None:  # the unit is lost: do not compute
         work.records.append(JobRecord(engine.name, "skipped", 0, f"rolled_back: {work.failure.job} failed",
                                       skipped_result(engine.name, work.portfolio, as_of, held,
@@ -125,16 +126,15 @@ def _ready(engine: CalcEngine | ChunkEngine, work: _UnitWork, as_of: date, share
     return True
 
 
-def _run_engine(engine: CalcEngine | ChunkEngine, units: list[_UnitWork], hooks: Hooks) -> None:
-    """Run `engine` for `units` and record each unit's outcome or error. A `ChunkEngine`
-    computes them all in one call (its milliseconds shared out among the units' records, the
-    shares summing to the whole); if
-    that call raises, it is run again for each unit alone, so only the units it fails for
-    fail. A per-unit `Engine` runs unit by unit."""
-    if isinstance(engine, ChunkEngine) and len(units) > 1:
+def _run_engine(engine: Engine, chunk: Chunk, units: list[_UnitWork], hooks: Hooks) -> None:
+    """Run `engine` over `units` (`chunk` without units: the settings and the date's context)
+    and record each unit's outcome or error: all of them in one call, its milliseconds shared out
+    among the units' records (the shares summing to the whole); if that call raises, it is run
+    again for each unit alone, so only the units it fails for fail."""
+    if len(units) > 1:
         t0 = hooks.monotonic()
         try:
-            outcomes = engine.run([w.ctx for w in units])
+            outcomes = engine.run(dataclasses.replace(chunk, units=[w.unit for w in units]))
         except Interrupted:
             raise
         except Exception as exc:
@@ -150,7 +150,7 @@ def _run_engine(engine: CalcEngine | ChunkEngine, units: list[_UnitWork], hooks:
         structlog.contextvars.bind_contextvars(portfolio_id=str(work.portfolio.id))
         t0 = hooks.monotonic()
         try:
-            outcome = engine.run([work.ctx])[0] if isinstance(engine, ChunkEngine) else engine.run(work.ctx)
+            [outcome] = engine.run(dataclasses.replace(chunk, units=[work.unit]))
         except Interrupted:
             raise
         except Exception as exc:
@@ -173,7 +173,7 @@ def _unit_result(work: _UnitWork, hooks: Hooks) -> UnitResult:
         duration_ms = hooks.ms(work.started)
         return UnitResult(work.portfolio.id, "failed", rolled_back(work.records, work.failure, duration_ms),
                           failure=work.failure, duration_ms=duration_ms)
-    assert work.ctx is not None
-    writes = tuple(Replacement(table, key, rows) for table, (key, rows) in work.ctx.writes.items())
+    assert work.unit is not None
+    writes = tuple(Replacement(table, key, rows) for table, (key, rows) in work.unit.writes.items())
     return UnitResult(work.portfolio.id, "succeeded", tuple(work.records), writes,
                       duration_ms=hooks.ms(work.started))

@@ -4,15 +4,17 @@ Two kinds, each registered as (name, function[, dependencies]):
 
 - **global engines** run once per as-of date before the portfolios (symbol betas, factor
   covariance); each commits on its own and leaves its in-memory output in a `DateContext`;
-- **portfolio engines** run for each (portfolio, as-of date) in registration order, inside that
-  unit's single transaction. Dependencies may name engines of either kind.
+- **portfolio engines** run in registration order over a `Chunk` — the (portfolio, as-of date)
+  units of one chunk at once, on arrays — and return one outcome per unit. Dependencies may
+  name engines of either kind.
 
-The run loop (batch/runner.py) knows nothing about what an engine computes: a new engine is a
-function plus a `register(...)` call here. A portfolio engine reads its inputs from its
-`UnitContext` (loaded beforehand, many portfolios at a time), calls the pure functions of
-`calculations/`, stages its result rows for its natural key (`UnitContext.replace`; the runner
-writes them in bulk once every engine of the unit has succeeded), and returns a `JobOutcome`; it
-raises on failure. "Nothing to compute" is a `skipped` outcome carrying the SPEC §8 payload.
+The run loop (batch/compute.py) knows nothing about what an engine computes: a new engine is a
+function plus a `register(...)` call here. A portfolio engine reads the units' inputs (loaded
+beforehand, a chunk at a time; no engine queries the database) and the date's shared context,
+calls the pure functions of `calculations/`, stages each unit's result rows for its natural key
+(`Unit.replace`; the runner writes them in bulk once every engine of the unit has succeeded),
+and returns a `JobOutcome` per unit; it raises on failure. "Nothing to compute" is a `skipped`
+outcome carrying the SPEC §8 payload.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ from calculations.scenarios import (
     DEFAULT_DURATION,
     MARKET_SHOCKS,
     OptionRevaluation,
+    ScenarioMoves,
+    StressResult,
     market_risk,
     revaluation_pnl,
-    scenario_propagation,
+    scenario_moves,
     stress_summary,
-    stress_test,
+    stress_tests_books,
 )
 from calculations.snapshot import build_snapshot
 from calculations.valuation import BAD_CLOSES_IGNORED, Book, DailyPnl, Valuation, daily_pnl_books, value_books
@@ -216,17 +220,16 @@ class DateContext:
 
 
 @dataclass
-class UnitContext:
-    """Everything a portfolio engine may use for one (portfolio, as-of date), loaded before the
-    engines run (no engine queries the database); nothing is dated after `as_of` (no look-ahead)."""
+class Unit:
+    """One (portfolio, as-of date) of a chunk: its inputs (loaded beforehand; nothing dated after
+    `as_of`), what its engines leave for the engines after them (`outputs`: engine name → value)
+    and the rows staged for it (`writes`: table → (key, rows), written by the runner once every
+    engine of the unit has succeeded)."""
 
-    settings: Settings
     portfolio: repository.PortfolioRow
     as_of: date
     inputs: repository.UnitInputs
-    shared: DateContext
-    outputs: dict[str, Any] = field(default_factory=dict)  # engine name → in-memory output
-    # table → (key, rows): what the unit writes once every engine has succeeded
+    outputs: dict[str, Any] = field(default_factory=dict)
     writes: dict[type, tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=dict)
 
     @property
@@ -242,38 +245,9 @@ class UnitContext:
         """Positions held at the as-of close."""
         return [p for p in self.positions if p.is_held_on(self.as_of)]
 
-    @cached_property
-    def previous_session(self) -> date:
-        return calendar.previous_session(self.as_of)
-
-    @property
-    def closes(self) -> pd.DataFrame:
-        """Closes over the HISTORY_SESSIONS sessions ending at `as_of` of every symbol the
-        positions reference (own symbol, option underlying) — and of the rest of the date's
-        market and of the chunk: one frame built once per chunk (`DateContext.closes_with`) and
-        shared by its units, indexed by every session. The date's array look-up
-        (`DateContext.latest_closes`) prices the PUBLIC positions; this frame serves the others
-        (options, PRIVATE marks, symbols outside the market frame)."""
-        return self.shared.closes_with(self.inputs.own_closes).frame
-
-    @property
-    def prices(self) -> LatestCloses:
-        """`closes` prepared for look-ups (built once per chunk)."""
-        return self.shared.closes_with(self.inputs.own_closes).prices
-
-    @cached_property
-    def bad_closes(self) -> dict[str, list[date]]:
-        """Symbol → sessions whose stored close `closes` reads as missing (non-positive or
-        non-finite), for the symbols this book's pricing reads."""
-        symbols = price_symbols(self.positions)
-        bad = {s: d for s, d in self.shared.bad_closes.items() if s in symbols}
-        bad.update((s, d) for s, d in self.inputs.own_closes.bad.items() if s in symbols)
-        return bad
-
     def replace(self, table: type, rows: list[dict[str, Any]], date_column: str = "as_of_date") -> int:
         """Stage `rows` as this portfolio's rows of `table` for the as-of date (a later call for
-        the same table supersedes an earlier one). The runner writes every staged table in bulk,
-        replacing the stored rows, only when all the unit's engines have succeeded."""
+        the same table supersedes an earlier one)."""
         self.writes[table] = ({"portfolio_id": self.portfolio_id, date_column: self.as_of}, list(rows))
         return len(rows)
 
@@ -286,22 +260,49 @@ class UnitContext:
         return stored_in(table, len(self.writes[table][1]))
 
 
+@dataclass
+class Chunk:
+    """What a portfolio engine computes over: units of one as-of date (in chunk order), the run's
+    settings and the date's shared context. No engine queries the database."""
+
+    settings: Settings
+    shared: DateContext
+    units: list[Unit]
+
+    @property
+    def as_of(self) -> date:
+        return self.shared.as_of
+
+    @cached_property
+    def previous_session(self) -> date:
+        return calendar.previous_session(self.as_of)
+
+    def closes(self, unit: Unit) -> ChunkCloses:
+        """The closes `unit` is priced from over the HISTORY_SESSIONS sessions ending at `as_of`:
+        the date's market frame beside its chunk's own closes (built once per chunk and shared,
+        `DateContext.closes_with`). The date's array look-up (`DateContext.latest_closes`) prices
+        the PUBLIC positions; these serve the others (options, PRIVATE marks, symbols outside the
+        market frame)."""
+        return self.shared.closes_with(unit.inputs.own_closes)
+
+    def bad_closes(self, unit: Unit) -> dict[str, list[date]]:
+        """Symbol → sessions whose stored close the pricing of `unit` reads as missing
+        (non-positive or non-finite), for the symbols its positions are priced from."""
+        symbols = price_symbols(unit.positions)
+        bad = {s: d for s, d in self.shared.bad_closes.items() if s in symbols}
+        bad.update((s, d) for s, d in unit.inputs.own_closes.bad.items() if s in symbols)
+        return bad
+
+
 @dataclass(frozen=True)
 class Engine:
-    name: str
-    run: Callable[[UnitContext], JobOutcome]
-    depends_on: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ChunkEngine:
-    """A portfolio engine that computes every unit of a chunk at once: `run` takes the units'
-    contexts and returns one outcome per unit, in their order, staging each unit's rows on its
-    context. It raises only for what it cannot pin on one unit; the runner then runs it for each
-    unit alone (a chunk of one), so only the units it fails for fail."""
+    """A portfolio engine: `run` computes every unit of a chunk at once and returns one outcome
+    per unit, in their order, staging each unit's rows on it. It raises only for what it cannot
+    pin on one unit; the runner then runs it for each unit alone (a chunk of one), so only the
+    units it fails for fail."""
 
     name: str
-    run: Callable[[Sequence[UnitContext]], list[JobOutcome]]
+    run: Callable[[Chunk], list[JobOutcome]]
     depends_on: tuple[str, ...] = ()
 
 
@@ -311,11 +312,11 @@ class GlobalEngine:
     run: Callable[[DateContext], JobOutcome]
 
 
-ENGINES: list[Engine | ChunkEngine] = []
+ENGINES: list[Engine] = []
 GLOBAL_ENGINES: list[GlobalEngine] = []
 
 
-def register(engine: Engine | ChunkEngine | GlobalEngine) -> Engine | ChunkEngine | GlobalEngine:
+def register(engine: Engine | GlobalEngine) -> Engine | GlobalEngine:
     """Add an engine after its dependencies (which must already be registered)."""
     known = {e.name for e in ENGINES} | {e.name for e in GLOBAL_ENGINES}
     missing = [d for d in getattr(engine, "depends_on", ()) if d not in known]
@@ -643,29 +644,27 @@ def skipped_result(engine: str, portfolio: repository.PortfolioRow, as_of: date,
 # --- valuation (SPEC §6.1) --------------------------------------------------------------------
 
 
-def run_valuation(units: Sequence[UnitContext]) -> list[JobOutcome]:
+def run_valuation(chunk: Chunk) -> list[JobOutcome]:
     """Value every book of the chunk at once (SPEC §6.1, `value_books`) and stage one
     `position_valuations` row per position valued, priced or not (an unpriced one: NULL price and
     market value, its reason in `flags`)."""
-    if not units:
-        return []
-    shared, as_of = units[0].shared, units[0].as_of
-    stale_before = calendar.sessions_back(as_of, STALE_AFTER_SESSIONS + 1)[0]
+    units = chunk.units
+    stale_before = calendar.sessions_back(chunk.as_of, STALE_AFTER_SESSIONS + 1)[0]
     valuations = value_books([Book(u.positions, u.portfolio.cash_balance, u.inputs.marks) for u in units],
-                             shared.latest_closes, lambda i: units[i].prices, as_of, stale_before,
-                             risk_free_rate=units[0].settings.risk_free_rate)
-    return [_valuation_outcome(ctx, v) for ctx, v in zip(units, valuations, strict=True)]
+                             chunk.shared.latest_closes, lambda i: chunk.closes(units[i]).prices, chunk.as_of,
+                             stale_before, risk_free_rate=chunk.settings.risk_free_rate)
+    return [_valuation_outcome(unit, v, chunk.bad_closes(unit)) for unit, v in zip(units, valuations, strict=True)]
 
 
-def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
+def _valuation_outcome(unit: Unit, v: Valuation, bad_closes: dict[str, list[date]]) -> JobOutcome:
     """Keep one unit's valuation for the engines after it, stage its rows, and summarise it."""
-    if ctx.bad_closes:  # the symbols it was priced from had closes read as missing: say so
+    if bad_closes:  # the symbols it was priced from had closes read as missing: say so
         v = dataclasses.replace(v, positions=tuple(
             p._replace(flags=(*p.flags, BAD_CLOSES_IGNORED))
-            if {p.position.symbol, p.position.market_symbol} & ctx.bad_closes.keys() else p
+            if {p.position.symbol, p.position.market_symbol} & bad_closes.keys() else p
             for p in v.positions))
-    ctx.outputs["valuation"] = v
-    ctx.replace(PositionValuation, [
+    unit.outputs["valuation"] = v
+    unit.replace(PositionValuation, [
         {"position_id": p.position.id, "symbol": p.position.symbol, "quantity": p.position.quantity,
          "price": p.price, "price_date": p.price_date, "price_source": p.price_source,
          "market_value": p.market_value, "flags": list(p.flags)} for p in v.positions])
@@ -677,40 +676,41 @@ def _valuation_outcome(ctx: UnitContext, v: Valuation) -> JobOutcome:
         total_value=v.total_value, long_value=v.long_value, short_value=v.short_value,
         gross_exposure=v.gross_exposure, net_exposure=v.net_exposure, private_value=v.private_value,
         cash_value=v.cash_value, skipped_positions=list(v.skipped),
-        positions=ctx.stored_in(PositionValuation),
+        positions=unit.stored_in(PositionValuation),
         flags=dict(Counter(name for p in v.positions for name in dict.fromkeys(p.flags)))))
 
 
 # --- Greeks (SPEC §6.2) -----------------------------------------------------------------------
 
 
-def run_greeks(units: Sequence[UnitContext]) -> list[JobOutcome]:
+def run_greeks(chunk: Chunk) -> list[JobOutcome]:
     """Every option position of the chunk modelled in one vectorised pass (`option_greeks_books`
     on the chunk's closes), then each unit's rows and record."""
-    options = [[p for p in ctx.held if p.asset_class == OPTIONS and not p.sign_error()] for ctx in units]
-    first = units[0]
-    modelled = option_greeks_books(options, lambda i: units[i].prices, first.as_of, first.settings.risk_free_rate)
-    return [_greeks_outcome(ctx, mine, {p.id: modelled[p.id] for p in mine})
-            for ctx, mine in zip(units, options, strict=True)]
+    units = chunk.units
+    options = [[p for p in u.held if p.asset_class == OPTIONS and not p.sign_error()] for u in units]
+    modelled = option_greeks_books(options, lambda i: chunk.closes(units[i]).prices, chunk.as_of,
+                                   chunk.settings.risk_free_rate)
+    return [_greeks_outcome(unit, mine, {p.id: modelled[p.id] for p in mine})
+            for unit, mine in zip(units, options, strict=True)]
 
 
-def _greeks_outcome(ctx: UnitContext, options: list[PositionInput],
+def _greeks_outcome(unit: Unit, options: list[PositionInput],
                     greeks: dict[uuid.UUID, PositionGreeks]) -> JobOutcome:
-    ctx.outputs["greeks"] = greeks
+    unit.outputs["greeks"] = greeks
     rows = [{"position_id": g.position_id, "model_price": g.model_price,
              "underlying_price": g.underlying_price, "volatility": g.volatility, "delta": g.delta,
              "gamma": g.gamma, "theta": g.theta, "vega": g.vega, "rho": g.rho,
              "dollar_delta": g.dollar_delta, "status": g.status} for g in greeks.values()]
-    ctx.replace(PositionGreeksRow, rows)
+    unit.replace(PositionGreeksRow, rows)
     ok = sum(1 for g in greeks.values() if g.status == "ok")
     flag = "no_option_positions" if not options else ("ok" if ok == len(options) else "partial")
     # Portfolio Greeks of a book without options are a computed zero; only a book with nothing
     # market-priced has nothing to compute.
-    market_positions = [p for p in ctx.held if p.asset_class != PRIVATE]
+    market_positions = [p for p in unit.held if p.asset_class != PRIVATE]
     return JobOutcome("success" if market_positions else "skipped", greeks_payload(
         flag if market_positions else NO_PUBLIC, f"{ok} of {len(options)} option positions modelled",
         len(options), analyzed=ok, totals=greek_totals(greeks),
-        positions=ctx.stored_in(PositionGreeksRow) if market_positions else {}, records_stored=len(rows)))
+        positions=unit.stored_in(PositionGreeksRow) if market_positions else {}, records_stored=len(rows)))
 
 
 def greek_totals(greeks: dict[uuid.UUID, PositionGreeks]) -> dict[str, float]:
@@ -733,25 +733,24 @@ def regression_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
 # --- factor exposures (SPEC §6.3, §8) ----------------------------------------------------------
 
 
-def run_factors(units: Sequence[UnitContext]) -> list[JobOutcome]:
+def run_factors(chunk: Chunk) -> list[JobOutcome]:
     """Every unit's position and portfolio factor exposures (SPEC §6.3) in one array pass over
     the chunk (`factor_exposures_books`): stocks by market value, modelled options by dollar
     delta, each times its market symbol's betas."""
-    if not units:
-        return []
-    symbol_betas: SymbolBetas = units[0].shared.outputs["symbol_betas"]
-    books = [_exposure_inputs(ctx) for ctx in units]
-    chunk = factor_exposures_books(books, symbol_betas.betas,
-                                   [ctx.outputs["valuation"].total_value for ctx in units], factors.FACTOR_ORDER)
-    return [_factors_outcome(ctx, inputs, exposures, symbol_betas)
-            for ctx, inputs, exposures in zip(units, books, chunk, strict=True)]
+    units = chunk.units
+    symbol_betas: SymbolBetas = chunk.shared.outputs["symbol_betas"]
+    books = [_exposure_inputs(unit) for unit in units]
+    exposures = factor_exposures_books(books, symbol_betas.betas, [u.outputs["valuation"].total_value for u in units],
+                                       factors.FACTOR_ORDER)
+    return [_factors_outcome(unit, inputs, book, symbol_betas)
+            for unit, inputs, book in zip(units, books, exposures, strict=True)]
 
 
-def _exposure_inputs(ctx: UnitContext) -> list[ExposureInput]:
+def _exposure_inputs(unit: Unit) -> list[ExposureInput]:
     """What carries a unit's factor exposure: each valued stock's market value, each modelled
     option's dollar delta (on its underlying)."""
-    valuation: Valuation = ctx.outputs["valuation"]
-    greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
+    valuation: Valuation = unit.outputs["valuation"]
+    greeks: dict[uuid.UUID, PositionGreeks] = unit.outputs.get("greeks", {})
     inputs: list[ExposureInput] = []
     for priced in valuation.positions:
         pos = priced.position
@@ -762,31 +761,31 @@ def _exposure_inputs(ctx: UnitContext) -> list[ExposureInput]:
     return inputs
 
 
-def _factors_outcome(ctx: UnitContext, inputs: list[ExposureInput], exposures: Exposures,
+def _factors_outcome(unit: Unit, inputs: list[ExposureInput], exposures: Exposures,
                      symbol_betas: SymbolBetas) -> JobOutcome:
-    valuation: Valuation = ctx.outputs["valuation"]
-    ctx.outputs["factors"] = exposures
+    valuation: Valuation = unit.outputs["valuation"]
+    unit.outputs["factors"] = exposures
     total = valuation.num_positions
     if exposures.analyzed == 0:
-        ctx.replace(PositionFactorExposure, [])
-        ctx.replace(PortfolioFactorExposure, [])
+        unit.replace(PositionFactorExposure, [])
+        unit.replace(PortfolioFactorExposure, [])
         return JobOutcome("skipped", factors_payload(
             NO_PUBLIC, "Portfolio contains no public positions with sufficient price history", total,
-            ctx.portfolio_id, ctx.as_of))
+            unit.portfolio_id, unit.as_of))
     position_rows = [{"position_id": e.position_id, "factor": e.factor, "beta": e.beta,
                       "exposure_dollar": e.exposure_dollar} for e in exposures.positions]
     portfolio_rows = [{"factor": e.factor, "beta": e.beta, "exposure_dollar": e.exposure_dollar}
                       for e in exposures.portfolio]
-    ctx.replace(PositionFactorExposure, position_rows)
-    ctx.replace(PortfolioFactorExposure, portfolio_rows)
+    unit.replace(PositionFactorExposure, position_rows)
+    unit.replace(PortfolioFactorExposure, portfolio_rows)
     used = {i.symbol for i in inputs if i.position_id not in exposures.skipped}
     symbol_of = {i.position_id: i.symbol for i in inputs}
     observations = [symbol_betas.stats[s]["observations"] for s in used if s in symbol_betas.stats]
     data_days = min(observations) if observations else 0
     flag = "full_history" if data_days >= factors.BETA_WINDOW and not exposures.skipped else "limited_history"
     return JobOutcome("success", {
-        "factor_betas": ctx.stored_in(PortfolioFactorExposure),
-        "position_betas": ctx.stored_in(PositionFactorExposure),
+        "factor_betas": unit.stored_in(PortfolioFactorExposure),
+        "position_betas": unit.stored_in(PositionFactorExposure),
         "regression_stats": regression_summary([symbol_betas.stats[s] for s in used if s in symbol_betas.stats]),
         "data_quality": capped(_quality(
             flag, f"{exposures.analyzed} of {total} positions have factor betas", exposures.analyzed,
@@ -794,9 +793,9 @@ def _factors_outcome(ctx: UnitContext, inputs: list[ExposureInput], exposures: E
             factor_unavailable=sorted(symbol_betas.unavailable),
             skipped_positions={str(k): factors.ZERO_VARIANCE if symbol_of[k] in symbol_betas.zero_variance else v
                                for k, v in exposures.skipped.items()}), "skipped_positions"),
-        "metadata": {"calculation_date": ctx.as_of.isoformat(),
+        "metadata": {"calculation_date": unit.as_of.isoformat(),
                      "regression_window_days": factors.BETA_WINDOW, "status": "COMPLETED",
-                     "portfolio_id": str(ctx.portfolio_id)},
+                     "portfolio_id": str(unit.portfolio_id)},
         "storage_results": {"position_storage": {"records_stored": len(position_rows), "skipped": False},
                             "portfolio_storage": {"records_stored": len(portfolio_rows), "skipped": False}},
     })
@@ -805,33 +804,34 @@ def _factors_outcome(ctx: UnitContext, inputs: list[ExposureInput], exposures: E
 # --- market-risk scenarios (SPEC §6.4) --------------------------------------------------------
 
 
-def run_market_risk(units: Sequence[UnitContext]) -> list[JobOutcome]:
+def run_market_risk(chunk: Chunk) -> list[JobOutcome]:
     """Every unit's market-risk scenarios (SPEC §6.4): the stocks by Σ market value × β_M, every
     modelled option of the chunk fully revalued under every market shock in one vectorised pass
     (`revaluation_pnl`), each unit summing its own options' rows."""
-    plans = [_market_risk_options(ctx) for ctx in units]
+    betas: SymbolBetas = chunk.shared.outputs["symbol_betas"]
+    plans = [_market_risk_options(unit, betas, chunk.settings.risk_free_rate) for unit in chunk.units]
     everything = [o for options, _ in plans if options is not None for o in options]
     pnl = revaluation_pnl(everything, MARKET_SHOCKS)
     outcomes = []
     start = 0
-    for ctx, (options, not_revalued) in zip(units, plans, strict=True):
+    for unit, (options, not_revalued) in zip(chunk.units, plans, strict=True):
         if options is None:
-            outcomes.append(_market_risk_outcome(ctx, None, {}, None))
+            outcomes.append(_market_risk_outcome(unit, betas, None, {}, None))
             continue
-        outcomes.append(_market_risk_outcome(ctx, options, not_revalued, pnl[start:start + len(options)]))
+        outcomes.append(_market_risk_outcome(unit, betas, options, not_revalued, pnl[start:start + len(options)]))
         start += len(options)
     return outcomes
 
 
-def _market_risk_options(ctx: UnitContext) -> tuple[list[OptionRevaluation] | None, dict[str, str]]:
+def _market_risk_options(unit: Unit, betas: SymbolBetas,
+                         rate: float) -> tuple[list[OptionRevaluation] | None, dict[str, str]]:
     """A unit's options to revalue (None: the unit has no factor exposures, nothing to compute)
     and those left out with why (position id → greeks status, or `no_underlying_beta`)."""
-    exposures: Exposures = ctx.outputs["factors"]
+    exposures: Exposures = unit.outputs["factors"]
     if exposures.analyzed == 0:
         return None, {}
-    greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
-    betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
-    positions = {p.id: p for p in ctx.held}
+    greeks: dict[uuid.UUID, PositionGreeks] = unit.outputs.get("greeks", {})
+    positions = {p.id: p for p in unit.held}
     options = []
     not_revalued: dict[str, str] = {}
     for pid, g in greeks.items():
@@ -842,18 +842,17 @@ def _market_risk_options(ctx: UnitContext) -> tuple[list[OptionRevaluation] | No
             continue
         terms = pos.contract  # status "ok" implies the terms resolved
         options.append(OptionRevaluation(pid, pos.quantity, g.underlying_price, terms.strike, g.years,
-                                         ctx.settings.risk_free_rate, g.volatility, terms.right, beta))
+                                         rate, g.volatility, terms.right, beta))
     return options, not_revalued
 
 
-def _market_risk_outcome(ctx: UnitContext, options: list[OptionRevaluation] | None, not_revalued: dict[str, str],
-                         option_pnl: np.ndarray | None) -> JobOutcome:
-    exposures: Exposures = ctx.outputs["factors"]
-    valuation: Valuation = ctx.outputs["valuation"]
-    betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
+def _market_risk_outcome(unit: Unit, betas: SymbolBetas, options: list[OptionRevaluation] | None,
+                         not_revalued: dict[str, str], option_pnl: np.ndarray | None) -> JobOutcome:
+    exposures: Exposures = unit.outputs["factors"]
+    valuation: Valuation = unit.outputs["valuation"]
     total = valuation.num_positions
     if options is None:
-        ctx.replace(MarketRiskResult, [])
+        unit.replace(MarketRiskResult, [])
         return JobOutcome("skipped", market_risk_payload(NO_PUBLIC, "Portfolio has no factor exposures", total))
     option_ids = {p.position.id for p in valuation.positions if p.position.asset_class == OPTIONS}
     market_available = factors.MARKET not in betas.unavailable
@@ -862,50 +861,71 @@ def _market_risk_outcome(ctx: UnitContext, options: list[OptionRevaluation] | No
     rate_exposure = exposures.by_factor().get(factors.RATES)
     scenarios, unavailable = market_risk(stock_market if market_available else None, options,
                                          rate_exposure, valuation.total_value, option_pnl=option_pnl)
-    ctx.replace(MarketRiskResult, [{"scenario": r.scenario, "shock": r.shock, "pnl": r.pnl,
-                                    "pnl_pct": r.pnl_pct} for r in scenarios])
+    unit.replace(MarketRiskResult, [{"scenario": r.scenario, "shock": r.shock, "pnl": r.pnl,
+                                     "pnl_pct": r.pnl_pct} for r in scenarios])
     flag = "factor_unavailable" if unavailable else "full_history"
     return JobOutcome("success", market_risk_payload(
         flag, f"{len(scenarios)} scenarios computed", total, analyzed=exposures.analyzed,
-        scenarios=ctx.stored_in(MarketRiskResult), unavailable=unavailable, options_revalued=len(options),
+        scenarios=unit.stored_in(MarketRiskResult), unavailable=unavailable, options_revalued=len(options),
         options_not_revalued=not_revalued))
 
 
 # --- stress tests (SPEC §6.5, §8) -------------------------------------------------------------
 
 
-def run_stress_tests(ctx: UnitContext) -> JobOutcome:
-    exposures: Exposures = ctx.outputs["factors"]
-    valuation: Valuation = ctx.outputs["valuation"]
-    covariance: FactorCovariance = ctx.shared.outputs["factor_correlations"]
-    symbol_betas: SymbolBetas = ctx.shared.outputs["symbol_betas"]
+def _stress_scenarios(shared: DateContext) -> list[ScenarioMoves]:
+    """The date's active scenarios with their factor moves (shocked and propagated): they depend
+    on no portfolio, so they are computed once per date and kept on `shared`. A factor has data
+    when its betas could be fitted; the covariance only drives propagation."""
+    moves = shared.outputs.get("stress_moves")
+    if moves is None:
+        covariance: FactorCovariance = shared.outputs["factor_correlations"]
+        symbol_betas: SymbolBetas = shared.outputs["symbol_betas"]
+        available = [f for f in factors.FACTOR_ORDER if f not in symbol_betas.unavailable]
+        moves = shared.outputs["stress_moves"] = [
+            scenario_moves(sid, shocks, available, covariance.covariance) for sid, shocks in shared.stress_scenarios]
+    return moves
+
+
+def run_stress_tests(chunk: Chunk) -> list[JobOutcome]:
+    """Every unit's stress tests (SPEC §6.5) at once: the chunk's portfolio exposures as a
+    units × factors matrix times the date's scenario moves (`stress_tests_books`)."""
+    covariance: FactorCovariance = chunk.shared.outputs["factor_correlations"]
+    symbol_betas: SymbolBetas = chunk.shared.outputs["symbol_betas"]
     info = {"factors": [] if covariance.covariance is None else list(covariance.covariance.index),
             "observations": covariance.observations, "decay": factors.EWMA_LAMBDA,
             "method": "conditional_expectation", "factor_unavailable": covariance.unavailable}
-    total = valuation.num_positions
-    if exposures.analyzed == 0:
-        ctx.replace(StressTestResult, [])
-        return JobOutcome("skipped", stress_payload(NO_PUBLIC, "Portfolio has no factor exposures", total,
-                                                    ctx.portfolio_id, ctx.as_of, ctx.portfolio.name, info))
-    scenarios = ctx.shared.stress_scenarios
-    # A factor has data when its betas could be fitted; the covariance only drives propagation.
+    scenarios = _stress_scenarios(chunk.shared)
+    exposed = [u for u in chunk.units if u.outputs["factors"].analyzed > 0]
+    matrix = np.full((len(exposed), len(factors.FACTOR_ORDER)), np.nan)
+    column = {f: j for j, f in enumerate(factors.FACTOR_ORDER)}
+    for i, unit in enumerate(exposed):
+        for factor, dollars in unit.outputs["factors"].by_factor().items():
+            matrix[i, column[factor]] = dollars
+    equity = np.array([u.outputs["valuation"].total_value for u in exposed], dtype=float)
     available = [f for f in factors.FACTOR_ORDER if f not in symbol_betas.unavailable]
-    propagation = ctx.shared.outputs.get("stress_propagation")  # per date: no portfolio in it
-    if propagation is None:
-        propagation = ctx.shared.outputs["stress_propagation"] = {
-            sid: scenario_propagation(shocks, available, covariance.covariance) for sid, shocks in scenarios}
-    by_factor = exposures.by_factor()
-    results = [stress_test(sid, shocks, by_factor, available, covariance.covariance, valuation.total_value,
-                           propagation=propagation[sid]) for sid, shocks in scenarios]
-    ctx.replace(StressTestResult, [
+    results = iter(stress_tests_books(matrix, factors.FACTOR_ORDER, equity, scenarios, available))
+    return [_stress_outcome(unit, next(results) if unit.outputs["factors"].analyzed > 0 else None, info,
+                            covariance) for unit in chunk.units]
+
+
+def _stress_outcome(unit: Unit, results: list[StressResult] | None, info: dict[str, Any],
+                    covariance: FactorCovariance) -> JobOutcome:
+    exposures: Exposures = unit.outputs["factors"]
+    total = unit.outputs["valuation"].num_positions
+    if results is None:
+        unit.replace(StressTestResult, [])
+        return JobOutcome("skipped", stress_payload(NO_PUBLIC, "Portfolio has no factor exposures", total,
+                                                    unit.portfolio_id, unit.as_of, unit.portfolio.name, info))
+    unit.replace(StressTestResult, [
         {"scenario_id": r.scenario_id, "direct_pnl": r.direct_pnl, "correlated_pnl": r.correlated_pnl,
          "correlation_effect": r.correlation_effect, "pnl_pct": r.pnl_pct,
          "exceeds_equity": r.exceeds_equity, "factor_impacts": r.factor_impacts} for r in results])
     flag = "full_history" if covariance.covariance is not None else "factor_unavailable"
-    payload = stress_payload(flag, f"{len(results)} scenarios", total, ctx.portfolio_id, ctx.as_of,
-                             ctx.portfolio.name, info)
+    payload = stress_payload(flag, f"{len(results)} scenarios", total, unit.portfolio_id, unit.as_of,
+                             unit.portfolio.name, info)
     payload["stress_test_results"].update(
-        direct_impacts=ctx.stored_in(StressTestResult), correlated_impacts=ctx.stored_in(StressTestResult),
+        direct_impacts=unit.stored_in(StressTestResult), correlated_impacts=unit.stored_in(StressTestResult),
         summary_stats=capped(stress_summary(results), "exceeds_equity"), skipped=False, skip_reason=None)
     # the date's factor correlation matrix, stored once per date: each unordered pair and the diagonal
     n = len(info["factors"])
@@ -918,20 +938,27 @@ def run_stress_tests(ctx: UnitContext) -> JobOutcome:
 # --- correlations (SPEC §6.6, §8) --------------------------------------------------------------
 
 
-def _correlation_panel(ctx: UnitContext, symbols: Mapping[str, float]) -> corr.ReturnPanel:
-    """The returns the unit's correlations read: the date's panel (`DateContext.return_panel`),
-    which holds every market symbol; only when the market closes were never loaded (the
-    symbol-betas engine failed before loading them) a panel of the unit's own closes of
-    `symbols` — the same computation over a smaller universe, read from the same closes."""
-    panel = ctx.shared.return_panel
+def run_correlations(chunk: Chunk) -> list[JobOutcome]:
+    """Every unit's correlation matrix (SPEC §6.6) as a block of the date's return panel
+    (`DateContext.return_panel`, prepared once per date: each block reads its pairwise-complete
+    sums from it), its clusters and metrics."""
+    return [_correlations_outcome(chunk, unit) for unit in chunk.units]
+
+
+def _correlation_panel(chunk: Chunk, unit: Unit, symbols: Mapping[str, float]) -> corr.ReturnPanel:
+    """The returns a unit's correlations read: the date's panel, which holds every market symbol;
+    only when the market closes were never loaded (the symbol-betas engine failed before loading
+    them) a panel of the chunk's closes of `symbols` — the same computation over a smaller
+    universe, read from the same closes."""
+    panel = chunk.shared.return_panel
     if panel is not None and all(s in panel.columns for s in symbols):
         return panel
-    return corr.closes_panel(ctx.closes.reindex(columns=sorted(symbols)))
+    return corr.closes_panel(chunk.closes(unit).frame.reindex(columns=sorted(symbols)))
 
 
-def run_correlations(ctx: UnitContext) -> JobOutcome:
-    valuation: Valuation = ctx.outputs["valuation"]
-    greeks: dict[uuid.UUID, PositionGreeks] = ctx.outputs.get("greeks", {})
+def _correlations_outcome(chunk: Chunk, unit: Unit) -> JobOutcome:
+    valuation: Valuation = unit.outputs["valuation"]
+    greeks: dict[uuid.UUID, PositionGreeks] = unit.outputs.get("greeks", {})
     values: dict[str, float] = {}
     stocks: list[str] = []  # the symbol of each stock position that enters, one entry per position
     options: list[str] = []  # the underlying of each option merged into it, one entry per position
@@ -946,14 +973,14 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     kept, excluded = corr.eligible_exposures(values, valuation.gross_exposure)
     result = None
     if len(kept) >= 2:
-        result = corr.correlate(kept, _correlation_panel(ctx, kept), excluded=excluded)
+        result = corr.correlate(kept, _correlation_panel(chunk, unit, kept), excluded=excluded)
     total = valuation.num_positions
     for table in (CorrelationRun, CorrelationMatrix, CorrelationCluster):
-        ctx.replace(table, [])
+        unit.replace(table, [])
     if result is None:
         return JobOutcome("skipped", correlations_payload(
-            NO_PUBLIC, "No public positions with sufficient data", total, ctx.as_of, excluded=excluded))
-    ctx.replace(CorrelationRun, [{
+            NO_PUBLIC, "No public positions with sufficient data", total, unit.as_of, excluded=excluded))
+    unit.replace(CorrelationRun, [{
         "window_days": corr.CORRELATION_WINDOW, "avg_abs_correlation": result.avg_abs_correlation,
         "weighted_correlation": result.weighted_correlation,
         "effective_positions": result.effective_positions, "positions_included": result.positions_included,
@@ -962,13 +989,13 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     rhos = [[None if math.isnan(v) else v for v in row] for row in result.matrix.tolist()]
     counts = result.observations.tolist()
     # one row: the sorted symbols and both matrices (the pairwise_correlations view unnests it)
-    ctx.replace(CorrelationMatrix, [{
+    unit.replace(CorrelationMatrix, [{
         "window_days": corr.CORRELATION_WINDOW, "symbols": symbols, "matrix": rhos,
         "observations": [[int(n) for n in row] for row in counts]}])
     pairs = len(symbols) * (len(symbols) - 1) // 2
-    ctx.replace(CorrelationCluster, [{"cluster_number": c.number, "symbols": c.symbols,
-                                      "avg_correlation": c.avg_correlation, "weight": c.weight}
-                                     for c in result.clusters])
+    unit.replace(CorrelationCluster, [{"cluster_number": c.number, "symbols": c.symbols,
+                                       "avg_correlation": c.avg_correlation, "weight": c.weight}
+                                      for c in result.clusters])
     # SPEC §6.6: each position counted once — analysed (a stock in the matrix), merged (an option
     # folded into its underlying's row) or skipped (anything that did not reach the matrix)
     included = set(symbols)
@@ -981,54 +1008,52 @@ def run_correlations(ctx: UnitContext) -> JobOutcome:
     return JobOutcome("success", {
         "status": "SUCCESS", "message": f"{len(symbols)} positions correlated",
         "correlation_matrix": stored_in(PairwiseCorrelation, pairs),  # the view over the matrix row
-        "clusters": ctx.stored_in(CorrelationCluster),
+        "clusters": unit.stored_in(CorrelationCluster),
         "metrics": {"avg_correlation": result.avg_abs_correlation,
                     "weighted_correlation": result.weighted_correlation,
                     "effective_positions": result.effective_positions,
                     "positions_analyzed": result.positions_included},
-        "calculation_date": ctx.as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
+        "calculation_date": unit.as_of.isoformat(), "duration_days": corr.CORRELATION_WINDOW,
         "data_quality": quality})
 
 
 # --- snapshot (SPEC §6.7) ---------------------------------------------------------------------
 
 
-def run_snapshot(units: Sequence[UnitContext]) -> list[JobOutcome]:
+def run_snapshot(chunk: Chunk) -> list[JobOutcome]:
     """Every unit's snapshot (SPEC §6.7): the chunk's daily P&L in one pass (`daily_pnl_books`),
     then each unit's row chained from its prior snapshot."""
-    if not units:
-        return []
-    first = units[0]
-    pnls = daily_pnl_books([Book(u.positions, u.portfolio.cash_balance) for u in units], first.shared.latest_closes,
-                           lambda i: units[i].prices, first.as_of, first.previous_session,
-                           risk_free_rate=first.settings.risk_free_rate)
-    return [_snapshot_outcome(ctx, pnl) for ctx, pnl in zip(units, pnls, strict=True)]
+    units = chunk.units
+    pnls = daily_pnl_books([Book(u.positions, u.portfolio.cash_balance) for u in units], chunk.shared.latest_closes,
+                           lambda i: chunk.closes(units[i]).prices, chunk.as_of, chunk.previous_session,
+                           risk_free_rate=chunk.settings.risk_free_rate)
+    return [_snapshot_outcome(unit, pnl, chunk.previous_session) for unit, pnl in zip(units, pnls, strict=True)]
 
 
-def _snapshot_outcome(ctx: UnitContext, pnl: DailyPnl) -> JobOutcome:
-    valuation: Valuation = ctx.outputs["valuation"]
-    row = build_snapshot(valuation, pnl, ctx.previous_session, ctx.inputs.prior)
-    totals = greek_totals(ctx.outputs.get("greeks", {}))
-    exposures: Exposures | None = ctx.outputs.get("factors")
+def _snapshot_outcome(unit: Unit, pnl: DailyPnl, previous_session: date) -> JobOutcome:
+    valuation: Valuation = unit.outputs["valuation"]
+    row = build_snapshot(valuation, pnl, previous_session, unit.inputs.prior)
+    totals = greek_totals(unit.outputs.get("greeks", {}))
+    exposures: Exposures | None = unit.outputs.get("factors")
     market = next((e for e in exposures.portfolio if e.factor == factors.MARKET), None) if exposures else None
     row.update(portfolio_delta=totals["delta"], portfolio_gamma=totals["gamma"],
                portfolio_theta=totals["theta"], portfolio_vega=totals["vega"],
                market_beta=market.beta if market else None)
     row.pop("snapshot_date")
-    ctx.replace(PortfolioSnapshot, [row], date_column="snapshot_date")
+    unit.replace(PortfolioSnapshot, [row], date_column="snapshot_date")
     return JobOutcome("success", snapshot_payload(
         row["data_quality"]["flag"], row["data_quality"]["message"], valuation.num_positions,
         total_value=row["total_value"], daily_pnl=row["daily_pnl"], daily_return=row["daily_return"],
         cumulative_pnl=row["cumulative_pnl"], market_beta=row["market_beta"],
-        greeks=ctx.stored_in(PortfolioSnapshot), data_quality=row["data_quality"]))
+        greeks=unit.stored_in(PortfolioSnapshot), data_quality=row["data_quality"]))
 
 
 register(GlobalEngine("symbol_betas", run_symbol_betas))
 register(GlobalEngine("factor_correlations", run_factor_correlations))
-register(ChunkEngine("valuation", run_valuation))
-register(ChunkEngine("greeks", run_greeks, depends_on=("valuation",)))
-register(ChunkEngine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
-register(ChunkEngine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
+register(Engine("valuation", run_valuation))
+register(Engine("greeks", run_greeks, depends_on=("valuation",)))
+register(Engine("factors", run_factors, depends_on=("valuation", "greeks", "symbol_betas")))
+register(Engine("market_risk", run_market_risk, depends_on=("factors", "greeks")))
 register(Engine("stress_tests", run_stress_tests, depends_on=("factors", "factor_correlations")))
 register(Engine("correlations", run_correlations, depends_on=("valuation", "greeks")))
-register(ChunkEngine("snapshot", run_snapshot, depends_on=("valuation", "greeks")))
+register(Engine("snapshot", run_snapshot, depends_on=("valuation", "greeks")))

@@ -174,46 +174,105 @@ def scenario_propagation(shocks: Mapping[str, float], available_factors: Sequenc
     return conditional_moves(covariance, usable)
 
 
+@dataclass(frozen=True)
+class ScenarioMoves:
+    """A stress scenario's factor returns on a date (SPEC §6.5), the same for every book: the
+    shocks as given (Interest Rate as a yield change), the shocked factors' returns (duration
+    mapped) and the unshocked factors' conditional moves (`scenario_propagation`; empty without a
+    covariance)."""
+
+    scenario_id: str
+    shocks: Mapping[str, float]
+    shocked: Mapping[str, float]
+    propagated: Mapping[str, float]
+
+
+def scenario_moves(scenario_id: str, shocks: Mapping[str, float], available_factors: Sequence[str],
+                   covariance: pd.DataFrame | None, duration: float = DEFAULT_DURATION,
+                   propagation: Mapping[str, float] | None = None) -> ScenarioMoves:
+    """One scenario's `ScenarioMoves` (`propagation`: its conditional moves when already computed)."""
+    if propagation is None:
+        propagation = scenario_propagation(shocks, available_factors, covariance, duration)
+    return ScenarioMoves(scenario_id, dict(shocks), factor_moves(shocks, duration),
+                         dict(propagation) if covariance is not None else {})
+
+
+def stress_tests_books(exposures: np.ndarray, factor_names: Sequence[str], equity: np.ndarray,
+                       scenarios: Sequence[ScenarioMoves],
+                       available_factors: Sequence[str]) -> list[list[StressResult]]:
+    """Every scenario for every book at once: `exposures` is books × factors in dollars (NaN: the
+    book has no exposure to that factor), `equity` one value per book. Direct P&L = exposures @
+    the shocked factors' returns (a factor without data — not in `available_factors` — or outside
+    `factor_names` moves nothing); correlated P&L adds exposures @ the unshocked factors'
+    conditional moves. Returns each book's results in scenario order, with `factor_impacts`
+    saying per factor where its move came from and why it contributes nothing (`factor_unavailable`,
+    `no_exposure`). No clipping: a loss larger than equity sets `exceeds_equity`."""
+    exposures = np.asarray(exposures, dtype=float).reshape(-1, len(factor_names))
+    column = {f: j for j, f in enumerate(factor_names)}
+    direct_moves = np.zeros((len(factor_names), len(scenarios)))
+    conditional_moves_ = np.zeros((len(factor_names), len(scenarios)))
+    for k, scenario in enumerate(scenarios):
+        for factor, move in scenario.shocked.items():
+            if factor in available_factors and factor in column:
+                direct_moves[column[factor], k] = move
+        for factor, move in scenario.propagated.items():
+            if factor not in scenario.shocked and factor in column:
+                conditional_moves_[column[factor], k] = move
+    known = np.nan_to_num(exposures, nan=0.0)
+    direct = np.zeros((len(known), len(scenarios)))
+    propagated = np.zeros_like(direct)
+    for j in range(len(factor_names)):  # factor by factor: a book's sums never depend on the other books
+        direct += known[:, j:j + 1] * direct_moves[j]
+        propagated += known[:, j:j + 1] * conditional_moves_[j]
+    correlated = direct + propagated
+    books = []
+    for i, row in enumerate(exposures.tolist()):
+        held = {f: v for f, v in zip(factor_names, row, strict=True) if v == v}  # NaN: no exposure
+        results = []
+        for k, scenario in enumerate(scenarios):
+            d, c, e = float(direct[i, k]), float(correlated[i, k]), float(equity[i])
+            results.append(StressResult(scenario.scenario_id, d, c, c - d, _pct(c, e), c < 0 and -c > e,
+                                        _factor_impacts(scenario, held, available_factors)))
+        books.append(results)
+    return books
+
+
+def _factor_impacts(scenario: ScenarioMoves, exposures: Mapping[str, float],
+                    available_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per factor of a scenario: its source (`shock` or `conditional`), move, the book's exposure
+    and P&L, and `reason` when it contributes nothing for a reason other than a zero move."""
+    impacts: dict[str, dict[str, Any]] = {}
+    for factor, move in scenario.shocked.items():
+        exposure = exposures.get(factor)
+        entry = {"source": "shock", "shock": scenario.shocks[factor], "factor_return": move,
+                 "exposure": exposure, "pnl": 0.0}
+        if factor not in available_factors:
+            entry["reason"] = "factor_unavailable"
+        elif not exposure:
+            entry["reason"] = "no_exposure"
+        else:
+            entry["pnl"] = exposure * move
+        impacts[factor] = entry
+    for factor, move in scenario.propagated.items():
+        if factor in scenario.shocked:  # shocked but without data: contributes 0, never propagated
+            continue
+        entry = {"source": "conditional", "shock": None, "factor_return": move,
+                 "exposure": exposures.get(factor), "pnl": exposures.get(factor, 0.0) * move}
+        if factor not in exposures:
+            entry["reason"] = "no_exposure"
+        impacts[factor] = entry
+    return impacts
+
+
 def stress_test(scenario_id: str, shocks: Mapping[str, float], exposures: Mapping[str, float],
                 available_factors: Sequence[str], covariance: pd.DataFrame | None, equity: float,
                 duration: float = DEFAULT_DURATION,
                 propagation: Mapping[str, float] | None = None) -> StressResult:
-    """Direct P&L = Σ shocked factors of exposure × shock (Interest Rate shocks are yield changes,
-    converted by the duration mapping). Correlated P&L adds the unshocked factors moved to their
-    conditional expectation given the shocked ones (`scenario_propagation`, computed here unless
-    the caller passes it as `propagation`). A shocked factor without data or without exposure
-    contributes 0 and says why. No clipping: a loss larger than equity sets `exceeds_equity`."""
-    moves = factor_moves(shocks, duration)
-    impacts: dict[str, dict[str, Any]] = {}
-    direct = 0.0
-    for factor, move in moves.items():
-        entry = {"source": "shock", "shock": shocks[factor], "factor_return": move,
-                 "exposure": exposures.get(factor), "pnl": 0.0}
-        if factor not in available_factors:
-            entry["reason"] = "factor_unavailable"
-        elif factor not in exposures or exposures[factor] == 0:
-            entry["reason"] = "no_exposure"
-        else:
-            entry["pnl"] = exposures[factor] * move
-            direct += entry["pnl"]
-        impacts[factor] = entry
-    propagated = 0.0
-    if propagation is None:
-        propagation = scenario_propagation(shocks, available_factors, covariance, duration)
-    if covariance is not None:
-        for factor, move in propagation.items():
-            if factor in moves:  # shocked but without data: contributes 0, never propagated
-                continue
-            pnl = exposures.get(factor, 0.0) * move
-            entry = {"source": "conditional", "shock": None, "factor_return": move,
-                     "exposure": exposures.get(factor), "pnl": pnl}
-            if factor not in exposures:
-                entry["reason"] = "no_exposure"
-            impacts[factor] = entry
-            propagated += pnl
-    correlated = direct + propagated
-    return StressResult(scenario_id, direct, correlated, correlated - direct, _pct(correlated, equity),
-                        correlated < 0 and -correlated > equity, impacts)
+    """`stress_tests_books` for one book and one scenario, its exposures a factor → dollars map."""
+    names = list(exposures)
+    moves = scenario_moves(scenario_id, shocks, available_factors, covariance, duration, propagation)
+    return stress_tests_books(np.array([[exposures[f] for f in names]]), names, np.array([equity]),
+                              [moves], available_factors)[0][0]
 
 
 def stress_summary(results: Sequence[StressResult]) -> dict[str, Any]:

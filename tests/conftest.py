@@ -234,3 +234,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"{dialect} tests: {c.get('passed', 0)} passed, {c.get('failed', 0) + c.get('error', 0)} failed, "
             f"{c.get('skipped', 0)} skipped")
+
+
+def each_unit(compute):
+    """A portfolio engine's `run` (over a chunk) from `compute(unit) -> JobOutcome`, for test
+    engines written per unit: one that raises for one unit makes the chunk call raise, and the
+    runner then runs it for each unit alone."""
+    return lambda chunk: [compute(unit) for unit in chunk.units]

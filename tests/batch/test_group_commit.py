@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from batch import engines as engines_module
 from batch import runner as runner_module
 from batch.demo import HEDGE_FUND, HNW, INDIVIDUAL, PRIVATE_ONLY, demo_id
-from batch.engines import ENGINES, ChunkEngine, Engine, JobOutcome
+from batch.engines import ENGINES, Engine, JobOutcome
 from models import (
     BatchJobResult,
     BatchRun,
@@ -31,7 +31,7 @@ from models import (
     PositionFactorExposure,
     StressTestResult,
 )
-from tests.conftest import RESULT_TABLES, dump_results
+from tests.conftest import RESULT_TABLES, dump_results, each_unit
 from tests.batch.test_parallel import forget_results
 
 AS_OF = "2022-12-28"
@@ -162,12 +162,12 @@ def test_an_engine_error_removes_only_its_unit_from_the_chunk(seeded, engine, mo
     _synced(seeded, engine)
     victim = BOOKS[1]
 
-    def explode(ctx):
-        if ctx.portfolio_id == victim:
+    def explode(unit):
+        if unit.portfolio_id == victim:
             raise RuntimeError("injected failure")
         return JobOutcome("success", {})
 
-    _register(monkeypatch, Engine("exploder", explode, depends_on=("snapshot",)))
+    _register(monkeypatch, Engine("exploder", each_unit(explode), depends_on=("snapshot",)))
     statements.take()
     result = seeded("--date", AS_OF, "--skip-sync", "--json")
     c = statements.take()
@@ -201,13 +201,13 @@ def test_a_chunk_engine_that_raises_for_one_unit_fails_only_that_unit(seeded, en
     victim = BOOKS[2]
     calls: list[int] = []
 
-    def over_chunk(units):
-        calls.append(len(units))
-        if any(u.portfolio_id == victim for u in units):
+    def over_chunk(chunk):
+        calls.append(len(chunk.units))
+        if any(u.portfolio_id == victim for u in chunk.units):
             raise RuntimeError("injected chunk failure")
-        return [JobOutcome("success", {"units_in_call": len(units)}) for _ in units]
+        return [JobOutcome("success", {"units_in_call": len(chunk.units)}) for _ in chunk.units]
 
-    _register(monkeypatch, ChunkEngine("chunk_exploder", over_chunk, depends_on=("snapshot",)))
+    _register(monkeypatch, Engine("chunk_exploder", over_chunk, depends_on=("snapshot",)))
     statements.take()
     result = seeded("--date", AS_OF, "--skip-sync", "--json")
     c = statements.take()
@@ -271,13 +271,13 @@ def test_a_failing_chunk_write_falls_back_to_one_transaction_per_unit(seeded, en
     _synced(seeded, engine)
     victim = BOOKS[2]
 
-    def nan_pnl(ctx):
-        if ctx.portfolio_id == victim:
-            _, rows = ctx.writes[MarketRiskResult]
-            ctx.replace(MarketRiskResult, [*rows, {**rows[0], "scenario": "nan_pnl", "pnl": float("nan")}])
+    def nan_pnl(unit):
+        if unit.portfolio_id == victim:
+            _, rows = unit.writes[MarketRiskResult]
+            unit.replace(MarketRiskResult, [*rows, {**rows[0], "scenario": "nan_pnl", "pnl": float("nan")}])
         return JobOutcome("success", {})
 
-    _register(monkeypatch, Engine("nan_pnl", nan_pnl, depends_on=("market_risk",)))
+    _register(monkeypatch, Engine("nan_pnl", each_unit(nan_pnl), depends_on=("market_risk",)))
     statements.take()
     result = seeded("--date", AS_OF, "--skip-sync", "--json")
     c = statements.take()

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from tests.conftest import each_unit
 from batch import cli as cli_module
 from batch import engines as engines_module
 from batch import runner as runner_module
@@ -31,7 +32,7 @@ def test_watchdog_ends_a_hung_engine(database_url, cli, tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from batch import cli, engines
-        engines.ENGINES.insert(0, engines.Engine("hang", lambda ctx: time.sleep(3600)))
+        engines.ENGINES.insert(0, engines.Engine("hang", lambda chunk: time.sleep(3600)))
         sys.exit(cli.main(["--date", "2022-12-28", "--skip-sync"]))
     """)
     env = {k: v for k, v in os.environ.items() if k != "MARKET_DATA_PROVIDER"}
@@ -53,14 +54,14 @@ def test_failing_statement_rolls_back_only_its_portfolio(seeded, engine, monkeyp
     (job `write`), the others commit."""
     victim = demo_id("portfolio", HEDGE_FUND)
 
-    def duplicate_snapshot(ctx):
-        if ctx.portfolio_id == victim:  # the snapshot engine's row, staged twice
-            _, [row] = ctx.writes[PortfolioSnapshot]
-            ctx.replace(PortfolioSnapshot, [row, dict(row)], date_column="snapshot_date")
+    def duplicate_snapshot(unit):
+        if unit.portfolio_id == victim:  # the snapshot engine's row, staged twice
+            _, [row] = unit.writes[PortfolioSnapshot]
+            unit.replace(PortfolioSnapshot, [row, dict(row)], date_column="snapshot_date")
         return JobOutcome("success", {})
 
     monkeypatch.setattr(runner_module, "ENGINES",
-                        list(engines_module.ENGINES) + [Engine("duplicate", duplicate_snapshot, ("snapshot",))])
+                        list(engines_module.ENGINES) + [Engine("duplicate", each_unit(duplicate_snapshot), ("snapshot",))])
     result = seeded("--date", AS_OF, "--json")
     assert result.code == 1
     assert result.summary["portfolios"] == {"succeeded": 3, "failed": 1, "skipped": 0}

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tests.conftest import each_unit
 from batch import db
 from batch import engines as engines_module
 from batch import runner as runner_module
@@ -103,14 +104,14 @@ def test_lock_held_exits_75_and_does_nothing(seeded, engine):
 def test_failing_engine_rolls_back_only_that_portfolio(seeded, engine, monkeypatch):
     victim = demo_id("portfolio", HEDGE_FUND)
 
-    def explode(ctx):
-        if ctx.portfolio_id == victim:
+    def explode(unit):
+        if unit.portfolio_id == victim:
             raise RuntimeError("injected failure")
         return JobOutcome("success", {})
 
     registry = list(engines_module.ENGINES) + [
-        Engine("exploder", explode, depends_on=("snapshot",)),
-        Engine("after_exploder", lambda ctx: JobOutcome("success", {}), depends_on=("exploder",)),
+        Engine("exploder", each_unit(explode), depends_on=("snapshot",)),
+        Engine("after_exploder", each_unit(lambda unit: JobOutcome("success", {})), depends_on=("exploder",)),
     ]
     monkeypatch.setattr(runner_module, "ENGINES", registry)
     code, summary, _, _ = seeded("--date", AS_OF, "--json")
@@ -194,7 +195,8 @@ def test_a_run_collects_garbage_less_often_and_restores_the_thresholds(seeded, m
 
     seen = []
     registry = list(engines_module.ENGINES) + [
-        Engine("threshold_probe", lambda ctx: seen.append(gc.get_threshold()) or JobOutcome("success", {}))]
+        Engine("threshold_probe",
+               each_unit(lambda unit: seen.append(gc.get_threshold()) or JobOutcome("success", {})))]
     monkeypatch.setattr(runner_module, "ENGINES", registry)
     before = gc.get_threshold()
     gc.set_threshold(555, *before[1:])

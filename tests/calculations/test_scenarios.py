@@ -34,7 +34,9 @@ from calculations.scenarios import (
     scenario_name,
     scenario_propagation,
     stress_summary,
+    scenario_moves,
     stress_test,
+    stress_tests_books,
 )
 
 RATES = "Interest Rate"
@@ -646,3 +648,44 @@ def test_revaluing_many_options_at_once_equals_each_by_the_independent_formula()
     alone = market_risk(STOCK_MARKET, options, 50_000.0, EQUITY)
     given = market_risk(STOCK_MARKET, options, 50_000.0, EQUITY, option_pnl=pnl)
     assert alone == given
+
+
+# ---------------------------------------------------------------- stress_tests_books: many books at once
+
+
+def test_stress_tests_books_match_the_per_book_formula_and_do_not_depend_on_the_chunk() -> None:
+    """Many books × scenarios at once against the SPEC §6.5 formula written here book by book:
+    direct = Σ over shocked factors with data and exposure of exposure × move; correlated adds
+    every unshocked covariance factor's exposure × its conditional move (numpy solve). Factor
+    `Value` has no data (its shock moves nothing and is not propagated); a scenario names a factor
+    outside the exposure columns. Each book computed alone gives bit-identical numbers."""
+    rng = np.random.default_rng(7)
+    names = ["Market", "Value", "Size", RATES]
+    cov = COV.copy()
+    available = ["Market", "Size", RATES]
+    exposures = rng.normal(0.0, 100_000.0, size=(9, len(names)))
+    exposures[rng.random(exposures.shape) < 0.25] = np.nan  # no exposure to that factor
+    exposures[3, 2] = 0.0
+    equity = rng.uniform(50_000.0, 500_000.0, size=9)
+    equity[5] = 1_000.0  # a loss larger than equity
+    raw = [("m", {"Market": -0.2}), ("mv", {"Market": 0.1, "Value": -0.3}), ("r", {RATES: 0.01}),
+           ("odd", {"Size": 0.05, "Crypto": 0.5}), ("none", {})]
+    scenarios = [scenario_moves(sid, shocks, available, cov) for sid, shocks in raw]
+    books = stress_tests_books(exposures, names, equity, scenarios, available)
+    for i in range(len(exposures)):
+        held = {f: exposures[i, j] for j, f in enumerate(names) if not np.isnan(exposures[i, j])}
+        for (sid, shocks), result in zip(raw, books[i], strict=True):
+            moves = {f: (-17.0 * v if f == RATES else v) for f, v in shocks.items()}
+            direct = sum(held[f] * m for f, m in moves.items() if f in available and held.get(f))
+            usable = {f: m for f, m in moves.items() if f in available and f in cov.index}
+            conditional = _numpy_conditional(cov, usable) if usable else {}
+            propagated = sum(held.get(f, 0.0) * m for f, m in conditional.items() if f not in moves)
+            assert result.scenario_id == sid
+            assert result.direct_pnl == pytest.approx(direct, rel=1e-12, abs=1e-9)
+            assert result.correlated_pnl == pytest.approx(direct + propagated, rel=1e-10, abs=1e-9)
+            assert result.exceeds_equity == (direct + propagated < -equity[i])
+            if "Value" in shocks:
+                assert result.factor_impacts["Value"]["reason"] == "factor_unavailable"
+            alone = stress_tests_books(exposures[i:i + 1], names, equity[i:i + 1], scenarios, available)[0]
+            assert [(r.direct_pnl, r.correlated_pnl) for r in alone] == [
+                (r.direct_pnl, r.correlated_pnl) for r in books[i]]
