@@ -6,7 +6,6 @@ the run's stop check and clock come in as `Hooks` (batch/stopping.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,7 +85,7 @@ def compute_chunk(engines: Sequence[Engine], settings: Settings, as_of: date,
         runnable = [w for w in live if _ready(engine, w, as_of, shared)]
         if runnable:
             assert shared is not None
-            _run_engine(engine, Chunk(settings, shared, []), runnable, hooks)
+            _run_engine(engine, settings, shared, runnable, hooks)
     for work in live:
         results[work.portfolio.id] = _unit_result(work, hooks)
     return [results[p.id] for p in chunk]
@@ -126,15 +125,16 @@ def _ready(engine: Engine, work: _UnitWork, as_of: date, shared: DateContext | N
     return True
 
 
-def _run_engine(engine: Engine, chunk: Chunk, units: list[_UnitWork], hooks: Hooks) -> None:
-    """Run `engine` over `units` (`chunk` without units: the settings and the date's context)
-    and record each unit's outcome or error: all of them in one call, its milliseconds shared out
-    among the units' records (the shares summing to the whole); if that call raises, it is run
-    again for each unit alone, so only the units it fails for fail."""
+def _run_engine(engine: Engine, settings: Settings, shared: DateContext, units: list[_UnitWork],
+                hooks: Hooks) -> None:
+    """Run `engine` over `units` and record each unit's outcome or error: all of them in one
+    call (one `Chunk`), its milliseconds shared out among the units' records (the shares summing
+    to the whole); if that call raises, it is run again for each unit alone, so only the units it
+    fails for fail."""
     if len(units) > 1:
         t0 = hooks.monotonic()
         try:
-            outcomes = engine.run(dataclasses.replace(chunk, units=[w.unit for w in units]))
+            outcomes = engine.run(Chunk(settings, shared, [w.unit for w in units]))
         except Interrupted:
             raise
         except Exception as exc:
@@ -150,7 +150,7 @@ def _run_engine(engine: Engine, chunk: Chunk, units: list[_UnitWork], hooks: Hoo
         structlog.contextvars.bind_contextvars(portfolio_id=str(work.portfolio.id))
         t0 = hooks.monotonic()
         try:
-            [outcome] = engine.run(dataclasses.replace(chunk, units=[work.unit]))
+            [outcome] = engine.run(Chunk(settings, shared, [work.unit]))
         except Interrupted:
             raise
         except Exception as exc:
