@@ -59,3 +59,8 @@ class LockLost(BaseException):
     replaced, or the run's process died under a worker). The run stops starting work and records
     `failed` with reason `lock_lost` (exit code 1). A BaseException, like Interrupted, so that no
     `except Exception` counts it as one unit's failure and carries on."""
+
+
+class ParentDeleted(RuntimeError):
+    """A unit's result rows name a portfolio, position or stress scenario deleted while the run
+    computed it: the unit is not written (it fails with job `write`)."""

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from batch import repository
 from batch.db import bulk_insert, bulk_replace, describe_error
-from batch.errors import Interrupted
+from batch.errors import Interrupted, ParentDeleted
 from batch.stopping import Hooks
 from calculations.snapshot import PriorSnapshot
 from models import BatchJobResult, BatchRun, PortfolioSnapshot
@@ -97,13 +97,34 @@ class ChunkResult:
 def persist_chunk(session: Session, run_id: uuid.UUID, chunk: ChunkResult) -> int:
     """Write `chunk` in the session's transaction (never commits): every succeeded unit's rows
     (one DELETE and one bulk insert per table), the re-chaining of the snapshots dated after each
-    written one, every unit's job records and the run's progress. Returns the rows inserted."""
+    written one, every unit's job records and the run's progress. Raises ParentDeleted, before
+    anything commits, when a portfolio, position or stress scenario the rows name was deleted
+    since the run read it (`repository.deleted_parents`). Returns the rows inserted."""
     inserted = bulk_replace(session, [(w.table, w.key, w.rows) for u in chunk.units for w in u.writes])
+    gone = repository.deleted_parents(session, *_parents(chunk))
+    if gone:  # deleted while the run computed: the unit's rows would be orphans
+        more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+        raise ParentDeleted(f"deleted during the run: {', '.join(gone[:3])}{more}")
     written = {u.portfolio_id: s for u in chunk.units if (s := u.snapshot()) is not None}
     if written:  # the series always chains (SPEC §6.7)
         repository.rechain_later_snapshots_of(session, written)
     add_job_records(session, run_id, chunk.as_of, [(u.portfolio_id, u.records) for u in chunk.units])
     return inserted
+
+
+def _parents(chunk: ChunkResult) -> tuple[set[uuid.UUID], set[uuid.UUID], set[str]]:
+    """The portfolios, positions and stress scenarios the rows of `chunk` name."""
+    portfolios: set[uuid.UUID] = set()
+    positions: set[uuid.UUID] = set()
+    scenarios: set[str] = set()
+    for unit in chunk.units:
+        for w in unit.writes:
+            portfolios.add(w.key["portfolio_id"])
+            if w.rows and "position_id" in w.rows[0]:
+                positions.update(row["position_id"] for row in w.rows)
+            elif w.rows and "scenario_id" in w.rows[0]:
+                scenarios.update(row["scenario_id"] for row in w.rows)
+    return portfolios, positions, scenarios
 
 
 def add_job_records(session: Session, run_id: uuid.UUID, as_of: date | None,

@@ -440,6 +440,34 @@ def prior_snapshots(session: Session, portfolio_ids: Sequence[uuid.UUID],
     return found
 
 
+PARENT_CHECK_BATCH = 5_000  # ids per statement (SQLite allows 32,766 parameters)
+
+
+def deleted_parents(session: Session, portfolio_ids: Iterable[uuid.UUID], position_ids: Iterable[uuid.UUID],
+                    scenario_ids: Iterable[str]) -> list[str]:
+    """Which of these portfolios, positions and stress scenarios no longer exist (each named,
+    e.g. `portfolio <id>`), holding those that do against deletion until the transaction ends,
+    so result rows naming them never outlive them (the result tables have no foreign keys; the
+    delete triggers remove a parent's rows). PostgreSQL: `FOR KEY SHARE`, the lock a foreign-key
+    check takes — a concurrent DELETE waits for this commit and its trigger then sees the rows.
+    SQLite: call it after the transaction's first write, which already keeps every other writer
+    out until the transaction ends."""
+    lock = session.get_bind().dialect.name == "postgresql"
+    gone: list[str] = []
+    for label, column, wanted in (("portfolio", Portfolio.id, set(portfolio_ids)),
+                                  ("position", Position.id, set(position_ids)),
+                                  ("stress scenario", StressScenario.scenario_id, set(scenario_ids))):
+        ordered = sorted(wanted, key=str)
+        found: set[Any] = set()
+        for start in range(0, len(ordered), PARENT_CHECK_BATCH):
+            query = select(column).where(column.in_(ordered[start:start + PARENT_CHECK_BATCH]))
+            if lock:
+                query = query.with_for_update(read=True, key_share=True)
+            found.update(session.scalars(query))
+        gone.extend(f"{label} {value}" for value in ordered if value not in found)
+    return gone
+
+
 def rechain_later_snapshots_of(session: Session, written: dict[uuid.UUID, PriorSnapshot]) -> int:
     """Re-chain, for each portfolio of `written`, every stored snapshot dated after its snapshot
     just written in this transaction, so each series equals one built from scratch (SPEC §6.7):

@@ -5,7 +5,8 @@ after real demo runs on SQLite and PostgreSQL:
   its rows in the tables keyed by position (the delete triggers);
 - deleting a stress scenario that has results is refused;
 - the job never writes an orphan: no result row names a portfolio, position or scenario that does
-  not exist, after a run and after a forced rerun following a position's deletion.
+  not exist, after a run, after a forced rerun following a position's deletion, and when a
+  portfolio and a position are deleted while the run computes (those units fail, job `write`).
 
 Expected counts are plain SQL counts of the stored rows per portfolio and per position, taken
 before the delete: never the triggers' or the job's own figures."""
@@ -19,7 +20,9 @@ import pytest
 from sqlalchemy import delete, insert, text
 from sqlalchemy.exc import IntegrityError
 
+from batch import runner as runner_module
 from batch.demo import HEDGE_FUND, INDIVIDUAL, demo_id
+from batch.engines import ENGINES, Engine, JobOutcome
 from models import Portfolio, Position, StressScenario
 
 AS_OF = date(2022, 12, 28)
@@ -157,3 +160,34 @@ def test_the_job_never_writes_an_orphan(seeded, engine):
         conn.execute(text("INSERT INTO position_greeks (position_id, portfolio_id, as_of_date, status) "
                           "VALUES (:x, :p, :d, 'ok')"), {"x": str(gone), "p": stored(engine, book), "d": AS_OF})
     assert orphans(engine) == {**dict.fromkeys(PARENTS, 0), "position_greeks": 1}
+
+
+def test_parents_deleted_while_the_run_computes_fail_their_units_and_leave_no_orphan(seeded, engine, monkeypatch):
+    """A portfolio and another book's option position are deleted (committed, on a connection of
+    their own) after the run has read them, while it computes their chunk: the chunk's write finds
+    them gone, so those two units fail with job `write` naming what was deleted and nothing of
+    them is written back; the two other books are written whole."""
+    run(seeded)
+    victim, book = demo_id("portfolio", INDIVIDUAL), demo_id("portfolio", HEDGE_FUND)
+    with engine.connect() as conn:
+        option = uuid.UUID(str(conn.execute(text(
+            "SELECT id FROM positions WHERE portfolio_id = :p AND investment_class = 'OPTIONS' ORDER BY symbol"),
+            {"p": stored(engine, book)}).scalars().first()))
+
+    def delete_mid_run(chunk):
+        with engine.begin() as conn:
+            conn.execute(delete(Portfolio).where(Portfolio.id == victim))
+            conn.execute(delete(Position).where(Position.id == option))
+        return [JobOutcome("success", {}) for _ in chunk.units]
+
+    monkeypatch.setattr(runner_module, "ENGINES",
+                        [*ENGINES, Engine("deleter", delete_mid_run, depends_on=("snapshot",))])
+    result = seeded("--date", AS_OF.isoformat(), "--force", "--skip-sync", "--json")
+    assert result.code == 1, result.err
+    assert result.summary["portfolios"] == {"succeeded": 2, "failed": 2, "skipped": 0}
+    failed = {f["portfolio_id"]: f for f in result.summary["failed_portfolios"]}
+    assert set(failed) == {str(victim), str(book)}
+    assert {f["job"] for f in failed.values()} == {"write"}
+    assert failed[str(victim)]["error"].startswith(f"ParentDeleted: deleted during the run: portfolio {victim}, ")
+    assert failed[str(book)]["error"] == f"ParentDeleted: deleted during the run: position {option}"
+    assert orphans(engine) == dict.fromkeys(PARENTS, 0)
