@@ -6,7 +6,8 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -21,12 +22,35 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
+class Secret:
+    """A credential read from the environment (API key, DSN): `reveal()` hands it to the one
+    client that needs it; `str`, `repr` and f-strings show only that it is set, so logs, error
+    reports and the settings' own repr never carry it (SPEC §11)."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = (env.get(name) or "").strip()
+    return Secret(value) if value else None
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    database_url: str
+    database_url: str  # shown masked (`safe_database_url`) by repr
     embedded_database: Path | None  # the SQLite file when DATABASE_URL is unset
     market_data_provider: str = "sample"
-    fmp_api_key: str | None = None
-    polygon_api_key: str | None = None
+    fmp_api_key: Secret | None = None
+    polygon_api_key: Secret | None = None
     risk_free_rate: float = 0.04  # annual, continuously compounded
     batch_timeout_seconds: float = 3600.0
     watchdog_grace_seconds: float = 300.0
@@ -39,7 +63,7 @@ class Settings:
     yfinance_requests_per_minute: float = 60.0
     log_format: str = "json"
     log_level: str = "INFO"
-    sentry_dsn: str | None = None
+    sentry_dsn: Secret | None = None
     dask_scheduler_address: str | None = None  # run the portfolio stage on this Dask cluster
 
     @classmethod
@@ -65,8 +89,8 @@ class Settings:
             database_url=database_url,
             embedded_database=embedded,
             market_data_provider=provider,
-            fmp_api_key=env.get("FMP_API_KEY") or None,
-            polygon_api_key=env.get("POLYGON_API_KEY") or None,
+            fmp_api_key=_secret(env, "FMP_API_KEY"),
+            polygon_api_key=_secret(env, "POLYGON_API_KEY"),
             risk_free_rate=_number(env, "RISK_FREE_RATE", 0.04, low=-0.05, high=1.0),
             batch_timeout_seconds=_number(env, "BATCH_TIMEOUT_SECONDS", 3600.0, low=0.0, high=7 * 86400),
             watchdog_grace_seconds=_number(env, "BATCH_WATCHDOG_GRACE_SECONDS", 300.0, low=1.0, high=86400.0),
@@ -82,9 +106,17 @@ class Settings:
                                                  high=10_000.0),
             log_format=log_format,
             log_level=log_level,
-            sentry_dsn=env.get("SENTRY_DSN") or None,
+            sentry_dsn=_secret(env, "SENTRY_DSN"),
             dask_scheduler_address=(env.get("DASK_SCHEDULER_ADDRESS") or "").strip() or None,
         )
+
+    def __repr__(self) -> str:
+        """Every setting, the database password masked and credentials shown as `Secret('***')`."""
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["database_url"] = self.safe_database_url
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+    __str__ = __repr__
 
     @property
     def safe_database_url(self) -> str:

@@ -46,7 +46,7 @@ def get_provider(settings: Settings) -> MarketDataProvider:
     }[name]
     quota = DailyQuota(per_day) if per_day is not None else None
     try:
-        return cls(key, retry_policy(settings), RateLimiter(per_minute, quota=quota),
+        return cls(key.reveal() if key is not None else None, retry_policy(settings), RateLimiter(per_minute, quota=quota),
                    read_timeout=settings.provider_timeout_seconds)
     except AuthenticationError as exc:
         raise ConfigError(str(exc)) from None

@@ -38,7 +38,7 @@ from batch.errors import ConfigError
 from batch.fetching import AuthenticationError, DailyQuota, RateLimiter, RetryPolicy
 from batch.providers import PRICE_COLUMNS, get_provider
 from batch.providers.rest import FmpProvider, PolygonProvider, new_york_date
-from batch.settings import Settings
+from batch.settings import Secret, Settings
 
 # batch.fetching.RetryPolicy passes `initial=` to tenacity's wait_exponential_jitter, deprecated in
 # tenacity 9.2 (use `multiplier=`); under the suite's "error" filter every retried call raises it.
@@ -196,7 +196,7 @@ def test_name_and_open_ended_coverage(make: Callable[..., Harness], api: Api) ->
     ("fmp", "fmp_api_key", FmpProvider), ("polygon", "polygon_api_key", PolygonProvider)])
 def test_get_provider_builds_the_class_and_reports_a_missing_key(name: str, key_field: str, cls: type) -> None:
     base = {"database_url": "sqlite://", "embedded_database": None, "market_data_provider": name}
-    provider = get_provider(Settings(**base, **{key_field: KEY}, fmp_requests_per_day=7))
+    provider = get_provider(Settings(**base, **{key_field: Secret(KEY)}, fmp_requests_per_day=7))
     try:
         assert isinstance(provider, cls)
         quota = provider.limiter.quota  # FMP_REQUESTS_PER_DAY applies to FMP only

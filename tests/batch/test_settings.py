@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from batch.errors import ConfigError
-from batch.settings import Settings, normalise_database_url
+from batch.settings import Secret, Settings, normalise_database_url
 
 
 def test_defaults_use_an_embedded_sqlite_file_in_the_given_directory(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_explicit_values_are_read(tmp_path: Path) -> None:
     assert settings.batch_timeout_seconds == 1800
     assert settings.log_level == "DEBUG" and settings.log_format == "console"
     assert settings.market_data_provider == "fmp"
-    assert (settings.fmp_api_key, settings.polygon_api_key) == ("k1", "k2")
+    assert (settings.fmp_api_key.reveal(), settings.polygon_api_key.reveal()) == ("k1", "k2")
     assert settings.fmp_requests_per_day == 750
     assert Settings.from_env(env={}, cwd=tmp_path).fmp_requests_per_day == 250  # FMP's free plan
 
@@ -156,3 +156,22 @@ def test_unsupported_database_urls_are_one_config_error_naming_the_scheme(raw: s
     message = str(info.value)
     assert message.startswith("DATABASE_URL") and scheme in message and "sqlite:///" in message
     assert "\n" not in message and "SECRET" not in message
+
+
+def test_the_settings_never_show_a_secret(tmp_path: Path) -> None:
+    """repr, str and f-strings of the settings (what an error report or a log line would carry)
+    show the database password masked and every credential as `***`; the clients get the real
+    values through `reveal()` and the unmasked URL."""
+    env = {"DATABASE_URL": "postgres://batch:pa55-w0rd@db.example:5432/risk", "FMP_API_KEY": "fmp-key-123",
+           "POLYGON_API_KEY": "poly-key-456", "SENTRY_DSN": "https://dsn-key-789@o1.ingest.sentry.io/42"}
+    settings = Settings.from_env(env=env, cwd=tmp_path)
+    for shown in (repr(settings), str(settings), f"{settings}", f"{settings.fmp_api_key}",
+                  repr(settings.sentry_dsn), str([settings])):
+        for secret in ("pa55-w0rd", "fmp-key-123", "poly-key-456", "dsn-key-789"):
+            assert secret not in shown, (secret, shown)
+    assert "postgresql+psycopg://batch:***@db.example:5432/risk" in repr(settings)
+    assert "fmp_api_key=Secret('***')" in repr(settings)
+    assert settings.database_url == "postgresql+psycopg://batch:pa55-w0rd@db.example:5432/risk"
+    assert (settings.fmp_api_key.reveal(), settings.sentry_dsn.reveal()) == (
+        "fmp-key-123", "https://dsn-key-789@o1.ingest.sentry.io/42")
+    assert Secret("x") == Secret("x") and Secret("x") != Secret("y")
