@@ -19,6 +19,7 @@ EMBEDDED_DB_FILENAME = "sigmasight.db"
 PROVIDERS = ("sample", "yfinance", "fmp", "polygon")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ALERT_ON = ("failure", "always")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     sentry_dsn: Secret | None = None
+    sentry_monitor_slug: str = "sigmasight-batch"
+    # SPEC §11: each integration off when unset; URLs that may carry a token are secrets
+    alert_webhook_url: Secret | None = None
+    alert_on: str = "failure"  # or "always": every run's outcome is posted
+    alert_failed_share: float = 0.5  # alert when this fraction of the units or more failed
+    alert_slow_seconds: float = 5400.0  # alert when a run takes longer
+    prometheus_pushgateway_url: Secret | None = None
+    healthcheck_url: Secret | None = None
+    catch_up_sessions: int = 5  # a cron run first computes the recent sessions left incomplete
     dask_scheduler_address: str | None = None  # run the portfolio stage on this Dask cluster
 
     @classmethod
@@ -107,6 +117,14 @@ class Settings:
             log_format=log_format,
             log_level=log_level,
             sentry_dsn=_secret(env, "SENTRY_DSN"),
+            sentry_monitor_slug=(env.get("SENTRY_MONITOR_SLUG") or "").strip() or "sigmasight-batch",
+            alert_webhook_url=_secret(env, "ALERT_WEBHOOK_URL"),
+            alert_on=_choice(env, "ALERT_ON", "failure", ALERT_ON),
+            alert_failed_share=_number(env, "ALERT_FAILED_SHARE", 0.5, low=0.0, high=1.0),
+            alert_slow_seconds=_number(env, "ALERT_SLOW_SECONDS", 5400.0, low=1.0, high=7 * 86400),
+            prometheus_pushgateway_url=_secret(env, "PROMETHEUS_PUSHGATEWAY_URL"),
+            healthcheck_url=_secret(env, "HEALTHCHECK_URL"),
+            catch_up_sessions=int(_number(env, "CATCH_UP_SESSIONS", 5, low=0, high=60, integer=True)),
             dask_scheduler_address=(env.get("DASK_SCHEDULER_ADDRESS") or "").strip() or None,
         )
 
@@ -148,6 +166,13 @@ def normalise_database_url(url: str, source: str = "DATABASE_URL") -> str:
         raise ConfigError(f"{source}: a SQLite URL has no host (got {parsed.host!r}): use "
                           "sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return url
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float,
