@@ -29,6 +29,7 @@ from batch.errors import (
 )
 from batch.executors import EXECUTORS, make_executor
 from batch.log import configure_logging, silence_stdout
+from batch.observability import Observers
 from batch.plan import DEFAULT_CHUNK_SIZE, RunRequest
 from batch.providers import MarketDataProvider, NotFetching, get_provider
 from batch.runner import Runner
@@ -158,6 +159,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _usage_error(str(exc))
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.clear_contextvars()
+    # SPEC §11: a `run` is reported to the configured integrations, even when it cannot start
+    observers = Observers(settings) if args.command == "run" else None
+    try:
+        return _command(args, settings, observers)
+    except Exception as exc:  # nothing else caught it: reported, then raised as before
+        if observers is not None:
+            observers.crashed(exc)
+        raise
+    finally:
+        if observers is not None:
+            observers.close()
+
+
+def _not_started(observers: Observers | None, message: str, code: int) -> int:
+    """A `run` that could not start: reported (SPEC §11); returns `code`."""
+    if observers is not None:
+        observers.run_not_started(message, code)
+    return code
+
+
+def _command(args: argparse.Namespace, settings: Settings, observers: Observers | None) -> int:
+    """The command of `args` with `settings`; returns the exit code."""
     engine: Engine | None = None
     # Only commands that write may create a SQLite file: init-db always, run and seed-demo the
     # embedded default ("created on first use"). check and history never create a database.
@@ -166,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         engine = db.make_engine(settings.database_url, create=creates)
         if args.command == "run":
-            return _run(args, settings, engine)
+            return _run(args, settings, engine, observers)
         if args.command == "check":
             return _check(settings, engine, args.json)
         if args.command == "init-db":
@@ -193,18 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _history(engine, args.limit, args.json)
         raise AssertionError(args.command)
     except (ConfigError, CoverageError, DatabaseUnavailable, NotImplementedError) as exc:
-        return _usage_error(str(exc))
+        return _not_started(observers, str(exc), _usage_error(str(exc)))
     except LockHeld as exc:
         log.warning("run_lock_held", detail=str(exc))
         print(f"sigmasight-batch: {exc}; nothing was done", file=sys.stderr)
         return EXIT_LOCKED
     except Interrupted as exc:
-        return exc.exit_code
+        return _not_started(observers, f"interrupted by signal {exc.signum}", exc.exit_code)
     except db.DATABASE_ERRORS as exc:  # the database failed mid-command
-        print(f"sigmasight-batch: error: database error on "
-              f"{db.describe(engine) if engine is not None else settings.safe_database_url}: {db.describe_error(exc)}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        message = (f"database error on {db.describe(engine) if engine is not None else settings.safe_database_url}: "
+                   f"{db.describe_error(exc)}")
+        print(f"sigmasight-batch: error: {message}", file=sys.stderr)
+        return _not_started(observers, message, EXIT_FAILED)
     finally:
         if engine is not None:
             engine.dispose()
@@ -262,7 +285,7 @@ def check_coverage(provider: MarketDataProvider, dates: Sequence[date]) -> None:
             "MARKET_DATA_PROVIDER=yfinance|fmp|polygon (with its API key) for current prices")
 
 
-def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+def _run(args: argparse.Namespace, settings: Settings, engine: Engine, observers: Observers | None) -> int:
     run_id = uuid.uuid4()  # bound now so every event of the run carries it
     structlog.contextvars.bind_contextvars(run_id=str(run_id))
     try:
@@ -282,11 +305,13 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             raise ConfigError(f"unknown portfolio id(s): {', '.join(map(str, unknown))}")
     executor = make_executor(args.executor, args.workers, settings.dask_scheduler_address)
     try:
-        summary = Runner(settings, engine, provider, executor=executor).run(request, run_id)
+        summary = Runner(settings, engine, provider, executor=executor, observers=observers).run(request, run_id)
     finally:
         close = getattr(provider, "close", None)  # network providers hold an HTTP client
         if close is not None:
             close()
+    if observers is not None:  # before the summary, which stays the last line of stdout
+        observers.run_finished(summary)
     try:
         if args.json:
             print(json.dumps(summary))

@@ -30,6 +30,7 @@ from batch.engines import ENGINES, GLOBAL_ENGINES, DateContext, GlobalEngine, Pr
 from batch.engines import Engine as CalcEngine
 from batch.errors import Interrupted, InvalidInputRow, LockLost, WorkerLost
 from batch.log import configure_logging
+from batch.observability import Observers
 from batch.persist import ChunkResult, ChunkWriter, JobRecord, UnitResult
 from batch.plan import DEFAULT_CHUNK_SIZE, Plan, RunRequest, plan_run
 from batch.providers import MarketDataProvider
@@ -148,15 +149,17 @@ class Runner:
                  engines: Sequence[CalcEngine] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, observers: Observers | None = None) -> None:
         """`executor`: where the per-portfolio stage runs (None: in this process, serially).
-        Workers run the registered engines, so a custom `engines` list needs the serial run."""
+        Workers run the registered engines, so a custom `engines` list needs the serial run.
+        `observers`: told when the run has its lock and starts (SPEC §11)."""
         if executor is not None and engines is not None:
             raise ValueError("a custom engine list runs only in-process (executor=None)")
         self.settings = settings
         self.engine = engine
         self.provider = provider
         self.executor = executor
+        self.observers = observers
         self.engines = list(ENGINES if engines is None else engines)
         self.global_engines: list[GlobalEngine] = list(GLOBAL_ENGINES)
         self.stop = StopSignals()
@@ -186,6 +189,8 @@ class Runner:
         try:
             with fewer_collections(), run_lock(self.engine) as lock_ref:
                 self.attach(run_id, lock_ref)
+                if self.observers is not None:
+                    self.observers.run_started(str(run_id))
                 if self.executor is None:
                     return self._run_locked(request)
                 with self.executor:

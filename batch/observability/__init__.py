@@ -16,11 +16,16 @@ naming the integration and the error (never its URL).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import structlog
 
+from batch.observability.alerts import EXIT_LOCKED, AlertPolicy, not_started_message, run_message
+from batch.observability.healthcheck import ping_url
 from batch.settings import Settings
 
 log = structlog.get_logger()
@@ -28,30 +33,126 @@ log = structlog.get_logger()
 INTEGRATION_TIMEOUT_SECONDS = 5.0  # per call (SPEC §11)
 
 
+def bounded(send: Callable[[], Any], seconds: float) -> Any:
+    """`send()` on a thread of its own, waited for at most `seconds`: its result, or its error
+    raised here, or TimeoutError when it has not returned by then (the thread is abandoned — a
+    daemon, it never holds the process up)."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = send()
+        except BaseException as exc:  # noqa: BLE001 handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="integration", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def post(url: str, seconds: float, *, json: Any = None, content: str | None = None) -> None:
+    """POST to `url`, bounded by `seconds` in all; raise for a status ≥ 400 (naming only the
+    status, never the URL: it may carry a token)."""
+    def send() -> None:
+        response = httpx.post(url, json=json, content=content, timeout=seconds)
+        if response.status_code >= 400:
+            raise RuntimeError(f"HTTP {response.status_code}")
+
+    bounded(send, seconds)
+
+
 class Observers:
     """The run's configured integrations (none when no variable is set)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout: float | None = None) -> None:
         self.settings = settings
+        self.timeout = INTEGRATION_TIMEOUT_SECONDS if timeout is None else timeout
+        self.policy = AlertPolicy(settings.alert_on == "always", settings.alert_failed_share,
+                                  settings.alert_slow_seconds)
         self.run_id: str | None = None
-        self.started = False
+        self.sentry: Any = None
+        if settings.sentry_dsn is not None:
+            self._deliver("sentry", self._start_sentry)
+
+    def _start_sentry(self) -> None:
+        from batch import __version__
+        from batch.observability.sentry import SentryReporter
+
+        assert self.settings.sentry_dsn is not None
+        self.sentry = SentryReporter(self.settings.sentry_dsn.reveal(), monitor_slug=self.settings.sentry_monitor_slug,
+                                     release=f"sigmasight-batch@{__version__}", timeout=self.timeout)
 
     def _deliver(self, integration: str, send: Callable[[], Any]) -> None:
         """Call `send`; log a failure instead of raising it (a report must never stop a run)."""
+        t0 = time.monotonic()
         try:
             send()
         except Exception as exc:  # noqa: BLE001 any delivery failure: logged, never raised
-            log.warning("integration_failed", integration=integration, error=f"{type(exc).__name__}: {exc}")
+            log.warning("integration_failed", integration=integration, error=f"{type(exc).__name__}: {exc}",
+                        seconds=round(time.monotonic() - t0, 3))
+
+    def _ping(self, event: str | int, body: str = "") -> None:
+        if self.settings.healthcheck_url is not None:
+            url = ping_url(self.settings.healthcheck_url.reveal(), event)
+            self._deliver("healthcheck", lambda: post(url, self.timeout, content=body))
+
+    def _alert(self, message: dict[str, Any]) -> None:
+        if self.settings.alert_webhook_url is not None:
+            url = self.settings.alert_webhook_url.reveal()
+            self._deliver("webhook", lambda: post(url, self.timeout, json=message))
 
     def run_started(self, run_id: str) -> None:
         """The run holds its lock and starts."""
-        self.run_id, self.started = run_id, True
+        self.run_id = run_id
+        self._ping("start", f"run {run_id}")
+        if self.sentry is not None:
+            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_started(run_id), self.timeout))
 
     def run_finished(self, summary: Mapping[str, Any]) -> None:
-        """The run ended with `summary` (SPEC §2; its `exit_code` is the process's)."""
+        """The run ended with `summary` (SPEC §2; its `exit_code` is the process's): the alert if
+        one is due, the metrics, the healthcheck's end ping, Sentry's events and check-in."""
+        reasons = self.policy.reasons(summary)
+        if reasons or self.policy.always:
+            self._alert(run_message(summary, reasons))
+        if self.settings.prometheus_pushgateway_url is not None:
+            self._deliver("pushgateway", lambda: self._push(summary))
+        code = summary.get("exit_code", 1)
+        if code != EXIT_LOCKED:
+            self._ping(code, f"run {summary.get('run_id')}: {summary.get('status')}")
+        if self.sentry is not None:
+            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_finished(summary), self.timeout))
+            self.close()
+
+    def _push(self, summary: Mapping[str, Any]) -> None:
+        from batch.observability.metrics import peak_rss_bytes, push_run_metrics
+
+        assert self.settings.prometheus_pushgateway_url is not None
+        push_run_metrics(self.settings.prometheus_pushgateway_url.reveal(), summary, finished_at=time.time(),
+                         peak_rss_bytes=peak_rss_bytes(), timeout=self.timeout)
 
     def run_not_started(self, error: str, exit_code: int) -> None:
         """A `run` command that could not start (`error`, one line; exits `exit_code`)."""
+        self._alert(not_started_message(error, exit_code))
+        self._ping(exit_code, error)
+        if self.sentry is not None:
+            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_not_started(error, exit_code),
+                                                    self.timeout))
 
     def crashed(self, exc: BaseException) -> None:
-        """An exception nothing else caught ends the process."""
+        """An exception nothing else caught ends the process (exit 1)."""
+        error = f"crashed: {type(exc).__name__}: {exc}"
+        self._alert(not_started_message(error, 1, self.run_id))
+        self._ping(1, error)
+        if self.sentry is not None:
+            self._deliver("sentry", lambda: bounded(lambda: self.sentry.crashed(exc), self.timeout))
+
+    def close(self) -> None:
+        """Flush what is still queued (Sentry), within the bound; once."""
+        sentry, self.sentry = self.sentry, None
+        if sentry is not None:
+            self._deliver("sentry", lambda: bounded(sentry.close, self.timeout + 1.0))
