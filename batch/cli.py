@@ -248,8 +248,9 @@ def _open_database(settings: Settings, engine: Engine, create: bool = True) -> N
     db.require_current_schema(engine)
 
 
-def resolve_request(args: argparse.Namespace, today: date) -> RunRequest:
-    """Turn the run flags into the sessions to compute. Raises ConfigError for bad combinations."""
+def resolve_request(args: argparse.Namespace, today: date, catch_up_sessions: int = 0) -> RunRequest:
+    """Turn the run flags into the sessions to compute. Raises ConfigError for bad combinations.
+    A cron run without --date or --start also looks back `catch_up_sessions` sessions (SPEC §11)."""
     if args.date and (args.start or args.end):
         raise ConfigError("use either --date or --start/--end, not both")
     if bool(args.start) != bool(args.end):
@@ -258,7 +259,8 @@ def resolve_request(args: argparse.Namespace, today: date) -> RunRequest:
         raise ConfigError(f"--chunk-size {args.chunk_size} must be at least 1 (portfolio-dates per transaction)")
     common = dict(force=args.force, portfolio_ids=list(dict.fromkeys(args.portfolio)),
                   skip_sync=args.skip_sync, skip_profiles=args.skip_profiles, trigger=args.trigger,
-                  chunk_size=args.chunk_size)
+                  chunk_size=args.chunk_size,
+                  catch_up_sessions=catch_up_sessions if args.trigger == "cron" and not (args.date or args.start) else 0)
     if args.start:
         if args.start > args.end:
             raise ConfigError(f"--start {args.start} is after --end {args.end}")
@@ -289,7 +291,7 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine, observers
     run_id = uuid.uuid4()  # bound now so every event of the run carries it
     structlog.contextvars.bind_contextvars(run_id=str(run_id))
     try:
-        request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)))
+        request = resolve_request(args, calendar.new_york_today(datetime.now(UTC)), settings.catch_up_sessions)
     except ValueError as exc:  # calendar input errors (e.g. a date beyond its coverage)
         raise ConfigError(str(exc)) from None
     if request.skip_sync and settings.market_data_provider != "sample":

@@ -4,13 +4,14 @@ its `Plan` — the as-of dates, the portfolios, and per date the units that alre
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
 
 from sqlalchemy.orm import Session
 
-from batch import repository
+from batch import calendar, repository
 
 # units per chunk (--chunk-size): their inputs are loaded together and their results committed in
 # one transaction (SPEC §7); bounds memory and what an interruption loses
@@ -31,6 +32,8 @@ class RunRequest:
     skip_profiles: bool = False
     trigger: str = "manual"
     chunk_size: int = DEFAULT_CHUNK_SIZE  # units written per transaction (SPEC §7)
+    catch_up_sessions: int = 0  # a cron run: look back this many sessions for incomplete ones (SPEC §11)
+    catch_up: tuple[date, ...] = ()  # the sessions found incomplete, run before the requested ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,23 @@ class Plan:
     def chunks(self, size: int) -> list[list[repository.PortfolioRow]]:
         """The portfolios in chunks of `size` (the last one shorter), in order."""
         return [list(self.portfolios[i:i + size]) for i in range(0, len(self.portfolios), size)]
+
+
+def with_catch_up(session: Session, request: RunRequest) -> RunRequest:
+    """SPEC §11 catch-up: the `catch_up_sessions` sessions before the requested date on which some
+    active portfolio (of the request's filter) lacks complete results, put before the requested
+    sessions, oldest first (`catch_up` names them). A request without a look-back, or with nothing
+    to catch up, is returned as it is; a skipped one (today is not a session) runs the sessions
+    caught up."""
+    if request.catch_up_sessions < 1:
+        return request
+    window = calendar.sessions_back(calendar.previous_session(request.requested_end), request.catch_up_sessions)
+    missing = [d for d in repository.sessions_missing_results(session, window, request.portfolio_ids)
+               if d not in request.as_of_dates]
+    if not missing:
+        return request
+    return dataclasses.replace(request, as_of_dates=sorted(missing) + list(request.as_of_dates),
+                               catch_up=tuple(sorted(missing)), skip_reason=None)
 
 
 def plan_run(session: Session, request: RunRequest) -> Plan:

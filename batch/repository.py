@@ -520,6 +520,23 @@ def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:
         PortfolioSnapshot.snapshot_date == day)))
 
 
+def sessions_missing_results(session: Session, days: Sequence[date],
+                             only: Sequence[uuid.UUID] | None = None) -> list[date]:
+    """Which of `days` lack complete results (a snapshot) for at least one active portfolio (of
+    `only`, when given), ascending; two queries whatever the number of portfolios."""
+    active = select(Portfolio.id).where(Portfolio.deleted_at.is_(None))
+    if only:
+        active = active.where(Portfolio.id.in_(list(only)))
+    wanted = session.scalar(select(func.count()).select_from(active.subquery()))
+    if not days or not wanted:
+        return []
+    counts = dict(session.execute(
+        select(PortfolioSnapshot.snapshot_date, func.count(PortfolioSnapshot.portfolio_id.distinct()))
+        .where(PortfolioSnapshot.snapshot_date.in_(list(days)), PortfolioSnapshot.portfolio_id.in_(active))
+        .group_by(PortfolioSnapshot.snapshot_date)).all())
+    return sorted(d for d in days if counts.get(d, 0) < wanted)
+
+
 def portfolios_with_job_records(session: Session, run_id: uuid.UUID, as_of: date,
                                 portfolio_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these portfolios already have a job record of run `run_id` for `as_of`."""

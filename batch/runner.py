@@ -32,7 +32,7 @@ from batch.errors import Interrupted, InvalidInputRow, LockLost, WorkerLost
 from batch.log import configure_logging
 from batch.observability import Observers
 from batch.persist import ChunkResult, ChunkWriter, JobRecord, UnitResult
-from batch.plan import DEFAULT_CHUNK_SIZE, Plan, RunRequest, plan_run
+from batch.plan import DEFAULT_CHUNK_SIZE, Plan, RunRequest, plan_run, with_catch_up
 from batch.providers import MarketDataProvider
 from batch.runrecord import RunRecord, Tally, summarize
 from batch.settings import Settings
@@ -189,6 +189,11 @@ class Runner:
         try:
             with fewer_collections(), run_lock(self.engine) as lock_ref:
                 self.attach(run_id, lock_ref)
+                if request.catch_up_sessions:  # which recent sessions a missed night left incomplete
+                    with Session(self.engine) as s:
+                        request = with_catch_up(s, request)
+                    if request.catch_up:
+                        log.warning("catching_up", sessions=[d.isoformat() for d in request.catch_up])
                 if self.observers is not None:
                     self.observers.run_started(str(run_id))
                 if self.executor is None:

@@ -180,6 +180,7 @@ def summarize(run_id: uuid.UUID, request: RunRequest, tally: Tally, job_counts: 
         or ("aborted" if error is not None else None)
         or ("deadline" if tally.deadline_skips else None),
         "as_of_dates": [d.isoformat() for d in request.as_of_dates],
+        "catch_up": [d.isoformat() for d in request.catch_up],  # sessions a missed night left incomplete
         "portfolios": {"succeeded": tally.succeeded, "failed": tally.failed, "skipped": tally.skipped},
         "failed_portfolios": tally.failed_portfolios + global_failures,
         "market_data": market,
