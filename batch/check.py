@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from batch import calendar, db
+from batch import calendar, db, repository
 from batch.errors import ConfigError, DatabaseUnavailable, LockHeld
 from batch.executors import CONNECT_TIMEOUT_SECONDS
 from batch.providers import get_provider
@@ -29,6 +31,7 @@ class Check:
     name: str
     status: str  # "ok", "failed", "warning"
     detail: str
+    data: Any = None  # structured facts for `check --json` (freshness: per portfolio)
 
 
 def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
@@ -45,7 +48,10 @@ def run_checks(settings: Settings, engine: Engine, as_of: date) -> list[Check]:
     database = _database(engine)
     checks.append(database)
     if database.status == "ok":
-        checks += [_migrations(settings, engine), _lock(engine)]
+        migrations = _migrations(settings, engine)
+        checks += [migrations, _lock(engine)]
+        if migrations.status == "ok" and not db.is_empty(engine):
+            checks.append(_freshness(engine, as_of))
     else:
         checks += [Check("migrations", "failed", "not checked: database unreachable"),
                    Check("run_lock", "failed", "not checked: database unreachable")]
@@ -117,10 +123,32 @@ def _provider(settings: Settings, as_of: date) -> Check:
     key = KEY_VARIABLES.get(name)
     detail = f"{name}" + (f" ({key} is set)" if key else "")
     if coverage is not None and not coverage[0] <= as_of <= coverage[1]:
-        return Check("provider", "warning",
-                     f"{detail}: offline data covers {coverage[0]}..{coverage[1]} only; runs dated {as_of} "
-                     "exit 2 — set MARKET_DATA_PROVIDER=yfinance|fmp|polygon for current prices")
+        return Check("provider", "failed",
+                     f"{detail}: the cron would refuse today ({as_of}): the offline data covers "
+                     f"{coverage[0]}..{coverage[1]} only, so a run dated today exits 2 — set "
+                     "MARKET_DATA_PROVIDER=yfinance|fmp|polygon for current prices (runs with --date inside "
+                     "the data still work)")
     return Check("provider", "ok", detail)
+
+
+def _freshness(engine: Engine, today: date) -> Check:
+    """SPEC §11: per active portfolio, the last session with complete results (a snapshot); a
+    warning when some are more than one session behind the latest session on or before `today`
+    (the previous night's run should have computed it)."""
+    latest = calendar.session_on_or_before(today)
+    with Session(engine) as s:
+        last = repository.last_complete_sessions(s)
+    behind = {str(pid): (day.isoformat() if day else None) for pid, day in last.items()
+              if day is None or calendar.session_offset(day, latest) > 1}
+    data = {"latest_session": latest.isoformat(), "portfolios": len(last), "behind": len(behind),
+            "last_complete": {str(pid): day.isoformat() if day else None for pid, day in last.items()}}
+    if not last:
+        return Check("freshness", "ok", "no active portfolio", data)
+    days = [d for d in last.values() if d is not None]
+    span = f"{min(days)}..{max(days)}" if days else "none"
+    detail = (f"{len(last)} active portfolios, last complete sessions {span}; {len(behind)} more than one session "
+              f"behind {latest}")
+    return Check("freshness", "warning" if behind else "ok", detail, data)
 
 
 def _dask(address: str, timeout_seconds: float = CONNECT_TIMEOUT_SECONDS) -> Check:
@@ -151,5 +179,6 @@ def _calendar(as_of: date) -> Check:
     return Check("calendar", "ok", f"NYSE sessions known through {need_to} ({sessions} in {as_of.year + 1})")
 
 
-def as_dicts(checks: list[Check]) -> list[dict[str, str]]:
-    return [asdict(c) for c in checks]
+def as_dicts(checks: list[Check]) -> list[dict[str, Any]]:
+    return [{"name": c.name, "status": c.status, "detail": c.detail, **({"data": c.data} if c.data else {})}
+            for c in checks]

@@ -520,6 +520,16 @@ def portfolios_with_snapshot(session: Session, day: date) -> set[uuid.UUID]:
         PortfolioSnapshot.snapshot_date == day)))
 
 
+def last_complete_sessions(session: Session) -> dict[uuid.UUID, date | None]:
+    """Every active portfolio → the latest date it has complete results (a snapshot) for, None
+    when it has none; one query."""
+    rows = session.execute(
+        select(Portfolio.id, func.max(PortfolioSnapshot.snapshot_date))
+        .outerjoin(PortfolioSnapshot, PortfolioSnapshot.portfolio_id == Portfolio.id)
+        .where(Portfolio.deleted_at.is_(None)).group_by(Portfolio.id).order_by(Portfolio.id))
+    return {pid: (_date(day, "snapshot_date") if isinstance(day, str) else day) for pid, day in rows}
+
+
 def sessions_missing_results(session: Session, days: Sequence[date],
                              only: Sequence[uuid.UUID] | None = None) -> list[date]:
     """Which of `days` lack complete results (a snapshot) for at least one active portfolio (of

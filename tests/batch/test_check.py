@@ -32,14 +32,20 @@ def check(monkeypatch, tmp_path, capsys):
     return call
 
 
-def test_passes_on_the_embedded_default(check):
+def test_on_the_embedded_default_only_the_cron_date_fails(check):
+    """The bundled sample data ends in 2022: the cron, which runs as of today, would exit 2 every
+    day — `check` says so as a failure; everything else passes, and with a live provider the
+    preflight passes."""
     code, out, _ = check("--json")
     report = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and report["ok"] is True
-    statuses = {c["name"]: c["status"] for c in report["checks"]}
-    assert statuses["database"] == statuses["migrations"] == statuses["run_lock"] == "ok"
-    assert statuses["python"] == statuses["packages"] == statuses["calendar"] == "ok"
-    assert statuses["provider"] in ("ok", "warning")  # the sample data ends in 2022
+    assert code == 1 and report["ok"] is False
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {name for name, c in checks.items() if c["status"] != "ok"} == {"provider"}
+    assert checks["provider"]["status"] == "failed"
+    assert "the cron would refuse today" in checks["provider"]["detail"]
+    assert "2014-01-02..2022-12-28" in checks["provider"]["detail"]
+    code, out, _ = check("--json", MARKET_DATA_PROVIDER="yfinance")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["ok"] is True
 
 
 def test_fmp_without_its_key_fails_naming_the_variable(check):
@@ -79,7 +85,8 @@ def test_dask_scheduler_is_checked_when_configured(check):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        code, out, _ = check("--json", DASK_SCHEDULER_ADDRESS=cluster.scheduler_address)
+        code, out, _ = check("--json", DASK_SCHEDULER_ADDRESS=cluster.scheduler_address,
+                             MARKET_DATA_PROVIDER="yfinance")  # a provider that can serve today
     report = json.loads(out.strip().splitlines()[-1])
     dask = {c["name"]: c for c in report["checks"]}["dask"]
     assert code == 0 and dask["status"] == "ok" and "2 workers" in dask["detail"]
@@ -118,3 +125,32 @@ def test_runtime_dependencies_are_what_the_job_imports_and_what_check_verifies()
     assert declared == third_party | {"psycopg"}
     assert set(REQUIRED_PACKAGES) == declared
     assert "statsmodels" in " ".join(project["optional-dependencies"]["test"])
+
+
+def test_freshness_reports_each_portfolio_and_those_behind(seeded, database_url, monkeypatch, capsys):
+    """The demo ran for 2022-12-27, then three of its four books for 2022-12-28. As of 2022-12-29
+    each book's last complete session is reported; the fourth book (12-27: two sessions behind
+    12-29) is the one more than one session behind — a warning, not a failure."""
+    from datetime import date
+
+    from batch import calendar
+    from batch.demo import PRIVATE_ONLY, demo_id
+
+    assert seeded("--date", "2022-12-27", "--json").code == 0
+    private_only = demo_id("portfolio", PRIVATE_ONLY)
+    books = [str(demo_id("portfolio", name)) for name in ("individual", "high-net-worth", "hedge-fund")]
+    args = ["--date", "2022-12-28", "--skip-sync", "--json"]
+    for book in books:
+        args += ["--portfolio", book]
+    assert seeded(*args).code == 0
+    monkeypatch.setattr(calendar, "new_york_today", lambda now: date(2022, 12, 29))
+    capsys.readouterr()
+    code = cli.main(["check", "--json"])
+    report = {c["name"]: c for c in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checks"]}
+    fresh = report["freshness"]
+    assert fresh["status"] == "warning"
+    assert fresh["data"]["latest_session"] == "2022-12-29"
+    assert fresh["data"]["last_complete"] == {**{b: "2022-12-28" for b in books}, str(private_only): "2022-12-27"}
+    assert (fresh["data"]["portfolios"], fresh["data"]["behind"]) == (4, 1)
+    assert "1 more than one session behind 2022-12-29" in fresh["detail"]
+    assert code == 1  # the sample provider cannot serve 12-29: the cron would refuse it
