@@ -324,3 +324,26 @@ def test_peak_rss_is_the_kernels_high_water_mark_in_bytes():
     assert after >= before
     assert after >= 96 * 1024 * 1024  # at least the block itself is resident
     del block
+
+
+def test_the_job_pushes_its_run_through_the_observers(seeded, gateway, monkeypatch):
+    """End to end: a demo run with PROMETHEUS_PUSHGATEWAY_URL set leaves its summary's figures in
+    the job's group (job only, as in production). The SQLite and PostgreSQL variants of this test
+    may push concurrently with the same figures, so the run time is checked as a window."""
+    monkeypatch.setenv("PROMETHEUS_PUSHGATEWAY_URL", gateway)
+    started = time.time()
+    result = seeded("--date", "2022-12-28", "--json")
+    assert result.code == 0
+    pushed = {name: {tuple(p for p in labels if p != ("instance", "")): v for labels, v in samples.items()}
+              for name, samples in read_group(gateway, {}).items()}  # the job-only group's empty instance
+    summary = result.summary
+    assert pushed["sigmasight_batch_exit_code"] == one(0)
+    assert pushed["sigmasight_batch_units"] == {(("status", k),): v for k, v in summary["portfolios"].items()}
+    assert pushed["sigmasight_batch_rows_written"] == one(summary["market_data"]["rows_written"])
+    assert pushed["sigmasight_batch_symbols_failed"] == one(len(summary["market_data"]["failed_symbols"]))
+    [(_, last_run)] = pushed["sigmasight_batch_last_run_timestamp_seconds"].items()
+    assert started <= last_run <= time.time()
+    assert set(pushed["sigmasight_batch_duration_seconds"]) == {
+        (("stage", s),) for s in [*summary["stage_seconds"], "total"]}
+    [(_, rss)] = pushed["sigmasight_batch_peak_rss_bytes"].items()
+    assert rss > 50 * 2**20  # this process has imported pandas and run the job
