@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from batch import __version__, calendar, db, repository
+from batch import __version__, calendar, db, redact, repository
 from batch.check import as_dicts, run_checks
 from batch.demo import seed_demo
 from batch.errors import (
@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return _usage_error(str(exc))
+    redact.remember(settings.secrets())  # masked in every log line and recorded error from here on
     configure_logging(settings.log_format, settings.log_level)
     structlog.contextvars.clear_contextvars()
     # SPEC §11: a `run` is reported to the configured integrations, even when it cannot start

@@ -17,6 +17,7 @@ from batch import repository
 from batch.db import describe_error
 from batch.engines import Chunk, DateContext, Engine, Unit, skipped_result
 from batch.errors import Interrupted, InvalidInputRow
+from batch.redact import error_text
 from batch.persist import Failure, JobRecord, Replacement, UnitResult, rolled_back
 from batch.settings import Settings
 from batch.stopping import Hooks
@@ -155,7 +156,7 @@ def _run_engine(engine: Engine, settings: Settings, shared: DateContext, units: 
             raise
         except Exception as exc:
             hooks.raise_if_stopping(exc)
-            error = f"{type(exc).__name__}: {exc}"
+            error = error_text(exc)
             log.exception("engine_failed", job=engine.name)
             work.broken[engine.name] = engine.name
             work.failure = work.failure or Failure(engine.name, error)

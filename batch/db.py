@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 import batch.migrations
 from batch.errors import DatabaseUnavailable, LockHeld, LockLost
+from batch.redact import redact
 
 # pg_try_advisory_lock key: a fixed 64-bit number private to this job.
 ADVISORY_LOCK_KEY = 0x5167_6D61_5369_6768 & 0x7FFF_FFFF_FFFF_FFFF
@@ -129,7 +130,7 @@ def describe_error(exc: BaseException) -> str:
     message, without SQLAlchemy's statement and parameters)."""
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+    return redact(f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__)
 
 
 def _alembic_config() -> Config:

@@ -26,6 +26,7 @@ from typing import Any
 
 from batch.engines import DateContext
 from batch.errors import ConfigError, WorkerLost
+from batch.redact import error_text
 from batch.runner import ChunkOutcome, ChunkTask, Executor, run_chunk_task
 
 EXECUTORS = ("serial", "processes", "dask")
@@ -78,7 +79,7 @@ def _completed(futures: dict[Any, ChunkTask], wait: Any) -> Iterator[tuple[Chunk
             yield futures[future], future.result()
         except Exception as exc:
             lost = isinstance(exc, BrokenProcessPool) or type(exc).__name__ == "KilledWorker"  # Dask's
-            yield futures[future], WorkerLost(f"{type(exc).__name__}: {exc}") if lost else exc
+            yield futures[future], WorkerLost(error_text(exc)) if lost else exc
 
 
 class LocalProcesses(Executor):

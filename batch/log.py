@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from batch.redact import redact_event
+
 
 def silence_stdout() -> None:
     """Send the rest of this process's stdout to /dev/null (after a write failed: a closed pipe, a
@@ -65,7 +67,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name,
                            structlog.stdlib.add_log_level,
                            structlog.processors.TimeStamper(fmt="iso", utc=True),
-                           structlog.processors.format_exc_info]))
+                           structlog.processors.format_exc_info, redact_event]))
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
         root.removeHandler(old)
@@ -80,6 +82,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,  # SPEC §11: no secret in any log line
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),

@@ -34,6 +34,7 @@ from batch.observability import Observers
 from batch.persist import ChunkResult, ChunkWriter, JobRecord, UnitResult
 from batch.plan import DEFAULT_CHUNK_SIZE, Plan, RunRequest, plan_run, with_catch_up
 from batch.providers import MarketDataProvider
+from batch.redact import error_text, remember
 from batch.runrecord import RunRecord, Tally, summarize
 from batch.settings import Settings
 from batch.stopping import Hooks, StopSignals, arm_watchdog, cancel_watchdog
@@ -105,6 +106,7 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
     with it)."""
     engine = _WORKER_ENGINES.get(task.settings.database_url)
     if engine is None:
+        remember(task.settings.secrets())
         configure_logging(task.settings.log_format, task.settings.log_level)
         engine = _WORKER_ENGINES[task.settings.database_url] = make_engine(task.settings.database_url)
     structlog.contextvars.clear_contextvars()
@@ -294,7 +296,7 @@ class Runner:
         except Exception as exc:  # a global step fails alone; engines run on stored data
             self.stop.raise_if_stopping(exc)
             log.exception("market_data_failed")
-            error = f"{type(exc).__name__}: {exc}"
+            error = error_text(exc)
             self.record.record_jobs(as_of, None, [JobRecord("market_data", "failed", self._ms(started), error)])
             global_failures.append({"portfolio_id": None, "job": "market_data", "error": error})
             return {"symbols_requested": 0, "symbols_updated": 0, "rows_written": 0,
@@ -322,7 +324,7 @@ class Runner:
             log.exception("company_profiles_failed")
             summary = {"status": "failed", "total": 0, "successful": 0, "failed": 0,
                        "duration_seconds": round((self.monotonic() - started), 3),
-                       "error": f"{type(exc).__name__}: {exc}"}
+                       "error": error_text(exc)}
         status = "failed" if summary["status"] == "failed" else "success"
         self.record.record_jobs(as_of, None, [JobRecord("company_profiles", status, self._ms(started),
                                          summary.get("error"), summary)])
@@ -354,7 +356,7 @@ class Runner:
                     self._confirm_lock(s)
             except Exception as exc:  # a global step fails alone; its dependants skip
                 self.stop.raise_if_stopping(exc)
-                error = f"{type(exc).__name__}: {exc}"
+                error = error_text(exc)
                 log.exception("global_engine_failed", job=engine.name)
                 shared.failed[engine.name] = error
                 global_failures.append({"portfolio_id": None, "as_of": as_of.isoformat(),
@@ -451,7 +453,7 @@ class Runner:
             except Exception as exc:  # every unit of the chunk fails with it, the run goes on
                 self.stop.raise_if_stopping(exc)
                 log.exception("unit_inputs_failed")
-                load_error = f"{type(exc).__name__}: {exc}"
+                load_error = error_text(exc)
         self.stop.check()
         if self.monotonic() - started > self.settings.batch_timeout_seconds:
             # the bookkeeping the deadline asks for, not a hang: the watchdog gets a fresh grace

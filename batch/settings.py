@@ -136,6 +136,12 @@ class Settings:
 
     __str__ = __repr__
 
+    def secrets(self) -> list[str]:
+        """Every credential configured: the Secret values and the database password."""
+        values = [v.reveal() for v in vars(self).values() if isinstance(v, Secret)]
+        password = make_url(self.database_url).password
+        return values + ([str(password)] if password else [])
+
     @property
     def safe_database_url(self) -> str:
         """The database URL with any password masked, for logs and messages."""

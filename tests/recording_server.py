@@ -1,9 +1,11 @@
 """A real HTTP server on 127.0.0.1 standing in for a third party's endpoint (Slack, a
 healthcheck service): it records every request the real client sent and answers as told —
-`ok` (200), `error` (500) or `hang` (holds the connection without answering until closed)."""
+`ok` (200), `error` (500) or `hang` (holds the connection without answering until closed).
+A gzip-encoded body is recorded decompressed."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +38,8 @@ def recording_server(mode: str = "ok") -> Iterator[Recorder]:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            if self.headers.get("Content-Encoding") == "gzip":  # e.g. sentry-sdk's envelopes
+                body = gzip.decompress(body)
             recorder.requests.append(Request(self.command, self.path, dict(self.headers), body))
             if mode == "hang":
                 release.wait(60)

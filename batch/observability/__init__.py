@@ -26,6 +26,7 @@ import structlog
 
 from batch.observability.alerts import EXIT_LOCKED, AlertPolicy, not_started_message, run_message
 from batch.observability.healthcheck import ping_url
+from batch.redact import error_text
 from batch.settings import Settings
 
 log = structlog.get_logger()
@@ -83,9 +84,11 @@ class Observers:
         from batch import __version__
         from batch.observability.sentry import SentryReporter
 
-        assert self.settings.sentry_dsn is not None
-        self.sentry = SentryReporter(self.settings.sentry_dsn.reveal(), monitor_slug=self.settings.sentry_monitor_slug,
-                                     release=f"sigmasight-batch@{__version__}", timeout=self.timeout)
+        settings = self.settings
+        assert settings.sentry_dsn is not None
+        self.sentry = SentryReporter(settings.sentry_dsn.reveal(), monitor_slug=settings.sentry_monitor_slug,
+                                     release=f"sigmasight-batch@{__version__}", timeout=self.timeout,
+                                     secrets=settings.secrets())
 
     def _deliver(self, integration: str, send: Callable[[], Any]) -> None:
         """Call `send`; log a failure instead of raising it (a report must never stop a run)."""
@@ -93,7 +96,7 @@ class Observers:
         try:
             send()
         except Exception as exc:  # noqa: BLE001 any delivery failure: logged, never raised
-            log.warning("integration_failed", integration=integration, error=f"{type(exc).__name__}: {exc}",
+            log.warning("integration_failed", integration=integration, error=error_text(exc),
                         seconds=round(time.monotonic() - t0, 3))
 
     def _ping(self, event: str | int, body: str = "") -> None:
@@ -145,7 +148,7 @@ class Observers:
 
     def crashed(self, exc: BaseException) -> None:
         """An exception nothing else caught ends the process (exit 1)."""
-        error = f"crashed: {type(exc).__name__}: {exc}"
+        error = f"crashed: {error_text(exc)}"
         self._alert(not_started_message(error, 1, self.run_id))
         self._ping(1, error)
         if self.sentry is not None:

@@ -25,13 +25,13 @@ masked in event bodies.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import ConfigError
+from batch.redact import scrubber
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,25 +40,6 @@ if TYPE_CHECKING:
 
 CRON_SCHEDULE = "30 23 * * 1-5"  # the cron entry of SPEC §9, in UTC
 MONITOR_CONFIG: dict[str, Any] = {"schedule": {"type": "crontab", "value": CRON_SCHEDULE}, "timezone": "UTC"}
-MASK = "***"
-MIN_SECRET_LENGTH = 4  # shorter literal secrets are not searched for (they would mask ordinary words)
-
-# scheme://user:password@  ->  scheme://user:***@ ;  scheme://token@  ->  scheme://***@ (a DSN's key)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:?#]*:)[^\s/@?#]+(?=@)")
-_URL_TOKEN = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@:?#]+(?=@)")
-_SECRET_WORDS = r"api[_-]?key|apikey|key|token|secret|passw(?:or)?d|pwd|dsn|auth|credentials?|signature"
-# apikey=XYZ, ?token=XYZ, "password": "X Y", password: 'XYZ' (the name must end with the word)
-_KEY_VALUE = re.compile(rf"(?i)(?P<head>\b[\w.-]*?(?:{_SECRET_WORDS})['\"]?\s*[=:]\s*)"
-                        r"(?:\"[^\"]*\"|'[^']*'|[^\s'\"&,;)}\]]+)")
-_SECRET_KEY_NAME = re.compile(rf"(?i)(?:{_SECRET_WORDS}|cookie)$")
-
-
-def _mask_value(match: re.Match[str]) -> str:
-    """`name=value` with its value masked, keeping the value's quotes."""
-    quote = match.group(0)[len(match.group("head"))]
-    return match.group("head") + (f"{quote}{MASK}{quote}" if quote in "'\"" else MASK)
-
-
 def _import_sentry() -> Any:
     """The sentry_sdk module; ConfigError naming the extra when it is not installed."""
     try:
@@ -68,36 +49,6 @@ def _import_sentry() -> Any:
     except ImportError as exc:
         raise ConfigError("SENTRY_DSN is set but sentry-sdk is not installed: pip install '.[sentry]'") from exc
     return sentry_sdk
-
-
-def scrubber(secrets: Iterable[str] = ()) -> Callable[[Any], Any]:
-    """A function masking secrets in a JSON-like value (dicts, lists, strings; anything else as is).
-
-    Strings: URL credentials (`scheme://user:pw@` keeps the user, `scheme://token@` keeps nothing),
-    `name=value` / `name: value` pairs whose name ends like a key, token, secret, password, dsn or
-    auth, and every literal of `secrets` (at least `MIN_SECRET_LENGTH` characters) become `***`.
-    Mappings: the value of a key named like those is `***` whatever it is (None stays None).
-    """
-    literals = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-
-    def text(value: str) -> str:
-        for literal in literals:
-            value = value.replace(literal, MASK)
-        value = _URL_PASSWORD.sub(rf"\g<head>{MASK}", value)
-        value = _URL_TOKEN.sub(rf"\g<head>{MASK}", value)
-        return _KEY_VALUE.sub(_mask_value, value)
-
-    def scrub(value: Any) -> Any:
-        if isinstance(value, str):
-            return text(value)
-        if isinstance(value, Mapping):
-            return {k: (MASK if value[k] is not None and isinstance(k, str) and _SECRET_KEY_NAME.search(k)
-                        else scrub(value[k])) for k in value}
-        if isinstance(value, list | tuple):
-            return [scrub(v) for v in value]
-        return value
-
-    return scrub
 
 
 class SentryReporter:
@@ -121,7 +72,7 @@ class SentryReporter:
         self._started_at: float | None = None
         self.run_id: str | None = None
         public_key = dsn.split("://", 1)[-1].split("@", 1)[0].split(":", 1)[0] if "@" in dsn else ""
-        self._scrub = scrubber([*secrets, dsn, public_key])
+        self._scrub = scrubber([*secrets, dsn, public_key], url_tokens=True)
         bounded = type("BoundedHttpTransport", (sdk.transport.HttpTransport,), {"TIMEOUT": timeout})
         try:
             self._client: sentry_sdk.Client | None = sdk.Client(

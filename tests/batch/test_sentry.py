@@ -25,7 +25,8 @@ from sentry_sdk.profiler import continuous_profiler
 
 from batch.errors import ConfigError
 from batch.observability import INTEGRATION_TIMEOUT_SECONDS
-from batch.observability.sentry import MONITOR_CONFIG, SentryReporter, scrubber
+from batch.observability.sentry import MONITOR_CONFIG, SentryReporter
+from batch.redact import scrubber
 
 SLUG = "sigmasight-batch-test"
 RUN_ID = "7f1c6a0e-0000-4000-8000-000000000001"
@@ -346,7 +347,7 @@ def test_the_client_collects_no_pii_and_no_local_variables(sentry):
     ("literal LIT-SECRET-1 inside", "literal *** inside"),
 ], ids=["url-password", "url-token", "query-key", "json-quoted", "colon", "not-a-key", "plain-url", "literal"])
 def test_scrubber_masks_strings(raw, expected):
-    assert scrubber(["LIT-SECRET-1", "ab"])(raw) == expected
+    assert scrubber(["LIT-SECRET-1", "ab"], url_tokens=True)(raw) == expected
 
 
 def test_scrubber_masks_values_of_secret_keys_at_any_depth():
@@ -355,3 +356,34 @@ def test_scrubber_masks_values_of_secret_keys_at_any_depth():
              "list": [{"dsn": "x"}, "a"], "tags": {"job": "greeks"}}
     assert scrub(event) == {"extra": {"FMP_API_KEY": "***", "db": {"password": "***", "token": None, "user": "batch"}},
                             "list": [{"dsn": "***"}, "a"], "tags": {"job": "greeks"}}
+
+
+def test_the_job_reports_an_engine_failure_and_its_check_ins(seeded, sentry, monkeypatch):
+    """End to end through the observers: a demo run with SENTRY_DSN set and one book's engine
+    failing sends `in_progress`, one error event tagged with that failure, then `error`; the
+    database password and an API key configured for the run appear in no envelope byte."""
+    from batch import runner as runner_module
+    from batch.demo import HEDGE_FUND, demo_id
+    from batch.engines import ENGINES, Engine, JobOutcome
+    from tests.conftest import each_unit
+
+    victim = demo_id("portfolio", HEDGE_FUND)
+
+    def explode(unit):
+        if unit.portfolio_id == victim:
+            raise RuntimeError("injected failure apikey=abc-SECRET-123")
+        return JobOutcome("success", {})
+
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("FMP_API_KEY", "fmp-SECRET-456")
+    monkeypatch.setattr(runner_module, "ENGINES",
+                        [*ENGINES, Engine("exploder", each_unit(explode), depends_on=("snapshot",))])
+    result = seeded("--date", "2022-12-28", "--json")
+    assert result.code == 1
+    kinds = [(header["type"], payload.get("status")) for header, payload in sentry.items()]
+    assert kinds == [("check_in", "in_progress"), ("event", None), ("check_in", "error")]
+    event = sentry.items()[1][1]
+    assert event["tags"] == {"job": "exploder", "portfolio_id": str(victim), "as_of": "2022-12-28",
+                             "run_id": result.summary["run_id"]}
+    assert event["level"] == "error" and "exploder failed: RuntimeError: injected failure" in json.dumps(event)
+    assert all(b"SECRET" not in body for _, _, body in sentry.requests)
