@@ -129,6 +129,7 @@ def run_chunk_task(task: ChunkTask, shared: DateContext) -> ChunkOutcome:
 # The cyclic garbage collector's youngest-generation threshold while a run computes: a chunk
 # allocates ~10⁵–10⁶ short-lived containers (rows, records) and is not cyclic; with the default
 # (700) the collector ran ~900 times and took 18 % of a 300-portfolio run (0.84 of 4.75 s).
+FRESHNESS_SESSIONS = 5  # sessions the summary's `incomplete_sessions` looks back over
 COLLECT_AFTER_ALLOCATIONS = 100_000
 
 
@@ -260,6 +261,7 @@ class Runner:
             interrupted, error = interrupted or Interrupted(self.stop.received), None
         summary = summarize(self.run_id, request, tally, self.record.job_counts, market, profiles,
                             global_failures, interrupted, self.monotonic() - started, self.lock_lost, error)
+        summary["incomplete_sessions"] = self._incomplete_sessions(request)
         if not self.record.close(summary, grace):
             summary["error"] = "; ".join(filter(None, [
                 summary.get("error"), "the run record could not be written (the next run marks it failed)"]))
@@ -267,6 +269,20 @@ class Runner:
         structlog.contextvars.unbind_contextvars("portfolio_id", "as_of")
         log.info("run_finished", **summary)
         return summary
+
+    def _incomplete_sessions(self, request: RunRequest) -> list[str] | None:
+        """Freshness for the summary (SPEC §11): which of the FRESHNESS_SESSIONS sessions up to the
+        run's last as-of date (or the requested date) still lack complete results for some active
+        portfolio of the run's filter, after the run. None when it cannot be read (the database
+        failed): the run's outcome stands."""
+        end = request.as_of_dates[-1] if request.as_of_dates else request.requested_end
+        try:
+            window = calendar.sessions_back(calendar.session_on_or_before(end), FRESHNESS_SESSIONS)
+            with Session(self.engine) as s:
+                return [d.isoformat() for d in repository.sessions_missing_results(s, window, request.portfolio_ids)]
+        except Exception as exc:  # noqa: BLE001 a report, not the run
+            log.warning("freshness_unknown", error=error_text(exc))
+            return None
 
     def _run_date(self, request: RunRequest, plan: Plan, as_of: date, started: float, tally: Tally,
                   global_failures: list[dict[str, str]]) -> None:

@@ -62,9 +62,8 @@ def run_message(summary: Mapping[str, Any], reasons: list[str]) -> dict[str, Any
         facts.append(f"*failed symbols* ({len(failed_symbols)}) {', '.join(map(str, failed_symbols[:20]))}")
     if summary.get("catch_up"):
         facts.append(f"*caught up* {', '.join(map(str, summary['catch_up']))}")
-    freshness = summary.get("freshness")
-    if freshness:
-        facts.append(f"*freshness* {freshness.get('behind', 0)} portfolio(s) more than one session behind")
+    if summary.get("incomplete_sessions"):
+        facts.append(f"*sessions still incomplete* {', '.join(summary['incomplete_sessions'])}")
     if summary.get("error"):
         facts.append(f"*error* {summary['error']}")
     failures = summary.get("failed_portfolios") or []

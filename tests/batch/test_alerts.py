@@ -45,13 +45,15 @@ def test_the_message_lists_the_first_failures_and_counts_the_rest() -> None:
     failures = [{"portfolio_id": f"p{i}", "as_of": AS_OF, "job": "valuation", "error": f"E{i}"} for i in range(13)]
     failures.append({"portfolio_id": None, "as_of": AS_OF, "job": "symbol_betas", "error": "G"})
     message = run_message(_summary(status="failed", exit_code=1, failed_portfolios=failures,
-                                   market_data={"status": "partial", "failed_symbols": ["XYZ", "QQQ"]}),
+                                   market_data={"status": "partial", "failed_symbols": ["XYZ", "QQQ"]},
+                                   incomplete_sessions=["2022-12-23", "2022-12-27"]),
                           ["exit code 1"])
     assert message["text"] == f"sigmasight-batch failed (exit 1) as of {AS_OF}: exit code 1"
     body = json.dumps(message["blocks"])
     assert all(f"p{i} {AS_OF} valuation: E{i}" in body for i in range(FAILURES_LISTED))
     assert f"p{FAILURES_LISTED} " not in body and "and 4 more" in body
     assert "*failed symbols* (2) XYZ, QQQ" in body and "*run* `r1`" in body
+    assert "*sessions still incomplete* 2022-12-23, 2022-12-27" in body
 
 
 def _events(out: str, event: str) -> list[dict]:

@@ -24,7 +24,9 @@ def _snapshots_per_day(engine) -> dict[str, int]:
 
 
 def test_a_cron_run_computes_the_missed_sessions_oldest_first_then_today(seeded, engine, monkeypatch):
-    assert seeded("--date", "2022-12-20", "--json").code == 0
+    first = seeded("--date", "2022-12-20", "--json")
+    assert first.code == 0  # freshness: of the five sessions up to 12-20, only 12-20 is complete
+    assert first.summary["incomplete_sessions"] == ["2022-12-14", "2022-12-15", "2022-12-16", "2022-12-19"]
     monkeypatch.setattr(calendar, "new_york_today", lambda now: TODAY)  # the cron's "today"
     with recording_server() as slack:
         monkeypatch.setenv("ALERT_WEBHOOK_URL", slack.url)
@@ -32,6 +34,7 @@ def test_a_cron_run_computes_the_missed_sessions_oldest_first_then_today(seeded,
     assert result.code == 0, result.err
     assert result.summary["catch_up"] == MISSED
     assert result.summary["as_of_dates"] == [*MISSED, TODAY.isoformat()]
+    assert result.summary["incomplete_sessions"] == []  # 12-20..12-28 all complete now
     assert result.summary["portfolios"] == {"succeeded": 4 * 5, "failed": 0, "skipped": 0}
     assert _snapshots_per_day(engine) == {d: 4 for d in ["2022-12-20", *MISSED, "2022-12-28"]}
     with engine.connect() as conn:  # written oldest first: the run's records in insertion order
