@@ -22,7 +22,7 @@ from batch.providers import get_provider
 from batch.settings import Settings
 
 REQUIRED_PACKAGES = ("sqlalchemy", "psycopg", "pandas", "numpy", "scipy", "pandas_market_calendars",
-                     "structlog", "tenacity", "alembic", "httpx")
+                     "structlog", "tenacity", "alembic", "httpx", "prometheus_client")
 KEY_VARIABLES = {"fmp": "FMP_API_KEY", "polygon": "POLYGON_API_KEY"}
 
 
@@ -73,7 +73,8 @@ def _python() -> Check:
 
 
 def _packages(settings: Settings) -> Check:
-    wanted = list(REQUIRED_PACKAGES) + (["yfinance"] if settings.market_data_provider == "yfinance" else [])
+    wanted = (list(REQUIRED_PACKAGES) + (["yfinance"] if settings.market_data_provider == "yfinance" else [])
+              + (["sentry_sdk"] if settings.sentry_dsn is not None else []))
     missing = []
     for name in wanted:
         try:
@@ -81,7 +82,9 @@ def _packages(settings: Settings) -> Check:
         except ImportError:
             missing.append(name)
     if missing:
-        hint = " (pip install '.[yfinance]')" if "yfinance" in missing else ""
+        hint = "".join(f" (pip install '.[{extra}]')" for module, extra in (("yfinance", "yfinance"),
+                                                                           ("sentry_sdk", "sentry"))
+                       if module in missing)
         return Check("packages", "failed", f"cannot import: {', '.join(missing)}{hint}")
     return Check("packages", "ok", f"{len(wanted)} required packages importable")
 

@@ -118,7 +118,7 @@ def test_runtime_dependencies_are_what_the_job_imports_and_what_check_verifies()
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[\[<>=!~;\s]", req, maxsplit=1)[0].lower().replace("-", "_")
                 for req in project["dependencies"]}
-    optional = {"yfinance", "distributed", "dask"}  # the yfinance and dask extras, imported lazily
+    optional = {"yfinance", "distributed", "dask", "sentry_sdk"}  # the extras, imported lazily
     imported = _imported_top_level_modules([root / "batch", root / "calculations", root / "models"])
     third_party = imported - set(sys.stdlib_module_names) - {"batch", "calculations", "models"} - optional
     # psycopg is the PostgreSQL driver: SQLAlchemy imports it for postgresql+psycopg:// URLs
