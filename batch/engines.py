@@ -523,10 +523,11 @@ def _symbol_betas_output(fit: factors.BetaFit, stored: list[SymbolFactorBeta],
             stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
     has_beta = fit.fitted & ~np.isnan(fit.beta)
     names = fit.factors
-    beta_rows = fit.beta.tolist()
-    for i in np.flatnonzero(has_beta.any(axis=1)).tolist():
-        row, keep = beta_rows[i], has_beta[i]
-        betas[fit.symbols[i]] = {names[j]: row[j] for j in range(len(names)) if keep[j]}
+    for symbol, row, keep in zip(fit.symbols, fit.beta.tolist(), has_beta.tolist(), strict=True):
+        if not any(keep):
+            continue
+        betas[symbol] = (dict(zip(names, row, strict=True)) if all(keep)  # the usual: every fitted factor
+                         else {name: value for name, value, k in zip(names, row, keep, strict=True) if k})
     if factors.MARKET in names:
         m = names.index(factors.MARKET)
         r_squared = fit.r_squared[:, m].tolist()

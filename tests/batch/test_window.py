@@ -374,3 +374,28 @@ def test_a_symbol_the_window_lacks_is_fitted_for_its_date_alone(fit_calls) -> No
             (e.symbol, e.factor, e.observations) for e in b.estimates()]
         for name in ("beta", "std_error", "t_stat", "r_squared"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=0)
+
+
+def test_symbol_betas_output_holds_every_beta_of_a_fit() -> None:
+    """`SymbolBetas` of a fit, against its estimates: each symbol's betas (factor order) where a
+    cell has one — all factors, some (no rate estimate), none (constant returns: zero variance)
+    — the Market cell's R² and observations as stats, skipped symbols absent."""
+    rng = np.random.default_rng(9)
+    index = pd.Index(calendar.sessions_back(D[-1], 90), dtype=object)
+    frame = pd.DataFrame(rng.normal(0.0, 0.01, (90, 3)), index=index, columns=["Market", "Value", "Interest Rate"])
+    frame.iloc[30:40, 2] = np.nan  # PART keeps 55 rate rows: no rate estimate
+    returns = pd.DataFrame({"A": rng.normal(0.0, 0.01, 90), "FLAT": 0.0,
+                            "PART": np.r_[np.full(25, np.nan), rng.normal(0.0, 0.01, 65)], "GONE": np.nan},
+                           index=index)
+    fit = factors.fit_symbol_betas(returns, frame, {"Growth": "factor_unavailable"})
+    out = engines._symbol_betas_output(fit, [], dict(fit.unavailable))
+    estimates = fit.estimates()
+    expected = {}
+    for e in estimates:
+        if e.beta is not None:
+            expected.setdefault(e.symbol, {})[e.factor] = e.beta
+    assert out.betas == expected and list(out.betas["A"]) == ["Market", "Value", "Interest Rate"]
+    assert list(out.betas["PART"]) == ["Market", "Value"] and "FLAT" not in out.betas and "GONE" not in out.betas
+    assert out.stats == {e.symbol: {"r_squared": e.r_squared, "observations": e.observations}
+                         for e in estimates if e.factor == "Market" and e.beta is not None}
+    assert out.zero_variance == {"FLAT"} and out.unavailable == {"Growth": "factor_unavailable"}
