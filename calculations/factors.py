@@ -225,9 +225,9 @@ class BetaFit:
 
 @dataclass(frozen=True)
 class _Ols:
-    """Batched OLS results for one design: params/bse/tvalues are k × g (row 0 the
-    intercept), rsquared has g entries, `nobs` the rows used. `zero_variance` and `exact_fit`
-    (g booleans, never both) mark the degenerate columns (see `BetaEstimate`)."""
+    """Batched OLS results for m designs of n rows and k columns (intercept first), each with g
+    targets: params/bse/tvalues are m × k × g, rsquared m × g, `nobs` = n. `zero_variance` and
+    `exact_fit` (m × g booleans, never both) mark the degenerate targets (see `BetaEstimate`)."""
 
     params: np.ndarray
     bse: np.ndarray
@@ -241,39 +241,42 @@ class _Ols:
 def _pinvs(designs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """For each design (n × k, the intercept column included): its pseudo-inverse (k × n) and
     diag((X'X)⁻¹) = diag(pinv · pinvᵀ) (k), or None if the design is rank-deficient. Designs of
-    one shape are decomposed as one stack (`np.linalg.matrix_rank` and `np.linalg.pinv` on it:
-    each matrix of a stack gets exactly what it would get alone)."""
+    one shape are decomposed as one stack, by one SVD giving both the rank (with
+    `np.linalg.matrix_rank`'s tolerance: σ > σ_max · max(n, k) · eps) and the pseudo-inverse (as
+    `np.linalg.pinv` forms it: σ ≤ 1e-15 · σ_max discarded). Each matrix of a stack gets exactly
+    what it would get alone."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(designs)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, design in enumerate(designs):
         by_shape.setdefault(design.shape, []).append(i)
     for shape, members in by_shape.items():
-        stack = np.stack([designs[i] for i in members])
-        full = np.linalg.matrix_rank(stack) == shape[1]
-        if not full.any():
-            continue
-        pinv = np.linalg.pinv(stack[full])
+        u, s, vt = np.linalg.svd(np.stack([designs[i] for i in members]), full_matrices=False)
+        top = s.max(axis=-1, keepdims=True)
+        full = (s > top * max(shape) * np.finfo(float).eps).sum(axis=-1) == shape[1]
+        inverse = np.divide(1.0, s, out=np.zeros_like(s), where=s > 1e-15 * top)
+        pinv = np.matmul(np.swapaxes(vt[full], -1, -2), inverse[full][..., None] * np.swapaxes(u[full], -1, -2))
         unscaled = np.einsum("gij,gij->gi", pinv, pinv)
-        for i, p, u in zip(np.asarray(members)[full].tolist(), pinv, unscaled, strict=True):
-            out[i] = (p, u)
+        for i, p, v in zip(np.asarray(members)[full].tolist(), pinv, unscaled, strict=True):
+            out[i] = (p, v)
     return out
 
 
-def _ols(design: np.ndarray, pinv: np.ndarray, unscaled_var: np.ndarray, targets: np.ndarray) -> _Ols:
-    """OLS of each column of `targets` (n × g) on `design` (n × k, intercept first, full rank),
-    given its pseudo-inverse and diag((X'X)⁻¹) (`_pinvs`). Same formulas as statsmodels
-    `OLS(y, add_constant(X)).fit()` (pinv method, nonrobust covariance)."""
-    n, k = design.shape
-    params = pinv @ targets
-    resid = targets - design @ params
-    rss = np.einsum("ij,ij->j", resid, resid)
-    centered = targets - targets.mean(axis=0)
-    tss = np.einsum("ij,ij->j", centered, centered)
-    bse = np.sqrt(np.outer(unscaled_var, rss / (n - k)))
+def _ols(designs: np.ndarray, pinvs: np.ndarray, unscaled_var: np.ndarray, targets: np.ndarray) -> _Ols:
+    """OLS of the g targets of each of m designs: `designs` m × n × k (intercept first, full
+    rank), their pseudo-inverses m × k × n and diag((X'X)⁻¹) m × k (`_pinvs`), `targets`
+    m × n × g. Same formulas as statsmodels `OLS(y, add_constant(X)).fit()` (pinv method,
+    nonrobust covariance)."""
+    n, k = designs.shape[1:]
+    params = pinvs @ targets
+    resid = targets - designs @ params
+    rss = (resid * resid).sum(axis=1)
+    centered = targets - targets.mean(axis=1, keepdims=True)
+    tss = (centered * centered).sum(axis=1)
+    bse = np.sqrt(unscaled_var[:, :, None] * (rss / (n - k))[:, None, :])
     with np.errstate(divide="ignore", invalid="ignore"):  # se = 0 / TSS = 0: flagged below
         tvalues = params / bse
         rsquared = 1.0 - rss / tss
-    zero_variance = tss <= DEGENERATE_RATIO * np.einsum("ij,ij->j", targets, targets)
+    zero_variance = tss <= DEGENERATE_RATIO * (targets * targets).sum(axis=1)
     exact_fit = ~zero_variance & (rss <= DEGENERATE_RATIO * tss)
     return _Ols(params=params, bse=bse, tvalues=tvalues, rsquared=rsquared, nobs=n,
                 zero_variance=zero_variance, exact_fit=exact_fit)
@@ -412,20 +415,31 @@ class _DateFit:
                    np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool), np.full(shape, None, dtype=object),
                    np.full(n_symbols, None, dtype=object), {})
 
-    def record(self, result: _Ols, columns: np.ndarray, names: list[str], cap: float) -> None:
+    def record(self, result: _Ols, which: np.ndarray | slice, columns: np.ndarray, names: list[str],
+               cap: float) -> None:
+        """Store the estimates of `result`'s targets `which` (flat indices over its m × g
+        targets) as the cells of symbol `columns` (in the same order) and factors `names`."""
+        def flat(values: np.ndarray) -> np.ndarray:  # m × k × g → k × (m·g), the targets picked
+            return np.moveaxis(values, 1, -1).reshape(-1, values.shape[1])[which].T
+
         cells = np.ix_(columns, [self.names.index(n) for n in names])
-        zero = result.zero_variance[:, None]
-        exact = result.exact_fit[:, None]
-        raw = result.params[1:].T  # g × p, the intercept dropped
+        zero = result.zero_variance.reshape(-1)[which][:, None]
+        exact = result.exact_fit.reshape(-1)[which][:, None]
+        raw = flat(result.params)[1:].T  # targets × p, the intercept dropped
         over = (np.abs(raw) > cap) & ~zero
         self.fitted[cells] = True
         self.beta[cells] = np.where(zero, np.nan, np.where(over, np.copysign(cap, raw), raw))
-        self.std_error[cells] = np.where(zero | exact, np.nan, result.bse[1:].T)
-        self.t_stat[cells] = np.where(zero | exact, np.nan, result.tvalues[1:].T)
-        self.r_squared[cells] = np.where(zero, np.nan, np.broadcast_to(result.rsquared[:, None], raw.shape))
+        self.std_error[cells] = np.where(zero | exact, np.nan, flat(result.bse)[1:].T)
+        self.t_stat[cells] = np.where(zero | exact, np.nan, flat(result.tvalues)[1:].T)
+        r_squared = result.rsquared.reshape(-1)[which][:, None]
+        self.r_squared[cells] = np.where(zero, np.nan, np.broadcast_to(r_squared, raw.shape))
         self.observations[cells] = result.nobs
         self.capped[cells] = over
         self.quality[cells] = np.where(zero, ZERO_VARIANCE, np.where(exact, EXACT_FIT, None))
+
+
+_SMALL_GROUP = 8  # groups of at most this many symbols are solved symbol by symbol, stacked
+_STACK = 1024  # symbols per stacked solve (bounds its memory: ~2 × STACK × n × k floats)
 
 
 def fit_symbol_betas_dates(symbol_returns: pd.DataFrame, factors: pd.DataFrame, dates: Sequence[FitDate], *,
@@ -496,16 +510,40 @@ def fit_symbol_betas_dates(symbol_returns: pd.DataFrame, factors: pd.DataFrame, 
                 chosen = columns[members]
                 if rows.sum() >= min_obs:
                     groups.append((fit, names, rows, chosen, skip))
-                    designs.append(np.column_stack([np.ones(int(rows.sum())), regressors[rows]]))
+                    design = np.empty((int(rows.sum()), 1 + len(names)))
+                    design[:, 0] = 1.0  # the intercept
+                    design[:, 1:] = regressors[rows]
+                    designs.append(design)
                 elif skip:
                     fit.skipped[chosen] = INSUFFICIENT_HISTORY
-        for (fit, names, rows, chosen, skip), design, solved in zip(groups, designs, _pinvs(designs), strict=True):
-            if solved is None:
+        # a large group: its pseudo-inverse applied to all its symbols' returns in one product;
+        # the symbols of small groups (gaps of their own): one target per design, stacked by shape
+        singles: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # shape → (group, symbol column)
+        solved = _pinvs(designs)
+        for g, ((fit, names, rows, chosen, skip), design) in enumerate(zip(groups, designs, strict=True)):
+            if solved[g] is None:
                 if skip:
                     fit.skipped[chosen] = COLLINEAR_FACTORS
-                continue
-            targets = returns[fit.rows][np.ix_(rows, chosen)]
-            fit.record(_ols(design, *solved, targets), chosen, names, cap)
+            elif len(chosen) <= _SMALL_GROUP:
+                singles.setdefault(design.shape, []).extend((g, c) for c in chosen.tolist())
+            else:
+                pinv, unscaled = solved[g]
+                targets = returns[fit.rows][np.ix_(rows, chosen)]
+                result = _ols(design[None], pinv[None], unscaled[None], targets[None])
+                fit.record(result, slice(None), chosen, names, cap)
+        for pairs in singles.values():
+            for at in range(0, len(pairs), _STACK):
+                chunk = pairs[at:at + _STACK]
+                result = _ols(np.stack([designs[g] for g, _ in chunk]),
+                              np.stack([solved[g][0] for g, _ in chunk]),
+                              np.stack([solved[g][1] for g, _ in chunk]),
+                              np.stack([returns[groups[g][0].rows][groups[g][2], c] for g, c in chunk])[:, :, None])
+                by_fit: dict[int, list[int]] = {}
+                for i, (g, _) in enumerate(chunk):
+                    by_fit.setdefault(id(groups[g][0]), []).append(i)
+                for members in by_fit.values():
+                    fit, names = groups[chunk[members[0]][0]][:2]
+                    fit.record(result, np.array(members), np.array([chunk[i][1] for i in members]), names, cap)
 
     joint_fits = [fit for fit in fits if fit.joint]
     vif_designs: list[np.ndarray] = []
