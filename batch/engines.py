@@ -100,6 +100,7 @@ class PriceWindow:
 
     closes: pd.DataFrame  # indexed by every session of the range (ascending), one column per symbol
     symbols: frozenset[str]
+    _betas: dict[tuple, WindowBetas] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, session: Session, symbols: set[str] | list[str], first: date, last: date,
@@ -128,6 +129,61 @@ class PriceWindow:
             raise ValueError(f"closes of {sorted(missing)[:5] or 'its symbols'} {days[0]}..{as_of} are outside "
                              f"the price window {self.first_session}..{self.last_session}")
         return self.closes.reindex(index=pd.Index(days, dtype=object), columns=sorted(set(symbols)))
+
+    def symbol_betas(self, proxies: Mapping[str, str | None]) -> WindowBetas | None:
+        """The batched symbol-beta fits of this window for the factor `proxies` (made on first
+        use, kept for the run's later dates); None when a proxy is not one of its symbols."""
+        key = tuple(sorted(proxies.items()))
+        cached = self._betas.get(key)
+        if cached is None:
+            if not {p for p in proxies.values() if p} <= self.symbols:
+                return None
+            self._betas.clear()  # one proxy mapping at a time
+            cached = self._betas[key] = WindowBetas(self, proxies)
+        return cached
+
+
+BETA_BLOCK_DATES = 32  # as-of dates fitted by one batched solve (bounds the fits kept in memory)
+
+
+class WindowBetas:
+    """Every symbol's betas (SPEC §6.3) on the sessions of a `PriceWindow`, fitted for
+    BETA_BLOCK_DATES dates at a time by one batched solve (`factors.fit_symbol_betas_dates`), the
+    first time a date of the block asks (`fit`); each date then takes its own. A date's fit is
+    what `run_symbol_betas` fits for it alone from its `market_closes`: the same closes (the
+    window's, bad ones read as missing), returns, factor returns and usable factors of that
+    date's last BETA_WINDOW sessions, every symbol's estimates depending only on its own returns.
+    Bad closes are not recorded here: each date's `DateContext.load_closes` records its own."""
+
+    def __init__(self, window: PriceWindow, proxies: Mapping[str, str | None]) -> None:
+        self.proxies = dict(proxies)
+        self.proxy_symbols = sorted({p for p in proxies.values() if p})
+        self.returns = factors.simple_returns(usable_closes(window.closes)[0])  # one row per session after the first
+        self.proxy_returns = self.returns[self.proxy_symbols]
+        self.factor_returns = factors.factor_returns(self.proxy_returns, self.proxies)[0]
+        self.position = {day: i for i, day in enumerate(self.returns.index)}
+        self.fits: dict[date, factors.BetaFit] = {}  # fitted, not yet taken
+
+    def fit(self, as_of: date, symbols: list[str]) -> factors.BetaFit | None:
+        """`as_of`'s fit of `symbols` (each a window symbol), once per date (a date's fit is
+        dropped once taken); None when the window has fewer than BETA_WINDOW returns up to it."""
+        at = self.position.get(as_of)
+        if at is None or at + 1 < factors.BETA_WINDOW:
+            return None
+        if as_of not in self.fits:
+            days = self.returns.index[at:at + BETA_BLOCK_DATES]
+            self.fits = dict(zip(days, self._fit_block(at, len(days)), strict=True))
+        return self.fits.pop(as_of).take(symbols)
+
+    def _fit_block(self, first: int, count: int) -> list[factors.BetaFit]:
+        """The fits of the `count` sessions from row `first` on: each date's usable factors over
+        its own last BETA_WINDOW returns (as `run_symbol_betas` decides them), one solve."""
+        dates = []
+        for stop in range(first + 1, first + count + 1):
+            proxy_returns = self.proxy_returns.iloc[stop - factors.BETA_WINDOW:stop]
+            usable, unavailable = usable_factors(*factors.factor_returns(proxy_returns, self.proxies))
+            dates.append(factors.FitDate(stop, tuple(usable.columns), unavailable))
+        return factors.fit_symbol_betas_dates(self.returns, self.factor_returns, dates)
 
 
 @dataclass(frozen=True)
@@ -381,11 +437,8 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
     stored = repository.stored_symbol_betas(s, symbols, ctx.as_of) if ctx.portfolio_ids else []
     reused = {r.symbol for r in stored}
     to_fit = [sym for sym in symbols if sym not in reused]
-    closes = ctx.market_closes.reindex(columns=sorted(set(to_fit) | set(proxy_symbols)))
-    returns = factors.simple_returns(closes.iloc[-(factors.BETA_WINDOW + 1):])
-    factor_frame, unavailable = usable_factors(*factors.factor_returns(returns[proxy_symbols], proxies))
-    fit = factors.fit_symbol_betas(returns[to_fit], factor_frame, unavailable)
-    all_unavailable = {**fit.unavailable, **unavailable}
+    fit = _symbol_beta_fit(ctx, to_fit, proxies)
+    all_unavailable = dict(fit.unavailable)
     fitted = fit.fitted_symbols()
     columns = _symbol_beta_columns(fit, fitted, all_unavailable)
     stale = delete(SymbolFactorBeta).where(SymbolFactorBeta.as_of_date == ctx.as_of)
@@ -405,6 +458,21 @@ def run_symbol_betas(ctx: DateContext) -> JobOutcome:
         "window_days": fit.window_days, "rows_written": written,
         "bad_closes": {sym: [d.isoformat() for d in days] for sym, days in ctx.bad_closes.items()},
     })
+
+
+def _symbol_beta_fit(ctx: DateContext, to_fit: list[str], proxies: dict[str, str | None]) -> factors.BetaFit:
+    """The date's fit of `to_fit`: taken from the run's batched fit of its price window when the
+    window holds every symbol and proxy (`WindowBetas`), else fitted for the date alone from its
+    `market_closes` (no window, or a symbol added since it was read) — the same numbers."""
+    batch = ctx.window.symbol_betas(proxies) if ctx.window is not None and set(to_fit) <= ctx.window.symbols else None
+    fit = batch.fit(ctx.as_of, to_fit) if batch is not None else None
+    if fit is not None:
+        return fit
+    proxy_symbols = sorted({p for p in proxies.values() if p})
+    closes = ctx.market_closes.reindex(columns=sorted(set(to_fit) | set(proxy_symbols)))
+    returns = factors.simple_returns(closes.iloc[-(factors.BETA_WINDOW + 1):])
+    factor_frame, unavailable = usable_factors(*factors.factor_returns(returns[proxy_symbols], proxies))
+    return factors.fit_symbol_betas(returns[to_fit], factor_frame, unavailable)
 
 
 def _symbol_beta_columns(fit: factors.BetaFit, fitted: list[str],
@@ -456,10 +524,11 @@ def _symbol_betas_output(fit: factors.BetaFit, stored: list[SymbolFactorBeta],
             stats[r.symbol] = {"r_squared": r.r_squared, "observations": r.observations}
     has_beta = fit.fitted & ~np.isnan(fit.beta)
     names = fit.factors
-    beta_rows = fit.beta.tolist()
-    for i in np.flatnonzero(has_beta.any(axis=1)).tolist():
-        row, keep = beta_rows[i], has_beta[i]
-        betas[fit.symbols[i]] = {names[j]: row[j] for j in range(len(names)) if keep[j]}
+    for symbol, row, keep in zip(fit.symbols, fit.beta.tolist(), has_beta.tolist(), strict=True):
+        if not any(keep):
+            continue
+        betas[symbol] = (dict(zip(names, row, strict=True)) if all(keep)  # the usual: every fitted factor
+                         else {name: value for name, value, k in zip(names, row, keep, strict=True) if k})
     if factors.MARKET in names:
         m = names.index(factors.MARKET)
         r_squared = fit.r_squared[:, m].tolist()

@@ -15,12 +15,15 @@ where Market is the market proxy's return, each Style_k is its proxy's return in
 market, and Interest Rate is the rate proxy's raw return. Estimates follow statsmodels' OLS
 (nonrobust) exactly — s² = RSS/(n − k) with k counting the intercept, cov = s²(X'X)⁻¹,
 t = β/se, R² = 1 − RSS/TSS (centered) — but symbols that share a complete-case row mask are
-solved together: one pseudo-inverse of the design per mask, applied to every symbol's returns.
+solved together: one pseudo-inverse of the design per mask, applied to every symbol's returns;
+and a backfill fits all its as-of dates at once (`fit_symbol_betas_dates`: the designs of every
+date's masks decomposed as stacks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -171,9 +174,10 @@ class BetaFit:
       - `capped`: bool; `quality`: object array of "zero_variance" / "exact_fit" / None.
     `r_squared` and `observations` are per cell, not per symbol: Interest Rate comes from its
     own univariate fit, so its R² and row count differ from the joint model's.
-    `skipped`: symbol → reason for symbols with no estimates at all. `unavailable`: factor →
-    "factor_unavailable" (as passed in). `vif`: variance inflation factor per joint-model factor
-    (Market and styles), over the window's complete cases of those factor columns.
+    `skipped`: symbol → reason for symbols with no estimates at all, in input order.
+    `unavailable`: factor → "factor_unavailable" (as passed in). `vif`: variance inflation factor
+    per joint-model factor (Market and styles), over the window's complete cases of those factor
+    columns.
     `window_days`: sessions in the window (≤ `window`)."""
 
     symbols: tuple[str, ...]
@@ -195,6 +199,17 @@ class BetaFit:
         """Symbols with at least one estimate, in input order."""
         return [self.symbols[i] for i in np.flatnonzero(self.fitted.any(axis=1))]
 
+    def take(self, symbols: Sequence[str]) -> BetaFit:
+        """The fit of `symbols` alone (each one of `self.symbols`), in their order: what fitting
+        only them gives, as a symbol's estimates depend on its own returns and the factors only."""
+        at = {s: i for i, s in enumerate(self.symbols)}
+        rows = np.array([at[s] for s in symbols], dtype=np.intp)
+        return dataclasses.replace(
+            self, symbols=tuple(symbols), fitted=self.fitted[rows], beta=self.beta[rows],
+            std_error=self.std_error[rows], t_stat=self.t_stat[rows], r_squared=self.r_squared[rows],
+            observations=self.observations[rows], capped=self.capped[rows], quality=self.quality[rows],
+            skipped={s: self.skipped[s] for s in symbols if s in self.skipped})
+
     def estimates(self) -> list[BetaEstimate]:
         """One `BetaEstimate` per fitted cell, symbols in input order, factors in
         `FACTOR_ORDER` (a readable view for tests and debugging; the engines read the arrays)."""
@@ -210,9 +225,9 @@ class BetaFit:
 
 @dataclass(frozen=True)
 class _Ols:
-    """Batched OLS results for one design: params/bse/tvalues are k × g (row 0 the
-    intercept), rsquared has g entries, `nobs` the rows used. `zero_variance` and `exact_fit`
-    (g booleans, never both) mark the degenerate columns (see `BetaEstimate`)."""
+    """Batched OLS results for m designs of n rows and k columns (intercept first), each with g
+    targets: params/bse/tvalues are m × k × g, rsquared m × g, `nobs` = n. `zero_variance` and
+    `exact_fit` (m × g booleans, never both) mark the degenerate targets (see `BetaEstimate`)."""
 
     params: np.ndarray
     bse: np.ndarray
@@ -223,28 +238,45 @@ class _Ols:
     exact_fit: np.ndarray
 
 
-def _ols(regressors: np.ndarray, targets: np.ndarray) -> _Ols | None:
-    """OLS with intercept of each column of `targets` (n × g) on `regressors` (n × p), one
-    solve for all columns. Same formulas as statsmodels `OLS(y, add_constant(X)).fit()`
-    (pinv method, nonrobust covariance). None if the design is rank-deficient."""
-    n = regressors.shape[0]
-    design = np.column_stack([np.ones(n), regressors])
-    k = design.shape[1]
-    if np.linalg.matrix_rank(design) < k:
-        return None
-    pinv = np.linalg.pinv(design)
-    params = pinv @ targets
-    resid = targets - design @ params
-    rss = np.einsum("ij,ij->j", resid, resid)
-    centered = targets - targets.mean(axis=0)
-    tss = np.einsum("ij,ij->j", centered, centered)
-    # diag((X'X)⁻¹) = diag(pinv · pinvᵀ)
-    unscaled_var = np.einsum("ij,ij->i", pinv, pinv)
-    bse = np.sqrt(np.outer(unscaled_var, rss / (n - k)))
+def _pinvs(designs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """For each design (n × k, the intercept column included): its pseudo-inverse (k × n) and
+    diag((X'X)⁻¹) = diag(pinv · pinvᵀ) (k), or None if the design is rank-deficient. Designs of
+    one shape are decomposed as one stack, by one SVD giving both the rank (with
+    `np.linalg.matrix_rank`'s tolerance: σ > σ_max · max(n, k) · eps) and the pseudo-inverse (as
+    `np.linalg.pinv` forms it: σ ≤ 1e-15 · σ_max discarded). Each matrix of a stack gets exactly
+    what it would get alone."""
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(designs)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, design in enumerate(designs):
+        by_shape.setdefault(design.shape, []).append(i)
+    for shape, members in by_shape.items():
+        u, s, vt = np.linalg.svd(np.stack([designs[i] for i in members]), full_matrices=False)
+        top = s.max(axis=-1, keepdims=True)
+        full = (s > top * max(shape) * np.finfo(float).eps).sum(axis=-1) == shape[1]
+        inverse = np.divide(1.0, s, out=np.zeros_like(s), where=s > 1e-15 * top)
+        pinv = np.matmul(np.swapaxes(vt[full], -1, -2), inverse[full][..., None] * np.swapaxes(u[full], -1, -2))
+        unscaled = np.einsum("gij,gij->gi", pinv, pinv)
+        for i, p, v in zip(np.asarray(members)[full].tolist(), pinv, unscaled, strict=True):
+            out[i] = (p, v)
+    return out
+
+
+def _ols(designs: np.ndarray, pinvs: np.ndarray, unscaled_var: np.ndarray, targets: np.ndarray) -> _Ols:
+    """OLS of the g targets of each of m designs: `designs` m × n × k (intercept first, full
+    rank), their pseudo-inverses m × k × n and diag((X'X)⁻¹) m × k (`_pinvs`), `targets`
+    m × n × g. Same formulas as statsmodels `OLS(y, add_constant(X)).fit()` (pinv method,
+    nonrobust covariance)."""
+    n, k = designs.shape[1:]
+    params = pinvs @ targets
+    resid = targets - designs @ params
+    rss = (resid * resid).sum(axis=1)
+    centered = targets - targets.mean(axis=1, keepdims=True)
+    tss = (centered * centered).sum(axis=1)
+    bse = np.sqrt(unscaled_var[:, :, None] * (rss / (n - k))[:, None, :])
     with np.errstate(divide="ignore", invalid="ignore"):  # se = 0 / TSS = 0: flagged below
         tvalues = params / bse
         rsquared = 1.0 - rss / tss
-    zero_variance = tss <= DEGENERATE_RATIO * np.einsum("ij,ij->j", targets, targets)
+    zero_variance = tss <= DEGENERATE_RATIO * (targets * targets).sum(axis=1)
     exact_fit = ~zero_variance & (rss <= DEGENERATE_RATIO * tss)
     return _Ols(params=params, bse=bse, tvalues=tvalues, rsquared=rsquared, nobs=n,
                 zero_variance=zero_variance, exact_fit=exact_fit)
@@ -266,21 +298,50 @@ def _groups_by_mask(valid: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(valid[:, groups[g][0]], groups[g]) for g in np.argsort(first, kind="stable")]
 
 
-def _vif(design: np.ndarray, names: list[str]) -> dict[str, float]:
-    """VIF_j = 1 / (1 − R²_j), R²_j from regressing column j on the other columns with an
-    intercept (statsmodels' `variance_inflation_factor` on a design with a constant). A single
-    factor gets 1.0; a perfectly explained column inf; a constant column NaN."""
-    vif: dict[str, float] = {}
-    n = design.shape[0]
-    for j, name in enumerate(names):
-        others = np.column_stack([np.ones(n), np.delete(design, j, axis=1)])
-        target = design[:, j]
-        resid = target - others @ (np.linalg.pinv(others) @ target)
-        centered = target - target.mean()
+def _vifs(designs: list[np.ndarray]) -> list[list[float]]:
+    """The variance inflation factor of each column of each design (n × p): VIF_j = 1 / (1 − R²_j),
+    R²_j from regressing column j on the other columns with an intercept (statsmodels'
+    `variance_inflation_factor` on a design with a constant). A single column gets 1.0; a
+    perfectly explained column inf; a constant column NaN. The auxiliary regressions of every
+    design are solved as stacks, one per shape."""
+    aux: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for design in designs:
+        n = design.shape[0]
+        for j in range(design.shape[1]):
+            aux.append(np.column_stack([np.ones(n), np.delete(design, j, axis=1)]))
+            targets.append(design[:, j])
+    r2 = np.empty(len(aux))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(aux):
+        by_shape.setdefault(x.shape, []).append(i)
+    for members in by_shape.values():
+        x = np.stack([aux[i] for i in members])
+        y = np.stack([targets[i] for i in members])
+        resid = y - (x @ (np.linalg.pinv(x) @ y[..., None]))[..., 0]
+        centered = y - y.mean(axis=-1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = 1.0 - (resid @ resid) / (centered @ centered)
-            vif[name] = float(1.0 / (1.0 - r2))
-    return vif
+            r2[members] = 1.0 - (resid * resid).sum(axis=-1) / (centered * centered).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vif = (1.0 / (1.0 - r2)).tolist()
+    out, at = [], 0
+    for design in designs:
+        out.append(vif[at:at + design.shape[1]])
+        at += design.shape[1]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FitDate:
+    """One as-of date of `fit_symbol_betas_dates`. Its rows are the last `window` rows before
+    position `stop` (so `stop` is its as-of row's position + 1; 0: no rows). `factors`: the
+    factor columns usable on that date (columns of the factor frame; the others are ignored for
+    it — a factor may be usable on one date and not another). `unavailable`: that date's
+    unavailable factors with their reasons, passed through to its `BetaFit`."""
+
+    stop: int
+    factors: tuple[str, ...]
+    unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
@@ -318,9 +379,84 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
     factor when fewer than `min_obs` such rows exist (no symbol can be fitted then either).
     With no factor columns at all, nothing is fitted and nothing is skipped.
 
+    This is `fit_symbol_betas_dates` for one date (the last row, every factor column).
+
     Raises ValueError if the indexes differ, a factor name is not in `FACTOR_ORDER`, a factor
     is both a column and listed as unavailable, symbols are duplicated, `window` < 1, `cap`
     ≤ 0, or `min_obs` does not exceed the joint model's parameter count (n − k must be > 0).
+    """
+    date = FitDate(len(symbol_returns.index), tuple(str(c) for c in factors.columns), unavailable)
+    return fit_symbol_betas_dates(symbol_returns, factors, [date], window=window, min_obs=min_obs,
+                                  cap=cap)[0]
+
+
+@dataclass
+class _DateFit:
+    """The arrays of one date's `BetaFit` while they are filled (see `fit_symbol_betas_dates`)."""
+
+    rows: slice
+    joint: list[str]
+    names: list[str]
+    fitted: np.ndarray
+    beta: np.ndarray
+    std_error: np.ndarray
+    t_stat: np.ndarray
+    r_squared: np.ndarray
+    observations: np.ndarray
+    capped: np.ndarray
+    quality: np.ndarray
+    skipped: np.ndarray  # per symbol: reason or None
+    vif: dict[str, float]
+
+    @classmethod
+    def empty(cls, rows: slice, joint: list[str], names: list[str], n_symbols: int) -> _DateFit:
+        shape = (n_symbols, len(names))
+        return cls(rows, joint, names, np.zeros(shape, dtype=bool), *(np.full(shape, np.nan) for _ in range(4)),
+                   np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool), np.full(shape, None, dtype=object),
+                   np.full(n_symbols, None, dtype=object), {})
+
+    def record(self, result: _Ols, which: np.ndarray | slice, columns: np.ndarray, names: list[str],
+               cap: float) -> None:
+        """Store the estimates of `result`'s targets `which` (flat indices over its m × g
+        targets) as the cells of symbol `columns` (in the same order) and factors `names`."""
+        def flat(values: np.ndarray) -> np.ndarray:  # m × k × g → k × (m·g), the targets picked
+            return np.moveaxis(values, 1, -1).reshape(-1, values.shape[1])[which].T
+
+        cells = np.ix_(columns, [self.names.index(n) for n in names])
+        zero = result.zero_variance.reshape(-1)[which][:, None]
+        exact = result.exact_fit.reshape(-1)[which][:, None]
+        raw = flat(result.params)[1:].T  # targets × p, the intercept dropped
+        over = (np.abs(raw) > cap) & ~zero
+        self.fitted[cells] = True
+        self.beta[cells] = np.where(zero, np.nan, np.where(over, np.copysign(cap, raw), raw))
+        self.std_error[cells] = np.where(zero | exact, np.nan, flat(result.bse)[1:].T)
+        self.t_stat[cells] = np.where(zero | exact, np.nan, flat(result.tvalues)[1:].T)
+        r_squared = result.rsquared.reshape(-1)[which][:, None]
+        self.r_squared[cells] = np.where(zero, np.nan, np.broadcast_to(r_squared, raw.shape))
+        self.observations[cells] = result.nobs
+        self.capped[cells] = over
+        self.quality[cells] = np.where(zero, ZERO_VARIANCE, np.where(exact, EXACT_FIT, None))
+
+
+_SMALL_GROUP = 8  # groups of at most this many symbols are solved symbol by symbol, stacked
+_STACK = 1024  # symbols per stacked solve (bounds its memory: ~2 × STACK × n × k floats)
+
+
+def fit_symbol_betas_dates(symbol_returns: pd.DataFrame, factors: pd.DataFrame, dates: Sequence[FitDate], *,
+                           window: int = BETA_WINDOW, min_obs: int = MIN_OBSERVATIONS,
+                           cap: float = BETA_CAP) -> list[BetaFit]:
+    """`fit_symbol_betas` for many as-of dates of one frame in one batched solve: one `BetaFit`
+    per `FitDate`, in order, each exactly what `fit_symbol_betas` gives for the date's rows and
+    factors (`symbol_returns.iloc[:stop]`, `factors.iloc[:stop][list(date.factors)]`).
+
+    `symbol_returns`, `factors`: as for `fit_symbol_betas`, over every row any date uses (a
+    backfill's whole price window); `factors` holds every factor usable on some date. Per date,
+    symbols sharing a complete-case row mask form a group; the designs of all groups of all dates
+    are decomposed as stacks (one per design shape), then each group's pseudo-inverse is applied
+    to its symbols' returns at once.
+
+    Raises ValueError as `fit_symbol_betas` does, and if a date's `stop` is outside
+    0..len(rows) or its factors are not columns of `factors`.
     """
     if not symbol_returns.index.equals(factors.index):
         raise ValueError("symbol_returns and factors must share the same index")
@@ -328,84 +464,110 @@ def fit_symbol_betas(symbol_returns: pd.DataFrame, factors: pd.DataFrame,
     if unknown:
         raise ValueError(f"factors: unknown factor column(s) {unknown}; expected names from "
                          f"{FACTOR_ORDER}")
-    contradictory = sorted(set(factors.columns) & set(unavailable))
-    if contradictory:
-        raise ValueError(f"unavailable: {contradictory} are also columns of factors")
     if symbol_returns.columns.has_duplicates:
         raise ValueError("symbol_returns: duplicate symbol columns")
     if window < 1:
         raise ValueError(f"window must be ≥ 1, got {window}")
     if not cap > 0:
         raise ValueError(f"cap must be > 0, got {cap}")
+    n_rows = len(symbol_returns.index)
+    for date in dates:
+        if not 0 <= date.stop <= n_rows:
+            raise ValueError(f"FitDate.stop must be in 0..{n_rows}, got {date.stop}")
+        missing = [f for f in date.factors if f not in factors.columns]
+        if missing:
+            raise ValueError(f"FitDate.factors: {missing} are not columns of factors")
+        contradictory = sorted(set(date.factors) & set(date.unavailable))
+        if contradictory:
+            raise ValueError(f"unavailable: {contradictory} are also columns of factors")
+        n_params = 1 + max(len([f for f in date.factors if f != RATES]), 1)
+        if min_obs <= n_params:
+            raise ValueError(f"min_obs must exceed the number of model parameters ({n_params}), "
+                             f"got {min_obs}")
 
-    joint = [f for f in FACTOR_ORDER if f in factors.columns and f != RATES]
-    has_rates = RATES in factors.columns
-    n_params = 1 + max(len(joint), 1)
-    if min_obs <= n_params:
-        raise ValueError(f"min_obs must exceed the number of model parameters ({n_params}), "
-                         f"got {min_obs}")
-
-    returns_window = symbol_returns.iloc[-window:].to_numpy(dtype=float)
-    factor_window = factors.iloc[-window:]
-    symbols = [str(s) for s in symbol_returns.columns]
-    symbol_valid = ~np.isnan(returns_window)
-
-    fitted_names = joint + ([RATES] if has_rates else [])
-    shape = (len(symbols), len(fitted_names))
-    fitted = np.zeros(shape, dtype=bool)
-    beta, std_error, t_stat, r_squared = (np.full(shape, np.nan) for _ in range(4))
-    observations = np.zeros(shape, dtype=np.int64)
-    capped = np.zeros(shape, dtype=bool)
-    quality = np.full(shape, None, dtype=object)
-    skipped: dict[str, str] = {}
-
-    def record(result: _Ols, columns: np.ndarray, names: list[str]) -> None:
-        cells = np.ix_(columns, [fitted_names.index(n) for n in names])
-        zero = result.zero_variance[:, None]
-        exact = result.exact_fit[:, None]
-        raw = result.params[1:].T  # g × p, the intercept dropped
-        over = (np.abs(raw) > cap) & ~zero
-        fitted[cells] = True
-        beta[cells] = np.where(zero, np.nan, np.where(over, np.copysign(cap, raw), raw))
-        std_error[cells] = np.where(zero | exact, np.nan, result.bse[1:].T)
-        t_stat[cells] = np.where(zero | exact, np.nan, result.tvalues[1:].T)
-        r_squared[cells] = np.where(zero, np.nan, np.broadcast_to(result.rsquared[:, None], raw.shape))
-        observations[cells] = result.nobs
-        capped[cells] = over
-        quality[cells] = np.where(zero, ZERO_VARIANCE, np.where(exact, EXACT_FIT, None))
-
-    def fit(regressors: np.ndarray, regressor_valid: np.ndarray, columns: np.ndarray,
-            names: list[str], skip: bool) -> None:
-        valid = symbol_valid[:, columns] & regressor_valid[:, None]
-        for rows, members in _groups_by_mask(valid):
-            chosen = columns[members]
-            result = None
-            if rows.sum() >= min_obs:
-                result = _ols(regressors[rows], returns_window[np.ix_(rows, chosen)])
-                if result is None and skip:
-                    skipped.update({symbols[c]: COLLINEAR_FACTORS for c in chosen})
-            elif skip:
-                skipped.update({symbols[c]: INSUFFICIENT_HISTORY for c in chosen})
-            if result is not None:
-                record(result, chosen, names)
-
+    returns = symbol_returns.to_numpy(dtype=float)
+    valid_returns = ~np.isnan(returns)
+    factor_values = factors.to_numpy(dtype=float)
+    factor_column = {str(c): i for i, c in enumerate(factors.columns)}
+    symbols = [str(s) for s in symbol_returns.columns.tolist()]
     all_columns = np.arange(len(symbols))
-    vif: dict[str, float] = {}
-    if joint:
-        design = factor_window[joint].to_numpy(dtype=float)
-        complete = ~np.isnan(design).any(axis=1)
-        vif = (_vif(design[complete], joint) if complete.sum() >= min_obs
-               else dict.fromkeys(joint, float("nan")))
-        fit(design, complete, all_columns, joint, skip=True)
-    if has_rates:
-        rate = factor_window[[RATES]].to_numpy(dtype=float)
-        remaining = np.array([c for c in all_columns if symbols[c] not in skipped], dtype=int)
-        fit(rate, ~np.isnan(rate[:, 0]), remaining, [RATES], skip=not joint)
+    fits: list[_DateFit] = []
+    for date in dates:
+        joint = [f for f in FACTOR_ORDER if f in date.factors and f != RATES]
+        names = joint + ([RATES] if RATES in date.factors else [])
+        fits.append(_DateFit.empty(slice(max(date.stop - window, 0), date.stop), joint, names, len(symbols)))
 
-    return BetaFit(symbols=tuple(symbols), factors=tuple(fitted_names), fitted=fitted, beta=beta,
-                   std_error=std_error, t_stat=t_stat, r_squared=r_squared,
-                   observations=observations, capped=capped, quality=quality, skipped=skipped,
-                   unavailable=dict(unavailable), vif=vif, window_days=len(factor_window))
+    def fit_all(models: list[tuple[_DateFit, list[str], np.ndarray, bool]]) -> None:
+        """Models of many dates — (the date's fit, regressor names, symbol columns, whether a
+        symbol it cannot fit is skipped) — solved together."""
+        groups: list[tuple[_DateFit, list[str], np.ndarray, np.ndarray, bool]] = []
+        designs: list[np.ndarray] = []
+        for fit, names, columns, skip in models:
+            regressors = factor_values[fit.rows][:, [factor_column[n] for n in names]]
+            regressor_valid = ~np.isnan(regressors).any(axis=1)
+            valid = valid_returns[fit.rows][:, columns] & regressor_valid[:, None]
+            for rows, members in _groups_by_mask(valid):
+                chosen = columns[members]
+                if rows.sum() >= min_obs:
+                    groups.append((fit, names, rows, chosen, skip))
+                    design = np.empty((int(rows.sum()), 1 + len(names)))
+                    design[:, 0] = 1.0  # the intercept
+                    design[:, 1:] = regressors[rows]
+                    designs.append(design)
+                elif skip:
+                    fit.skipped[chosen] = INSUFFICIENT_HISTORY
+        # a large group: its pseudo-inverse applied to all its symbols' returns in one product;
+        # the symbols of small groups (gaps of their own): one target per design, stacked by shape
+        singles: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # shape → (group, symbol column)
+        solved = _pinvs(designs)
+        for g, ((fit, names, rows, chosen, skip), design) in enumerate(zip(groups, designs, strict=True)):
+            if solved[g] is None:
+                if skip:
+                    fit.skipped[chosen] = COLLINEAR_FACTORS
+            elif len(chosen) <= _SMALL_GROUP:
+                singles.setdefault(design.shape, []).extend((g, c) for c in chosen.tolist())
+            else:
+                pinv, unscaled = solved[g]
+                targets = returns[fit.rows][np.ix_(rows, chosen)]
+                result = _ols(design[None], pinv[None], unscaled[None], targets[None])
+                fit.record(result, slice(None), chosen, names, cap)
+        for pairs in singles.values():
+            for at in range(0, len(pairs), _STACK):
+                chunk = pairs[at:at + _STACK]
+                result = _ols(np.stack([designs[g] for g, _ in chunk]),
+                              np.stack([solved[g][0] for g, _ in chunk]),
+                              np.stack([solved[g][1] for g, _ in chunk]),
+                              np.stack([returns[groups[g][0].rows][groups[g][2], c] for g, c in chunk])[:, :, None])
+                by_fit: dict[int, list[int]] = {}
+                for i, (g, _) in enumerate(chunk):
+                    by_fit.setdefault(id(groups[g][0]), []).append(i)
+                for members in by_fit.values():
+                    fit, names = groups[chunk[members[0]][0]][:2]
+                    fit.record(result, np.array(members), np.array([chunk[i][1] for i in members]), names, cap)
+
+    joint_fits = [fit for fit in fits if fit.joint]
+    vif_designs: list[np.ndarray] = []
+    vif_fits: list[_DateFit] = []
+    for fit in joint_fits:
+        design = factor_values[fit.rows][:, [factor_column[n] for n in fit.joint]]
+        complete = design[~np.isnan(design).any(axis=1)]
+        if len(complete) >= min_obs:
+            vif_designs.append(complete)
+            vif_fits.append(fit)
+        else:
+            fit.vif = dict.fromkeys(fit.joint, float("nan"))
+    for fit, values in zip(vif_fits, _vifs(vif_designs), strict=True):
+        fit.vif = dict(zip(fit.joint, values, strict=True))
+    fit_all([(fit, fit.joint, all_columns, True) for fit in joint_fits])
+    # Interest Rate: the symbols the joint model kept; when it is the only factor, it decides `skipped`
+    fit_all([(fit, [RATES], np.flatnonzero(fit.skipped == None), not fit.joint)  # noqa: E711 (elementwise)
+             for fit in fits if RATES in fit.names])
+    return [BetaFit(symbols=tuple(symbols), factors=tuple(fit.names), fitted=fit.fitted, beta=fit.beta,
+                    std_error=fit.std_error, t_stat=fit.t_stat, r_squared=fit.r_squared,
+                    observations=fit.observations, capped=fit.capped, quality=fit.quality,
+                    skipped={symbols[i]: fit.skipped[i] for i in np.flatnonzero(fit.skipped != None)},  # noqa: E711
+                    unavailable=dict(date.unavailable), vif=fit.vif, window_days=fit.rows.stop - fit.rows.start)
+            for fit, date in zip(fits, dates, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ from calculations.factors import (
     MIN_OBSERVATIONS,
     RATES,
     BetaEstimate,
+    FitDate,
     correlation_from_covariance,
     ewma_covariance,
     factor_returns,
     fit_symbol_betas,
+    fit_symbol_betas_dates,
     simple_returns,
 )
 
@@ -448,6 +450,179 @@ def test_betas_scale_with_returns_and_ignore_a_constant(scale: float, sign: floa
         assert scaled[key].beta == pytest.approx(c * e.beta, rel=1e-9, abs=1e-12)
         assert scaled[key].t_stat == pytest.approx(sign * e.t_stat, rel=1e-9, abs=1e-9)
         assert scaled[key].r_squared == pytest.approx(e.r_squared, rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# fit_symbol_betas_dates: a backfill's dates in one batched solve
+# --------------------------------------------------------------------------------------------
+
+def _oracle_fit(y: np.ndarray, x: np.ndarray) -> dict | str:
+    """OLS with intercept of y on the columns of x over their complete rows, written directly
+    (numpy lstsq and the textbook formulas), with SPEC §6.3's skips, degenerate flags and cap.
+    Returns a skip reason or {"beta": [...], "se": [...], "t": [...], "r2": ..., "n": ...}."""
+    keep = ~np.isnan(y) & ~np.isnan(x).any(axis=1)
+    n = int(keep.sum())
+    if n < MIN_OBSERVATIONS:
+        return "insufficient_history"
+    design = np.column_stack([np.ones(n), x[keep]])
+    k = design.shape[1]
+    if np.linalg.matrix_rank(design) < k:
+        return "collinear_factors"
+    target = y[keep]
+    params, *_ = np.linalg.lstsq(design, target, rcond=None)
+    resid = target - design @ params
+    rss = float(resid @ resid)
+    tss = float(((target - target.mean()) ** 2).sum())
+    if tss <= 1e-20 * float(target @ target):
+        return {"beta": [None] * (k - 1), "se": [None] * (k - 1), "t": [None] * (k - 1), "r2": None, "n": n,
+                "quality": "zero_variance", "capped": [False] * (k - 1)}
+    se = np.sqrt(rss / (n - k) * np.diag(np.linalg.inv(design.T @ design)))[1:]
+    raw = params[1:]
+    exact = rss <= 1e-20 * tss
+    return {"beta": [float(np.clip(b, -5.0, 5.0)) for b in raw],
+            "se": [None] * (k - 1) if exact else [float(s) for s in se],
+            "t": [None] * (k - 1) if exact else [float(b / s) for b, s in zip(raw, se)],
+            "r2": 1.0 - rss / tss, "n": n, "quality": "exact_fit" if exact else None,
+            "capped": [bool(abs(b) > 5.0) for b in raw]}
+
+
+def _backfill_case() -> tuple[pd.DataFrame, pd.DataFrame, list[FitDate]]:
+    """140 rows, six as-of dates. Symbols: FULL and M0–M9 (no gaps), GAPS (gaps that leave the window as
+    dates advance: its mask differs by date), FLAT (constant price: zero returns), SHORT (no
+    returns before row 60: too short on the early dates, exactly 60 rows at stop 120), HIGH
+    (β_M = 8: capped), PROXY (the Market factor itself: an exact fit). Factors: Size is exactly
+    −Market (a stale proxy) on rows 0–99, so the first date (rows 10–99) is collinear and the
+    next (rows 15–104) is not; Quality is unusable on the fourth date, Interest Rate on the
+    sixth; the rate factor has gaps of its own."""
+    rng = np.random.default_rng(41)
+    n = 140
+    factors = random_factors(rng, n)
+    factors.iloc[:100, factors.columns.get_loc("Size")] = -factors["Market"].iloc[:100]
+    factors.iloc[[95, 121], factors.columns.get_loc(RATES)] = np.nan
+    joint = factors[JOINT].to_numpy()
+    noise = rng.normal(0.0, 0.01, size=(n, 6))
+    loadings = rng.normal(0.0, 0.5, size=(len(JOINT), 6))
+    loadings[0, 4] = 8.0
+    values = 0.0002 + joint @ loadings + noise
+    values[:, 5] = factors[MARKET].to_numpy()
+    values[:, 2] = 0.0
+    values[[30, 98, 101, 111, 125], 1] = np.nan
+    values[:60, 3] = np.nan
+    returns = pd.DataFrame(values, index=factors.index, columns=["FULL", "GAPS", "FLAT", "SHORT", "HIGH", "PROXY"])
+    # ten more without gaps: with FULL and HIGH, a group too large to be solved symbol by symbol
+    more = 0.0001 + joint @ rng.normal(0.0, 0.5, size=(len(JOINT), 10)) + rng.normal(0.0, 0.01, size=(n, 10))
+    returns = returns.join(pd.DataFrame(more, index=factors.index, columns=[f"M{i}" for i in range(10)]))
+    every = tuple(FACTOR_ORDER)
+    dates = [FitDate(100, every), FitDate(105, every), FitDate(112, every),
+             FitDate(120, tuple(f for f in every if f != "Quality"), {"Quality": "insufficient_history"}),
+             FitDate(130, every), FitDate(140, tuple(f for f in every if f != RATES), {RATES: "zero_variance"})]
+    return returns, factors, dates
+
+
+def test_batched_dates_match_a_direct_oracle() -> None:
+    returns, factors, dates = _backfill_case()
+    fits = fit_symbol_betas_dates(returns, factors, dates)
+
+    assert len(fits) == len(dates)
+    seen = set()
+    for date_, fit in zip(dates, fits):
+        rows = slice(date_.stop - 90, date_.stop)
+        joint = [f for f in JOINT if f in date_.factors]
+        assert fit.factors == tuple(joint + ([RATES] if RATES in date_.factors else []))
+        assert fit.window_days == 90 and fit.unavailable == dict(date_.unavailable)
+        est = by_key(fit.estimates())
+        expected_skipped = {}
+        for symbol in returns.columns:
+            y = returns[symbol].to_numpy()[rows]
+            expected = _oracle_fit(y, factors[joint].to_numpy()[rows])
+            if isinstance(expected, str):
+                expected_skipped[symbol] = expected
+                assert not any(s == symbol for s, _ in est), (date_.stop, symbol)
+                seen.add(expected)
+                continue
+            fits_of = [(joint, expected)]
+            if RATES in date_.factors:
+                rate = _oracle_fit(y, factors[[RATES]].to_numpy()[rows])
+                if isinstance(rate, dict):
+                    fits_of.append(([RATES], rate))
+                else:  # too short for the rate fit alone: no rate estimate, the joint ones stand
+                    assert (symbol, RATES) not in est
+                    seen.add(f"rate {rate}")
+            for names, ref in fits_of:
+                seen.add(ref["quality"])
+                for j, factor in enumerate(names):
+                    e = est[symbol, factor]
+                    assert e.observations == ref["n"] and e.quality == ref["quality"], (date_.stop, symbol, factor)
+                    assert e.capped == ref["capped"][j]
+                    for got, want in ((e.beta, ref["beta"][j]), (e.std_error, ref["se"][j]),
+                                      (e.t_stat, ref["t"][j]), (e.r_squared, ref["r2"])):
+                        if want is None:
+                            assert got is None, (date_.stop, symbol, factor)
+                        else:
+                            assert got == pytest.approx(want, rel=1e-8, abs=1e-8), (date_.stop, symbol, factor)
+        assert fit.skipped == expected_skipped, date_.stop
+    # every case was exercised: ordinary, degenerate, skipped both ways
+    assert seen == {None, "zero_variance", "exact_fit", "insufficient_history", "collinear_factors",
+                    "rate insufficient_history"}
+    assert fits[0].skipped == {**dict.fromkeys(returns.columns, "collinear_factors"), "SHORT": "insufficient_history"}
+    assert fits[2].skipped == {"SHORT": "insufficient_history"} and "SHORT" not in fits[3].skipped
+    assert by_key(fits[4].estimates())["HIGH", MARKET].capped
+    assert {e.observations for e in fits[3].estimates() if e.symbol == "SHORT" and e.factor == MARKET} == {60}
+    observations = {f.stop: by_key(fit.estimates())["GAPS", MARKET].observations
+                    for f, fit in zip(dates[1:], fits[1:])}
+    # GAPS lacks rows 30, 98, 101, 111, 125: 3 of them in rows 15–104, 4 in each later window
+    assert observations == {105: 87, 112: 86, 120: 86, 130: 86, 140: 86}
+
+
+def test_batched_dates_equal_fitting_each_date_alone() -> None:
+    """Each date's BetaFit equals `fit_symbol_betas` on that date's rows and usable factors, to
+    rounding (1e-12 relative), every array and every dict."""
+    returns, factors, dates = _backfill_case()
+    fits = fit_symbol_betas_dates(returns, factors, dates)
+    for date_, fit in zip(dates, fits):
+        alone = fit_symbol_betas(returns.iloc[:date_.stop], factors.iloc[:date_.stop][list(date_.factors)],
+                                 date_.unavailable)
+        assert (fit.symbols, fit.factors, fit.window_days) == (alone.symbols, alone.factors, alone.window_days)
+        assert fit.skipped == alone.skipped and fit.unavailable == alone.unavailable
+        assert list(fit.skipped) == [s for s in fit.symbols if s in fit.skipped]  # in input order
+        for name in ("fitted", "observations", "capped", "quality"):
+            assert (getattr(fit, name) == getattr(alone, name)).all(), (date_.stop, name)
+        for name in ("beta", "std_error", "t_stat", "r_squared"):
+            np.testing.assert_allclose(getattr(fit, name), getattr(alone, name), rtol=1e-12, atol=0)
+        assert fit.vif.keys() == alone.vif.keys()
+        for factor, value in alone.vif.items():
+            if date_.stop == 100 and factor in (MARKET, "Size"):  # collinear: the size of an infinite VIF is noise
+                assert fit.vif[factor] > 1e10 and value > 1e10
+            else:
+                assert fit.vif[factor] == pytest.approx(value, rel=1e-12)
+
+
+def test_a_fit_taken_for_some_symbols_is_their_fit_alone() -> None:
+    returns, factors, dates = _backfill_case()
+    fit = fit_symbol_betas_dates(returns, factors, dates[2:3])[0]
+    chosen = ["SHORT", "PROXY", "FULL"]
+    taken = fit.take(chosen)
+    alone = fit_symbol_betas_dates(returns[chosen], factors, dates[2:3])[0]
+    assert taken.symbols == alone.symbols == tuple(chosen)
+    assert taken.skipped == alone.skipped == {"SHORT": "insufficient_history"}
+    # FULL and PROXY were solved in a group of fourteen, alone in groups of one: equal to rounding
+    # (PROXY's style betas are 0 up to rounding: 1e-16, hence the absolute tolerance)
+    for name in ("fitted", "observations", "capped", "quality"):
+        assert (getattr(taken, name) == getattr(alone, name)).all()
+    for name in ("beta", "std_error", "t_stat", "r_squared"):
+        np.testing.assert_allclose(getattr(taken, name), getattr(alone, name), rtol=1e-12, atol=1e-12)
+    assert fit.take([]).estimates() == [] and fit.take([]).skipped == {}
+
+
+def test_batched_dates_reject_bad_dates() -> None:
+    returns, factors, _ = _backfill_case()
+    with pytest.raises(ValueError, match="stop"):
+        fit_symbol_betas_dates(returns, factors, [FitDate(141, (MARKET,))])
+    with pytest.raises(ValueError, match="not columns"):
+        fit_symbol_betas_dates(returns, factors[[MARKET]], [FitDate(100, (MARKET, "Value"))])
+    with pytest.raises(ValueError, match="also columns"):
+        fit_symbol_betas_dates(returns, factors, [FitDate(100, (MARKET,), {MARKET: "factor_unavailable"})])
+    assert fit_symbol_betas_dates(returns, factors, []) == []
 
 
 # --------------------------------------------------------------------------------------------
