@@ -16,15 +16,14 @@ naming the integration and the error (never its URL).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import structlog
 
 from batch.observability.alerts import EXIT_LOCKED, AlertPolicy, not_started_message, run_message
+from batch.observability.delivery import bounded, post
 from batch.observability.healthcheck import ping_url
 from batch.redact import error_text
 from batch.settings import Settings
@@ -32,39 +31,6 @@ from batch.settings import Settings
 log = structlog.get_logger()
 
 INTEGRATION_TIMEOUT_SECONDS = 5.0  # per call (SPEC §11)
-
-
-def bounded(send: Callable[[], Any], seconds: float) -> Any:
-    """`send()` on a thread of its own, waited for at most `seconds`: its result, or its error
-    raised here, or TimeoutError when it has not returned by then (the thread is abandoned — a
-    daemon, it never holds the process up)."""
-    outcome: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            outcome["value"] = send()
-        except BaseException as exc:  # noqa: BLE001 handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=call, name="integration", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-def post(url: str, seconds: float, *, json: Any = None, content: str | None = None) -> None:
-    """POST to `url`, bounded by `seconds` in all; raise for a status ≥ 400 (naming only the
-    status, never the URL: it may carry a token)."""
-    def send() -> None:
-        response = httpx.post(url, json=json, content=content, timeout=seconds)
-        if response.status_code >= 400:
-            raise RuntimeError(f"HTTP {response.status_code}")
-
-    bounded(send, seconds)
 
 
 class Observers:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import resource
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.error import HTTPError
@@ -19,6 +18,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 from prometheus_client.exposition import basic_auth_handler, default_handler
+
+from batch.observability.delivery import bounded
 
 JOB = "sigmasight_batch"  # the Pushgateway `job` label (SPEC §11)
 
@@ -106,9 +107,9 @@ def _bounded_handler(deadline: float, username: str | None, password: str | None
     """A prometheus-client push handler whose whole exchange ends within `deadline` seconds.
 
     urllib's own timeout applies to each socket operation (a server trickling bytes, or a slow name
-    lookup, could outlast it), so the request runs in a daemon thread that the caller waits for at
-    most `deadline` seconds. A thread left behind is a daemon that only holds its socket: it ends at
-    its next socket timeout or error, or with the process.
+    lookup, could outlast it), so the request runs bounded (`delivery.bounded`): a thread left
+    behind is a daemon that only holds its socket: it ends at its next socket timeout or error, or
+    with the process.
     """
 
     def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
@@ -119,23 +120,13 @@ def _bounded_handler(deadline: float, username: str | None, password: str | None
             send = default_handler(url, method, timeout, headers, data)
 
         def handle() -> None:
-            errors: list[BaseException] = []
-
-            def run() -> None:
-                try:
-                    send()
-                except BaseException as exc:  # noqa: BLE001 handed to the caller's thread below
-                    if isinstance(exc, HTTPError):
-                        exc.close()  # the error response's socket; code and reason stay readable
-                    errors.append(exc)
-
-            worker = threading.Thread(target=run, name="pushgateway-push", daemon=True)
-            worker.start()
-            worker.join(deadline)
-            if worker.is_alive():
-                raise TimeoutError(f"the Pushgateway did not answer within {deadline:g} s")
-            if errors:
-                raise errors[0]
+            try:
+                bounded(send, deadline)
+            except HTTPError as exc:
+                exc.close()  # the error response's socket; code and reason stay readable
+                raise
+            except TimeoutError:
+                raise TimeoutError(f"the Pushgateway did not answer within {deadline:g} s") from None
 
         return handle
 
