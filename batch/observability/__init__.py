@@ -65,6 +65,12 @@ class Observers:
             log.warning("integration_failed", integration=integration, error=error_text(exc),
                         seconds=round(time.monotonic() - t0, 3))
 
+    def _to_sentry(self, call: Callable[[Any], Any]) -> None:
+        """`call(reporter)` within the bound, when Sentry is configured."""
+        sentry = self.sentry
+        if sentry is not None:
+            self._deliver("sentry", lambda: bounded(lambda: call(sentry), self.timeout))
+
     def _ping(self, event: str | int, body: str = "") -> None:
         if self.settings.healthcheck_url is not None:
             url = ping_url(self.settings.healthcheck_url.reveal(), event)
@@ -79,8 +85,7 @@ class Observers:
         """The run holds its lock and starts."""
         self.run_id = run_id
         self._ping("start", f"run {run_id}")
-        if self.sentry is not None:
-            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_started(run_id), self.timeout))
+        self._to_sentry(lambda sentry: sentry.run_started(run_id))
 
     def run_finished(self, summary: Mapping[str, Any]) -> None:
         """The run ended with `summary` (SPEC §2; its `exit_code` is the process's): the alert if
@@ -93,9 +98,8 @@ class Observers:
         code = summary.get("exit_code", 1)
         if code != EXIT_LOCKED:
             self._ping(code, f"run {summary.get('run_id')}: {summary.get('status')}")
-        if self.sentry is not None:
-            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_finished(summary), self.timeout))
-            self.close()
+        self._to_sentry(lambda sentry: sentry.run_finished(summary))
+        self.close()
 
     def _push(self, summary: Mapping[str, Any]) -> None:
         from batch.observability.metrics import peak_rss_bytes, push_run_metrics
@@ -108,17 +112,14 @@ class Observers:
         """A `run` command that could not start (`error`, one line; exits `exit_code`)."""
         self._alert(not_started_message(error, exit_code))
         self._ping(exit_code, error)
-        if self.sentry is not None:
-            self._deliver("sentry", lambda: bounded(lambda: self.sentry.run_not_started(error, exit_code),
-                                                    self.timeout))
+        self._to_sentry(lambda sentry: sentry.run_not_started(error, exit_code))
 
     def crashed(self, exc: BaseException) -> None:
         """An exception nothing else caught ends the process (exit 1)."""
         error = f"crashed: {error_text(exc)}"
         self._alert(not_started_message(error, 1, self.run_id))
         self._ping(1, error)
-        if self.sentry is not None:
-            self._deliver("sentry", lambda: bounded(lambda: self.sentry.crashed(exc), self.timeout))
+        self._to_sentry(lambda sentry: sentry.crashed(exc))
 
     def close(self) -> None:
         """Flush what is still queued (Sentry), within the bound; once."""

@@ -19,11 +19,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from batch.observability.metrics import JOB, peak_rss_bytes, push_run_metrics
+from tests.recording_server import closed_port_url, recording_server
 
 GATEWAY = os.environ.get("TEST_PUSHGATEWAY_URL", "http://127.0.0.1:9091").rstrip("/")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -170,68 +170,35 @@ def test_a_non_positive_timeout_is_refused(timeout):
 # --- endpoints that misbehave: real local servers -------------------------------------------------------------
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    status = 200
-    seen: list[dict]
-
-    def do_POST(self):  # noqa: N802 http.server's naming
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.seen.append({"method": "POST", "path": self.path, "headers": dict(self.headers), "body": body})
-        self.send_response(self.status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
+def test_credentials_are_sent_as_basic_auth_not_in_the_request():
+    with recording_server(200) as server:
+        base = server.url
+        authed = base.replace("http://", "http://ops:p%40ss%3Aword@")  # user ops, password p@ss:word (URL-encoded)
+        push_run_metrics(authed, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0,
+                         grouping_key={"instance": "a"})
+    [request] = server.requests
+    assert request.path == f"/metrics/job/{JOB}/instance/a"
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"ops:p@ss:word").decode()
+    assert request.headers["Host"] == base.removeprefix("http://")
+    assert b"sigmasight_batch_exit_code 0.0" in request.body
 
 
-@pytest.fixture
-def http_server():
-    """`start(status)` runs a ThreadingHTTPServer on 127.0.0.1 answering POSTs with `status`;
-    returns (base URL, the list of requests it received)."""
-    servers = []
-
-    def start(status: int) -> tuple[str, list[dict]]:
-        seen: list[dict] = []
-        handler = type("Handler", (_Recorder,), {"status": status, "seen": seen})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def test_no_credentials_no_authorization_header_and_job_only_group():
+    with recording_server(202) as server:
+        push_run_metrics(server.url, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
+    [request] = server.requests
+    assert request.path == f"/metrics/job/{JOB}"
+    assert "Authorization" not in request.headers
 
 
-def test_credentials_are_sent_as_basic_auth_not_in_the_request(http_server):
-    base, seen = http_server(200)
-    authed = base.replace("http://", "http://ops:p%40ss%3Aword@")  # user ops, password p@ss:word (URL-encoded)
-    push_run_metrics(authed, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0,
-                     grouping_key={"instance": "a"})
-    [request] = seen
-    assert request["path"] == f"/metrics/job/{JOB}/instance/a"
-    assert request["headers"]["Authorization"] == "Basic " + base64.b64encode(b"ops:p@ss:word").decode()
-    assert request["headers"]["Host"] == base.removeprefix("http://")
-    assert b"sigmasight_batch_exit_code 0.0" in request["body"]
-
-
-def test_no_credentials_no_authorization_header_and_job_only_group(http_server):
-    base, seen = http_server(202)
-    push_run_metrics(base, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
-    [request] = seen
-    assert request["path"] == f"/metrics/job/{JOB}"
-    assert "Authorization" not in request["headers"]
-
-
-def test_a_gateway_answering_500_raises_without_naming_the_url(http_server):
-    base, seen = http_server(500)
-    authed = base.replace("http://", "http://ops:s3cret@")
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        push_run_metrics(authed, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
+def test_a_gateway_answering_500_raises_without_naming_the_url():
+    with recording_server(500) as server:
+        base = server.url
+        authed = base.replace("http://", "http://ops:s3cret@")
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            push_run_metrics(authed, SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
     assert caught.value.code == 500
-    assert len(seen) == 1  # one attempt, no retry
+    assert len(server.requests) == 1  # one attempt, no retry
     shown = f"{type(caught.value).__name__}: {caught.value}"  # what the facade logs
     assert "s3cret" not in shown and base.removeprefix("http://") not in shown
 
@@ -293,13 +260,9 @@ def test_a_gateway_trickling_its_answer_is_cut_at_the_timeout(trickling_port):
 
 
 def test_nothing_listening_raises_at_once():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # the port is now free: connections are refused
     started = time.monotonic()
     with pytest.raises(urllib.error.URLError) as caught:
-        push_run_metrics(f"http://127.0.0.1:{port}", SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
+        push_run_metrics(closed_port_url(), SUCCESS, finished_at=T_SUCCESS, peak_rss_bytes=1, timeout=5.0)
     elapsed = time.monotonic() - started
     assert isinstance(caught.value.reason, ConnectionRefusedError)
     assert elapsed < 0.5, elapsed

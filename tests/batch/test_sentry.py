@@ -6,16 +6,13 @@ a port nobody listens on."""
 from __future__ import annotations
 
 import atexit
-import gzip
-import http.server
 import json
 import signal
-import socket
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,6 +24,7 @@ from batch.errors import ConfigError
 from batch.observability import INTEGRATION_TIMEOUT_SECONDS
 from batch.observability.sentry import MONITOR_CONFIG, SentryReporter
 from batch.redact import scrubber
+from tests.recording_server import Recorder, Request, closed_port_url, recording_server
 
 SLUG = "sigmasight-batch-test"
 RUN_ID = "7f1c6a0e-0000-4000-8000-000000000001"
@@ -35,53 +33,24 @@ FMP_KEY = "fmpKEY-55aa77bb"
 OTHER_KEY = "sk-live-3141592653"
 
 
-class Sentry(http.server.ThreadingHTTPServer):
-    """Records each request (path, headers, decompressed body); `mode` ok | 500 | hang."""
+@dataclass(frozen=True)
+class Sentry:
+    """A recording server (tests/recording_server.py) standing in for Sentry: the DSN pointing at
+    it, the requests it received (bodies decompressed) and the envelope items in them."""
 
-    daemon_threads = True
-
-    def __init__(self, mode: str = "ok") -> None:
-        self.mode, self.requests, self.release = mode, [], threading.Event()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up on a hung request: nothing to report."""
+    recorder: Recorder
 
     @property
     def dsn(self) -> str:
-        return f"http://publickey@127.0.0.1:{self.server_address[1]}/42"
+        return f"http://publickey@{self.recorder.url.removeprefix('http://')}/42"
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.recorder.requests
 
     def items(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Every envelope item received, in order: (item header, payload)."""
-        return [item for _, _, body in self.requests for item in parse_envelope(body)[1]]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: Sentry
-
-    def do_POST(self) -> None:  # noqa: N802 http.server's naming
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        encoding = self.headers.get("Content-Encoding", "identity")
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        elif encoding == "br":
-            import brotli  # only when sentry-sdk found it installed
-
-            body = brotli.decompress(body)
-        self.server.requests.append((self.path, dict(self.headers), body))
-        if self.server.mode == "hang":
-            self.server.release.wait(60)
-            return
-        status = 500 if self.server.mode == "500" else 200
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        return [item for r in self.requests for item in parse_envelope(r.body)[1]]
 
 
 def parse_envelope(body: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -123,18 +92,8 @@ def isolated() -> Iterator[None]:
 
 @pytest.fixture
 def sentry() -> Iterator[Sentry]:
-    server = Sentry()
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-
-
-def _serve(mode: str) -> Sentry:
-    server = Sentry(mode)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server
+    with recording_server() as recorder:
+        yield Sentry(recorder)
 
 
 def _reporter(dsn: str, timeout: float = 2.0, **kwargs: Any) -> SentryReporter:
@@ -169,7 +128,7 @@ def test_failures_are_tagged_error_events_between_in_progress_and_error_check_in
     reporter.run_finished(_summary(1, FAILED))
     reporter.close()
 
-    assert {path for path, _, _ in sentry.requests} == {"/api/42/envelope/"}
+    assert {r.path for r in sentry.requests} == {"/api/42/envelope/"}
     assert [item["type"] for item, _ in sentry.items()] == ["check_in", "event", "event", "event", "check_in"]
     events = _events(sentry)
     assert [e["message"] for e in events] == ["greeks failed: ValueError: negative volatility",
@@ -240,7 +199,7 @@ def test_a_crash_is_an_exception_event_without_local_variables(sentry):
     assert all("vars" not in f for f in frames)
     assert event["tags"] == {"run_id": RUN_ID}
     assert [c["status"] for c in _check_ins(sentry)] == ["in_progress", "error"]
-    assert all(PG_PASSWORD.encode() not in body for _, _, body in sentry.requests)
+    assert all(PG_PASSWORD.encode() not in r.body for r in sentry.requests)
 
 
 def test_no_secret_reaches_sentry_and_the_dsn_key_travels_only_in_the_auth_header(sentry):
@@ -261,8 +220,8 @@ def test_no_secret_reaches_sentry_and_the_dsn_key_travels_only_in_the_auth_heade
         reporter.crashed(exc)
     reporter.close()
 
-    bodies = b"".join(body for _, _, body in sentry.requests)
-    envelope_headers = [parse_envelope(body)[0] for _, _, body in sentry.requests]
+    bodies = b"".join(r.body for r in sentry.requests)
+    envelope_headers = [parse_envelope(r.body)[0] for r in sentry.requests]
     assert all("trace" not in h for h in envelope_headers)  # the dynamic sampling context names the key
     assert len(_events(sentry)) == 4 and len(_check_ins(sentry)) == 3
     for secret in (PG_PASSWORD, FMP_KEY, OTHER_KEY, "publickey"):
@@ -274,21 +233,16 @@ def test_no_secret_reaches_sentry_and_the_dsn_key_travels_only_in_the_auth_heade
         "greeks failed: vendor said: key *** revoked",
         "api_key=*** rejected by https://batch:***@proxy.internal",
     ]
-    auth = {headers["X-Sentry-Auth"] for _, headers, _ in sentry.requests}
+    auth = {r.headers["X-Sentry-Auth"] for r in sentry.requests}
     assert auth == {"Sentry sentry_key=publickey, sentry_version=7, sentry_client=sentry.python/"
                     + sentry_sdk.VERSION}
 
 
 @pytest.mark.parametrize("mode", ["500", "hang", "closed"])
 def test_a_failing_endpoint_raises_nothing_and_close_is_bounded(mode):
-    if mode == "closed":  # a port nobody listens on
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dsn, server = f"http://publickey@127.0.0.1:{s.getsockname()[1]}/42", None
-    else:
-        server = _serve(mode)
-        dsn = server.dsn
-    try:
+    with recording_server("error" if mode == "500" else "ok" if mode == "closed" else mode) as recorder:
+        server = None if mode == "closed" else Sentry(recorder)
+        dsn = f"http://publickey@{closed_port_url().removeprefix('http://')}/42" if server is None else server.dsn
         timeout = INTEGRATION_TIMEOUT_SECONDS
         reporter = _reporter(dsn, timeout=timeout)
         t0 = time.monotonic()
@@ -302,12 +256,7 @@ def test_a_failing_endpoint_raises_nothing_and_close_is_bounded(mode):
         if server is not None:
             assert len(server.requests) >= 1  # the endpoint was really tried
             sent = [item["type"] for item, _ in server.items() if item["type"] != "client_report"]
-            assert server.mode != "500" or sent == ["check_in", "event", "event", "event", "check_in"]  # no retry
-    finally:
-        if server is not None:
-            server.release.set()
-            server.shutdown()
-            server.server_close()
+            assert mode != "500" or sent == ["check_in", "event", "event", "event", "check_in"]  # no retry
 
 
 def test_missing_sentry_sdk_is_a_config_error_naming_the_extra(monkeypatch):
@@ -386,4 +335,4 @@ def test_the_job_reports_an_engine_failure_and_its_check_ins(seeded, sentry, mon
     assert event["tags"] == {"job": "exploder", "portfolio_id": str(victim), "as_of": "2022-12-28",
                              "run_id": result.summary["run_id"]}
     assert event["level"] == "error" and "exploder failed: RuntimeError: injected failure" in json.dumps(event)
-    assert all(b"SECRET" not in body for _, _, body in sentry.requests)
+    assert all(b"SECRET" not in r.body for r in sentry.requests)
